@@ -1,0 +1,33 @@
+"""LIC architectures, their registry, training and the checkpoints bitalloc ships (``bitalloc.models``)."""
+
+from .checkpoint import (
+    available_checkpoints,
+    checkpoint_name,
+    load_checkpoint,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+    shipped_checkpoint_dir,
+)
+from .losses import RateDistortionLoss, split_parameters
+from .registry import LAMBDAS, MODELS, SIZES, ModelSpec, available_models, build_model, check_quality, lambda_of
+
+__all__ = [
+    "LAMBDAS",
+    "MODELS",
+    "SIZES",
+    "ModelSpec",
+    "RateDistortionLoss",
+    "available_checkpoints",
+    "available_models",
+    "build_model",
+    "check_quality",
+    "checkpoint_name",
+    "lambda_of",
+    "load_checkpoint",
+    "load_model",
+    "read_checkpoint",
+    "save_checkpoint",
+    "shipped_checkpoint_dir",
+    "split_parameters",
+]

@@ -1,0 +1,155 @@
+"""Checkpoints: compact files with metadata, loaded with ``torch.load(..., weights_only=True)``.
+
+A shipped checkpoint is a plain dict (so ``weights_only`` loading works)::
+
+    {"format": "bitalloc.checkpoint", "version": 1,
+     "meta": {"architecture", "N", "M", "quality", "lambda", "size", "training_steps", "training_data",
+              "kodak": {"bpp", "psnr_rgb", "ms_ssim_rgb"}, ...},
+     "state_dict": {...}}            # float tensors stored as float16, entropy-coder tables as int32
+
+The Kodak numbers in ``meta`` are measured from the float16 file itself (see :func:`export_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .registry import build_model, check_model, check_quality
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "available_checkpoints",
+    "checkpoint_name",
+    "load_checkpoint",
+    "load_model",
+    "read_checkpoint",
+    "save_checkpoint",
+    "shipped_checkpoint_dir",
+]
+
+CHECKPOINT_FORMAT = "bitalloc.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def shipped_checkpoint_dir() -> Path:
+    return Path(str(resources.files("bitalloc.models") / "checkpoints"))
+
+
+def checkpoint_name(name: str, quality: int, size: str = "compact") -> str:
+    return f"{name}-{size}-q{quality}.pt"
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict, half: bool = True) -> None:
+    """Write ``model`` with ``meta``; float tensors become float16 when ``half``."""
+    state = {
+        k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+        for k, v in model.state_dict().items()
+    }
+    atomic_torch_save(
+        {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "meta": dict(meta), "state_dict": state},
+        path,
+    )
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Read and validate a checkpoint file; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint file not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise ValueError(f"Checkpoint {path} is corrupt or not a torch file: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a bitalloc checkpoint (missing format {CHECKPOINT_FORMAT!r})")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: unsupported checkpoint version {ckpt.get('version')!r}")
+    for key in ("meta", "state_dict"):
+        if not isinstance(ckpt.get(key), dict):
+            raise ValueError(f"{path}: checkpoint has no {key!r} dict")
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike) -> nn.Module:
+    """Build the architecture named in the file's metadata and load its weights (float32, eval mode)."""
+    ckpt = read_checkpoint(path)
+    meta = ckpt["meta"]
+    spec = check_model(meta.get("architecture", "?"))
+    channels = tuple(int(meta[k]) for k in ("N", "M") if k in meta)
+    model = spec.cls(*channels)
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError) as exc:
+        raise ValueError(f"Checkpoint {path} does not match {spec.name} {channels}: {exc}") from exc
+    model.meta = dict(meta)
+    return model.eval()
+
+
+def available_checkpoints() -> list[dict]:
+    """The checkpoints that ship with the package: one dict of metadata per file."""
+    out = []
+    for path in sorted(shipped_checkpoint_dir().glob("*.pt")):
+        meta = read_checkpoint(path)["meta"]
+        out.append({"file": path.name, **{k: v for k, v in meta.items() if not isinstance(v, dict)},
+                    **{f"kodak_{k}": v for k, v in meta.get("kodak", {}).items()}})
+    return out
+
+
+def load_model(name: str, quality: int, pretrained: str | os.PathLike | bool = "bitalloc",
+               size: str = "compact") -> nn.Module:
+    """Load an LIC model.
+
+    ``pretrained="bitalloc"``: the checkpoint this project trained and ships (compact size);
+    ``"compressai"``: CompressAI's published weights (paper size; needs internet on first use);
+    a path: that checkpoint file; ``False``: an untrained model.
+    """
+    check_quality(name, quality)
+    if pretrained is False or pretrained is None:
+        return build_model(name, quality, size)
+    if pretrained == "bitalloc":
+        path = shipped_checkpoint_dir() / checkpoint_name(name, quality, size)
+        if not path.is_file():
+            ships = [c["file"] for c in available_checkpoints()]
+            raise ValueError(
+                f"No shipped bitalloc checkpoint for {name} quality {quality} ({size}); shipped: "
+                f"{', '.join(ships) or 'none'}. Train one with `bitalloc train` or pass a file path."
+            )
+        return load_checkpoint(path)
+    if pretrained == "compressai":
+        return _load_compressai(name, quality)
+    return load_checkpoint(pretrained)
+
+
+def _load_compressai(name: str, quality: int) -> nn.Module:
+    from compressai.zoo import image_models
+
+    try:
+        model = image_models[name](quality=quality, metric="mse", pretrained=True, progress=False)
+    except Exception as exc:  # urllib/HTTP errors when offline
+        raise RuntimeError(
+            f"Could not download CompressAI's pretrained {name} quality {quality} ({exc}). This needs internet "
+            f"access; offline, download the weights elsewhere and convert them to a file for "
+            f"load_model(..., pretrained='path/to/file.pt'), or use pretrained='bitalloc'."
+        ) from exc
+    return model.eval()

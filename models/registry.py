@@ -1,0 +1,119 @@
+"""One table drives every model factory (the habit of CompressAI's ``zoo/image.py``).
+
+Each entry names a CompressAI architecture, the channel sizes of the paper models per quality (exactly
+CompressAI's ``cfgs``), and the *compact* size this project trains on a CPU and ships.
+
+=====================  ==========================  =====================  ===============
+name                   class                       paper (N, M)           compact (N, M)
+=====================  ==========================  =====================  ===============
+bmshj2018-hyperprior   ScaleHyperprior             q1-5 (128,192),        (48, 64)
+                       (Balle et al., ICLR 2018)   q6-8 (192,320)
+mbt2018-mean           MeanScaleHyperprior         same as above          (48, 64)
+                       (Minnen et al., NeurIPS 18)
+cheng2020-anchor       Cheng2020Anchor (N only)    q1-3 128, q4-6 192     (48,)
+=====================  ==========================  =====================  ===============
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+from compressai.models import Cheng2020Anchor, MeanScaleHyperprior, ScaleHyperprior
+
+__all__ = [
+    "LAMBDAS",
+    "MODELS",
+    "SIZES",
+    "ModelSpec",
+    "available_models",
+    "build_model",
+    "check_model",
+    "check_quality",
+    "lambda_of",
+]
+
+#: CompressAI's MSE training lambdas by quality (1-8), used for the RD loss L = R + lambda * 255^2 * MSE.
+LAMBDAS: dict[int, float] = {
+    1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800,
+}
+
+SIZES = ("compact", "paper")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    cls: type[nn.Module]
+    paper: dict[int, tuple[int, ...]]
+    compact: tuple[int, ...]
+    citation: str
+
+    @property
+    def qualities(self) -> tuple[int, ...]:
+        return tuple(sorted(self.paper))
+
+    def channels(self, quality: int, size: str = "compact") -> tuple[int, ...]:
+        check_quality(self.name, quality)
+        if size not in SIZES:
+            raise ValueError(f"Invalid model size {size!r}; valid sizes: {', '.join(SIZES)}")
+        return self.compact if size == "compact" else self.paper[quality]
+
+
+def _hyperprior_cfg() -> dict[int, tuple[int, int]]:
+    return {q: (128, 192) if q <= 5 else (192, 320) for q in range(1, 9)}
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "bmshj2018-hyperprior", ScaleHyperprior, _hyperprior_cfg(), (48, 64),
+            "J. Balle, D. Minnen, S. Singh, S.J. Hwang, N. Johnston, 'Variational image compression with a "
+            "scale hyperprior', ICLR 2018, arXiv 1802.01436",
+        ),
+        ModelSpec(
+            "mbt2018-mean", MeanScaleHyperprior, _hyperprior_cfg(), (48, 64),
+            "D. Minnen, J. Balle, G. Toderici, 'Joint autoregressive and hierarchical priors for learned image "
+            "compression', NeurIPS 2018, arXiv 1809.02736 (mean-scale hyperprior without context model)",
+        ),
+        ModelSpec(
+            "cheng2020-anchor", Cheng2020Anchor, {q: (128,) if q <= 3 else (192,) for q in range(1, 7)}, (48,),
+            "Z. Cheng, H. Sun, M. Takeuchi, J. Katto, 'Learned image compression with discretized Gaussian "
+            "mixture likelihoods and attention modules', CVPR 2020, arXiv 2001.01568 (anchor variant)",
+        ),
+    )
+}
+
+
+def available_models() -> list[str]:
+    return sorted(MODELS)
+
+
+def check_model(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"Unknown model {name!r}; valid models: {', '.join(available_models())}") from None
+
+
+def check_quality(name: str, quality: int) -> int:
+    spec = check_model(name)
+    if isinstance(quality, bool) or not isinstance(quality, int) or quality not in spec.paper:
+        raise ValueError(
+            f"Invalid quality {quality!r} for {name}; valid qualities: "
+            f"{', '.join(map(str, spec.qualities))}"
+        )
+    return quality
+
+
+def lambda_of(quality: int) -> float:
+    if quality not in LAMBDAS:
+        raise ValueError(f"Invalid quality {quality!r}; valid qualities: {', '.join(map(str, LAMBDAS))}")
+    return LAMBDAS[quality]
+
+
+def build_model(name: str, quality: int, size: str = "compact") -> nn.Module:
+    """Build an untrained model: ``build_model("mbt2018-mean", 3, size="paper")``."""
+    spec = check_model(name)
+    return spec.cls(*spec.channels(quality, size))
