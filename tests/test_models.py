@@ -1,0 +1,127 @@
+"""Model registry, checkpoints and real-bitstream evaluation (issue #3)."""
+
+import json
+
+import pytest
+import torch
+from compressai.models import Cheng2020Anchor, MeanScaleHyperprior, ScaleHyperprior
+
+from bitalloc.evaluate import compress_image, evaluate, to_compressai_json
+from bitalloc.models import (
+    LAMBDAS,
+    MODELS,
+    available_models,
+    build_model,
+    checkpoint_name,
+    load_checkpoint,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+EXPECTED_CLASS = {
+    "bmshj2018-hyperprior": ScaleHyperprior,
+    "mbt2018-mean": MeanScaleHyperprior,
+    "cheng2020-anchor": Cheng2020Anchor,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_CLASS))
+@pytest.mark.parametrize("size", ["compact", "paper"])
+def test_registry_builds_exactly_its_class(name, size):
+    quality = MODELS[name].qualities[0]
+    model = build_model(name, quality, size)
+    assert type(model) is EXPECTED_CLASS[name]
+    assert model.N == MODELS[name].channels(quality, size)[0]
+
+
+def test_registry_lists_every_family():
+    assert available_models() == sorted(EXPECTED_CLASS)
+
+
+@pytest.mark.parametrize(
+    "name,quality,expected",
+    [("bmshj2018-hyperprior", 1, (128, 192)), ("bmshj2018-hyperprior", 6, (192, 320)),
+     ("mbt2018-mean", 8, (192, 320)), ("cheng2020-anchor", 4, (192,))],
+)
+def test_paper_sizes_follow_compressai(name, quality, expected):
+    assert MODELS[name].channels(quality, "paper") == expected
+
+
+def test_compressai_lambdas():
+    assert LAMBDAS[1] == 0.0018 and LAMBDAS[8] == 0.18 and len(LAMBDAS) == 8
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [(lambda: build_model("hyperprior", 1), "valid models: bmshj2018-hyperprior, cheng2020-anchor, mbt2018-mean"),
+     (lambda: build_model("cheng2020-anchor", 7), "valid qualities: 1, 2, 3, 4, 5, 6"),
+     (lambda: build_model("mbt2018-mean", 0), "valid qualities: 1, 2, 3, 4, 5, 6, 7, 8"),
+     (lambda: build_model("mbt2018-mean", 2, size="huge"), "valid sizes: compact, paper"),
+     (lambda: load_model("mbt2018-mean", 2.0), "Invalid quality")],
+    ids=["unknown-name", "cheng-quality-7", "quality-0", "unknown-size", "float-quality"],
+)
+def test_invalid_choices_name_the_valid_ones(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    model = build_model("mbt2018-mean", 3).eval()
+    model.update(force=True)
+    return model
+
+
+def test_checkpoint_round_trip(tmp_path, tiny_model):
+    path = tmp_path / checkpoint_name("mbt2018-mean", 3)
+    meta = {"architecture": "mbt2018-mean", "quality": 3, "N": 48, "M": 64, "lambda": LAMBDAS[3]}
+    save_checkpoint(tiny_model, path, meta)
+    ckpt = torch.load(path, weights_only=True)  # what users are told to do must work
+    assert ckpt["meta"] == meta
+    loaded = load_checkpoint(path)
+    assert type(loaded) is MeanScaleHyperprior and loaded.meta == meta
+    for key, value in tiny_model.state_dict().items():
+        expected = value.half().float() if value.is_floating_point() else value
+        assert torch.equal(loaded.state_dict()[key], expected), key
+
+
+def test_missing_checkpoint_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.pt"):
+        load_model("mbt2018-mean", 3, pretrained=tmp_path / "nothere.pt")
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file at all")
+    with pytest.raises(ValueError, match="bad.pt is corrupt"):
+        load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(ValueError, match="not a bitalloc checkpoint"):
+        load_checkpoint(foreign)
+
+
+def test_compress_decompress_matches_forward_and_counts_bytes(tiny_model):
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, 64, 128)
+    r = compress_image(tiny_model, x)
+    with torch.no_grad():
+        x_fwd = tiny_model(x)["x_hat"].clamp(0, 1)
+    assert (r["x_hat"] - x_fwd).abs().max().item() < 0.05
+    enc = tiny_model.compress(x)
+    assert r["num_bytes"] == sum(len(s) for group in enc["strings"] for s in group)
+
+
+def test_evaluate_rows_and_json(tmp_path, tiny_model):
+    images = {"a": torch.rand(3, 64, 80), "b": torch.rand(3, 70, 64)}  # b needs padding
+    df = evaluate(tiny_model, images, progress=False)
+    assert list(df.image) == ["a", "b"]
+    assert (df.bpp == df.num_bytes * 8 / (df.height * df.width)).all()
+    assert df.psnr_rgb.notna().all()
+    out = to_compressai_json([df, df], "mbt2018-mean", path=tmp_path / "r.json")
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["name"] == "mbt2018-mean"
+    assert written["results"]["psnr-rgb"] == out["results"]["psnr-rgb"]
+    assert out["results"]["bpp"][0] == pytest.approx(df.bpp.mean())
