@@ -1,5 +1,10 @@
 """LIC architectures, their registry, training and the checkpoints bitalloc ships (``bitalloc.models``)."""
 
+import warnings
+
+# CompressAI 1.2.8 scripts a helper at import; torch 2.14 warns about it on every import.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+
 from .checkpoint import (
     available_checkpoints,
     checkpoint_name,

@@ -138,7 +138,26 @@ def load_model(name: str, quality: int, pretrained: str | os.PathLike | bool = "
         return load_checkpoint(path)
     if pretrained == "compressai":
         return _load_compressai(name, quality)
-    return load_checkpoint(pretrained)
+    return _load_file(name, pretrained)
+
+
+def _load_file(name: str, path) -> nn.Module:
+    """A bitalloc checkpoint, or a plain CompressAI state dict (e.g. a downloaded ``*.pth.tar``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint file not found: {path}")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT:
+        return load_checkpoint(path)
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is neither a bitalloc checkpoint nor a CompressAI state dict")
+    state = {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model = check_model(name).cls.from_state_dict(state)
+    except (RuntimeError, KeyError) as exc:
+        raise ValueError(f"{path} does not hold {name} weights: {exc}") from exc
+    return model.eval()
 
 
 def _load_compressai(name: str, quality: int) -> nn.Module:

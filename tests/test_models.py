@@ -125,3 +125,22 @@ def test_evaluate_rows_and_json(tmp_path, tiny_model):
     assert written["name"] == "mbt2018-mean"
     assert written["results"]["psnr-rgb"] == out["results"]["psnr-rgb"]
     assert out["results"]["bpp"][0] == pytest.approx(df.bpp.mean())
+
+
+def test_load_model_accepts_a_compressai_state_dict(tmp_path, tiny_model):
+    path = tmp_path / "mbt2018-mean-downloaded.pth.tar"
+    torch.save(tiny_model.state_dict(), path)
+    loaded = load_model("mbt2018-mean", 3, pretrained=path)
+    assert type(loaded) is MeanScaleHyperprior
+    assert torch.equal(loaded.g_a[0].weight, tiny_model.g_a[0].weight)
+
+
+def test_compressai_download_failure_says_how_to_proceed(monkeypatch):
+    import compressai.zoo
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setitem(compressai.zoo.image_models, "mbt2018-mean", offline)
+    with pytest.raises(RuntimeError, match="needs internet access.*pretrained='path/to/file.pt'"):
+        load_model("mbt2018-mean", 3, pretrained="compressai")
