@@ -1,0 +1,42 @@
+"""bitalloc: per-layer bit allocation for learned image compression models.
+
+The core (cost tables, budgets, plans, allocators) needs only numpy/scipy/pandas/pulp and is imported eagerly;
+torch-based parts are imported lazily on first attribute access through ``_LAZY``, so ``import bitalloc`` never
+imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from bitalloc.allocation import (AllocStatus, Allocation, Allocator, available_allocators, build_allocator,
+                                 register_allocator)
+from bitalloc.costs import Budget, CostTable, LayerSpec, LinearConstraint
+from bitalloc.errors import BudgetError, CostTableError, PlanError, SolverUnavailableError
+from bitalloc.pareto import pareto_front
+from bitalloc.plan import BitPlan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllocStatus", "Allocation", "Allocator", "BitPlan", "Budget", "BudgetError", "CostTable", "CostTableError",
+    "LayerSpec", "LinearConstraint", "PlanError", "SolverUnavailableError", "available_allocators",
+    "build_allocator", "pareto_front", "register_allocator",
+]
+
+# Lazily imported public names: {"name": "bitalloc.module"}. Other modules (torch-based ones in particular) add
+# their entries here, e.g. "evaluate": "bitalloc.evaluate", "bd_rate": "bitalloc.bdrate".
+_LAZY: dict[str, str] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bitalloc' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
