@@ -249,11 +249,12 @@ class CostTable:
         return float(bits[k] + t * (bits[k + 1] - bits[k]))
 
     def monotone(self) -> "CostTable":
-        """A copy whose costs never increase with bits (running minimum from the highest bits down).
+        """A copy whose costs never increase with bits: ``cost[l, j] = min(cost[l, :j+1])``.
 
-        Measured costs are noisy; libraries clip such noise. Allocators do not rely on it.
+        Measured costs are noisy; libraries clip such noise so that more bits never cost more. Allocators do
+        not rely on it (a choice with more bits and no lower cost is dominated anyway).
         """
-        cost = np.minimum.accumulate(self.cost[:, ::-1], axis=1)[:, ::-1]
+        cost = np.minimum.accumulate(self.cost, axis=1)
         return self.replace(cost=cost)
 
     def replace(self, **changes: Any) -> "CostTable":

@@ -1,5 +1,27 @@
-"""Built-in allocators, one module each; importing this package registers them by name."""
+"""Built-in allocators, one module each; importing this package registers them by name.
+
+=========  ============================================================  ==========================
+name       method                                                        result
+=========  ============================================================  ==========================
+fmpq       FMPQ adaptive tolerance search (arXiv 2506.01221)             feasible (heuristic)
+ilp        multiple-choice knapsack, LP bound + reduced-cost fixing,     proven optimal
+           PuLP/CBC (HAWQ-V3, arXiv 2011.10680)
+convex     Hessian-proxy reverse water-filling + repair (BAQ)            feasible (heuristic)
+greedy     AIMET-style descent by cost per bit saved; Pareto path        feasible (heuristic)
+uniform    one bit-width for all layers, the largest that fits           feasible (baseline)
+exact      brute force / integer-grid DP / Pareto DP (small tables)      proven optimal
+=========  ============================================================  ==========================
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from . import convex, exact, fmpq, greedy, ilp, uniform  # noqa: F401  (register the allocators)
+from .convex import ConvexAllocator
+from .exact import ExactAllocator
+from .fmpq import FMPQAllocator
+from .greedy import GreedyAllocator
+from .ilp import ILPAllocator
+from .uniform import UniformAllocator
+
+__all__ = ["ConvexAllocator", "ExactAllocator", "FMPQAllocator", "GreedyAllocator", "ILPAllocator",
+           "UniformAllocator"]

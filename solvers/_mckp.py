@@ -1,0 +1,213 @@
+"""Structure of the multiple-choice knapsack (MCKP), shared by the allocators.
+
+Problem (one choice j(l) per layer l)::
+
+    minimize  sum_l c[l, j(l)]   subject to   sum_l s[l, j(l)] <= W
+
+with sizes strictly increasing along a row. Tools here (Sinha & Zoltners 1979; Pisinger 1995; Kellerer,
+Pferschy & Pisinger, *Knapsack Problems*, ch. 11):
+
+* **dominance**: a choice with larger size and not-smaller cost than a smaller choice is never needed;
+* **LP-dominance / lower convex hull**: choices above the lower convex hull of a row's (size, cost) points are
+  never used by the LP relaxation;
+* **LP relaxation**: start every layer at its smallest choice and take hull steps in decreasing order of
+  efficiency (cost saved per bit) until the budget is spent; at most one layer ends fractional. Its
+  efficiency is the optimal dual price ``lam`` of the budget;
+* **Lagrangian / reduced costs**: ``u_l = min_j c[l,j] + lam * s[l,j]``, ``rc[l,j] = c + lam*s - u_l >= 0``,
+  lower bound ``LB = sum_l u_l - lam * W``. Every feasible plan x has
+  ``cost(x) = LB + sum_l rc[l, x_l] + lam * (W - size(x)) >= LB + sum_l rc[l, x_l]``, so a choice with
+  ``rc > UB - LB`` cannot be in a plan better than an incumbent of cost ``UB`` (reduced-cost fixing), and a
+  partial plan whose reduced costs already exceed ``UB - LB`` can be pruned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+INF = np.inf
+
+
+def dominance_mask(cost: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+    """Keep (l, j) iff allowed and its cost is strictly below every allowed smaller choice of its row.
+
+    Sizes grow along a row, so this drops every choice that is larger and not cheaper than another.
+    """
+    c = np.where(allowed, cost, INF) if allowed is not None else np.asarray(cost, dtype=np.float64)
+    prev_min = np.minimum.accumulate(np.concatenate([np.full((c.shape[0], 1), INF), c[:, :-1]], axis=1), axis=1)
+    return np.isfinite(c) & (c < prev_min)
+
+
+def compact(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the column indices where ``mask`` holds, left-aligned and padded with -1; and their counts."""
+    L, B = mask.shape
+    counts = mask.sum(axis=1)
+    order = np.argsort(~mask, axis=1, kind="stable")
+    idx = np.where(np.arange(B)[None, :] < counts[:, None], order, -1)
+    return idx, counts
+
+
+def hull_mask(cost: np.ndarray, size: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Lower convex hull of each row's kept (size, cost) points (Andrew's monotone chain, vectorised over rows).
+
+    Expects ``keep`` from :func:`dominance_mask` (costs strictly falling with size among kept points). A point
+    on a segment between its neighbours is dropped, so hull efficiencies strictly decrease along a row.
+    """
+    L, B = cost.shape
+    idx, counts = compact(keep)
+    stack = np.full((L, B), -1, dtype=np.int64)
+    top = np.zeros(L, dtype=np.int64)  # stack length
+    rows = np.arange(L)
+    for k in range(B):
+        active = k < counts
+        if not active.any():
+            break
+        p = np.where(active, idx[:, k], 0)
+        px, py = size[rows, p], cost[rows, p]
+        while True:
+            can = active & (top >= 2)
+            if not can.any():
+                break
+            o = stack[rows, np.maximum(top - 2, 0)]
+            a = stack[rows, np.maximum(top - 1, 0)]
+            ox, oy, ax, ay = size[rows, o], cost[rows, o], size[rows, a], cost[rows, a]
+            # pop a unless o -> a -> p turns strictly counter-clockwise (strictly convex from below)
+            cross = (ax - ox) * (py - oy) - (ay - oy) * (px - ox)
+            pop = can & (cross <= 0)
+            if not pop.any():
+                break
+            top = top - pop
+        stack[rows[active], top[active]] = p[active]
+        top = top + active
+    mask = np.zeros((L, B), dtype=bool)
+    r, c = np.nonzero(np.arange(B)[None, :] < top[:, None])
+    mask[r, stack[r, c]] = True
+    return mask
+
+
+@dataclass
+class LPResult:
+    value: float            # LP optimum (a lower bound on the integer optimum)
+    lam: float              # optimal dual price of the budget (cost per bit)
+    choice: np.ndarray      # integral part: per layer the column of its last fully taken hull point
+    frac_layer: int         # the layer left fractional (-1 if none)
+    frac_share: float       # how much of that layer's next hull step the LP takes
+
+
+def lp_relaxation(cost: np.ndarray, size: np.ndarray, hull: np.ndarray, capacity: float) -> LPResult:
+    """Solve the MCKP's LP relaxation over hull points by the incremental-efficiency greedy (Sinha-Zoltners)."""
+    L, B = cost.shape
+    idx, counts = compact(hull)
+    rows = np.arange(L)
+    first = idx[:, 0]
+    choice = first.copy()
+    base_size = float(size[rows, first].sum())
+    value = float(cost[rows, first].sum())
+    slack = capacity - base_size
+    # steps from hull point k-1 to k, for k >= 1
+    r, k = np.nonzero((np.arange(B)[None, :] >= 1) & (np.arange(B)[None, :] < counts[:, None]))
+    if r.size == 0:
+        return LPResult(value, 0.0, choice, -1, 0.0)
+    j_from, j_to = idx[r, k - 1], idx[r, k]
+    ds = size[r, j_to] - size[r, j_from]
+    dc = cost[r, j_from] - cost[r, j_to]
+    eff = dc / ds
+    order = np.lexsort((k, -eff))  # by efficiency, ties in row order of hull steps
+    cum = np.cumsum(ds[order])
+    n_full = int(np.searchsorted(cum, slack, side="right"))
+    taken = order[:n_full]
+    # hull steps of a row are taken in order (strictly decreasing efficiency), so the last one wins
+    last = np.full(L, -1)
+    np.maximum.at(last, r[taken], k[taken])
+    has = last >= 0
+    choice[has] = idx[has, last[has]]
+    value -= float(dc[taken].sum())
+    if n_full < len(order):
+        nxt = order[n_full]
+        left = slack - (float(cum[n_full - 1]) if n_full else 0.0)
+        share = max(0.0, left / ds[nxt])
+        value -= share * float(dc[nxt])
+        return LPResult(value, float(eff[nxt]), choice, int(r[nxt]), float(share))
+    return LPResult(value, 0.0, choice, -1, 0.0)
+
+
+def lagrangian(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, lam: float,
+               capacity: float) -> tuple[float, np.ndarray]:
+    """Lagrangian bound ``sum_l u_l - lam*W`` and reduced costs (``inf`` where not kept)."""
+    v = np.where(keep, cost + lam * size, INF)
+    u = v.min(axis=1)
+    rc = v - u[:, None]
+    return float(u.sum() - lam * capacity), rc
+
+
+def fill_slack(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, choice: np.ndarray,
+               capacity: float, max_moves: int | None = None) -> np.ndarray:
+    """Improve a feasible plan: repeatedly make the single-layer change with the largest cost decrease that
+    still fits (upgrades into the slack, or downgrades that lower cost). Never leaves the budget."""
+    choice = choice.copy()
+    L = cost.shape[0]
+    rows = np.arange(L)
+    used = float(size[rows, choice].sum())
+    moves = 0
+    limit = max_moves if max_moves is not None else 4 * L * cost.shape[1]
+    while moves < limit:
+        c_now = cost[rows, choice][:, None]
+        s_now = size[rows, choice][:, None]
+        gain = np.where(keep & (size - s_now <= capacity - used), c_now - cost, -INF)
+        flat = int(np.argmax(gain))
+        l, j = divmod(flat, cost.shape[1])
+        if not gain[l, j] > 0:
+            break
+        used += float(size[l, j] - size[l, choice[l]])
+        choice[l] = j
+        moves += 1
+    return choice
+
+
+def enumerate_pareto(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, capacity: float,
+                     rc: np.ndarray | None = None, rc_limit: float = INF,
+                     max_states: int = 2_000_000) -> tuple[np.ndarray | None, int, bool]:
+    """Exact MCKP by dynamic programming over Pareto-optimal partial plans (Nemhauser-Ullmann).
+
+    Exact for real-valued sizes (no grid). States are (size, cost) of partial plans; a state dominated in
+    both is dropped, as is one that cannot fit with the smallest remaining choices, or (with reduced costs
+    ``rc``) one whose reduced costs exceed ``rc_limit``. Returns the optimal choice (None if no plan passes), the largest number of
+    states held, and whether the enumeration completed (False: it stopped at more than ``max_states``).
+    """
+    L, B = cost.shape
+    min_rest = np.concatenate([np.cumsum(np.where(keep, size, INF).min(axis=1)[::-1])[::-1][1:], [0.0]])
+    st_size = np.zeros(1)
+    st_cost = np.zeros(1)
+    st_rc = np.zeros(1)
+    parents: list[np.ndarray] = []
+    choices: list[np.ndarray] = []
+    peak = 1
+    for l in range(L):
+        js = np.nonzero(keep[l])[0]
+        n_s = st_size.size
+        ns = (st_size[:, None] + size[l, js][None, :]).ravel()
+        nc = (st_cost[:, None] + cost[l, js][None, :]).ravel()
+        nr = (st_rc[:, None] + (rc[l, js][None, :] if rc is not None else np.zeros((1, js.size)))).ravel()
+        par = np.repeat(np.arange(n_s), js.size)
+        ch = np.tile(js, n_s)
+        ok = (ns + min_rest[l] <= capacity) & (nr <= rc_limit)
+        ns, nc, nr, par, ch = ns[ok], nc[ok], nr[ok], par[ok], ch[ok]
+        if ns.size == 0:
+            return None, peak, True
+        order = np.lexsort((nc, ns))  # by size, then cost
+        ns, nc, nr, par, ch = ns[order], nc[order], nr[order], par[order], ch[order]
+        prev_best = np.concatenate([[INF], np.minimum.accumulate(nc)[:-1]])
+        front = nc < prev_best
+        st_size, st_cost, st_rc = ns[front], nc[front], nr[front]
+        parents.append(par[front])
+        choices.append(ch[front])
+        peak = max(peak, st_size.size)
+        if st_size.size > max_states:
+            return None, peak, False
+    best = int(np.argmin(st_cost))
+    out = np.empty(L, dtype=np.int64)
+    for l in range(L - 1, -1, -1):
+        out[l] = choices[l][best]
+        best = int(parents[l][best])
+    return out, peak, True

@@ -1,0 +1,123 @@
+"""Reference optimum of the multiple-choice knapsack for small tables.
+
+    minimize  sum_l c[l, j(l)]   subject to   sum_l s[l, j(l)] <= W
+
+Three exact methods (``method="auto"``: brute force for tiny tables, else the Pareto DP, else the grid DP):
+
+* ``"brute"``: enumerate all B**L plans (at most ``max_plans``);
+* ``"grid"``: dynamic programming over capacity (Dudzinski & Walukiewicz 1987). It is exact only because the
+  sizes are integers (bits): sizes are shifted by each layer's smallest size and divided by the gcd of all
+  increments, and the table is refused if any size is not an integer or the grid exceeds ``max_cells``;
+* ``"pareto"``: dynamic programming over Pareto-optimal partial plans (Nemhauser-Ullmann), exact for
+  real-valued sizes, limited to ``max_states`` states.
+
+Too large for all three: status ``error`` (use ``ilp``). This allocator shares no code with ``ilp``'s
+reduction, so tests can check one against the other.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from bitalloc.allocation import AllocStatus, BaseAllocator, Solution, register_allocator
+from bitalloc.costs import Budget, CostTable
+
+from ._mckp import enumerate_pareto
+
+METHODS = ("auto", "brute", "grid", "pareto")
+
+
+def brute_force(cost: np.ndarray, size: np.ndarray, W: float) -> np.ndarray | None:
+    L, B = cost.shape
+    plans = np.array(list(itertools.product(range(B), repeat=L)), dtype=np.int64).reshape(-1, L)
+    rows = np.arange(L)
+    total_s = size[rows, plans].sum(axis=1)
+    total_c = np.where(total_s <= W, cost[rows, plans].sum(axis=1), np.inf)
+    k = int(np.argmin(total_c))
+    return plans[k] if np.isfinite(total_c[k]) else None
+
+
+def grid_shape(size: np.ndarray, W: float) -> tuple[int, np.ndarray, int] | None:
+    """(gcd, integer increments, capacity in grid steps), or None if sizes are not integers."""
+    if not np.all(size == np.round(size)) or np.abs(size).max() > 2**52:
+        return None
+    inc = (size - size[:, :1]).astype(np.int64)
+    g = int(np.gcd.reduce(inc[:, 1:].ravel())) if inc.shape[1] > 1 else 1
+    g = max(g, 1)
+    cap = int(math.floor(W - float(size[:, 0].sum())))
+    return g, inc // g, cap // g
+
+
+def grid_dp(cost: np.ndarray, size: np.ndarray, W: float) -> np.ndarray:
+    L, B = cost.shape
+    _, inc, cap = grid_shape(size, W)  # type: ignore[misc]
+    inc = np.minimum(inc, cap + 1)
+    dp = np.zeros(cap + 1)  # dp[w]: min cost of the layers so far with increments <= w
+    arg = np.zeros((L, cap + 1), dtype=np.int8)
+    for l in range(L):
+        new = np.full(cap + 1, np.inf)
+        for j in range(B):
+            d = int(inc[l, j])
+            if d > cap:
+                continue
+            cand = np.full(cap + 1, np.inf)
+            cand[d:] = dp[: cap + 1 - d] + cost[l, j]
+            better = cand < new
+            new[better] = cand[better]
+            arg[l, better] = j
+        dp = new
+    out = np.empty(L, dtype=np.int64)
+    w = cap
+    for l in range(L - 1, -1, -1):
+        out[l] = arg[l, w]
+        w -= int(inc[l, out[l]])
+    return out
+
+
+@register_allocator("exact")
+class ExactAllocator(BaseAllocator):
+    def __init__(self, method: str = "auto", max_plans: int = 100_000, max_cells: int = 20_000_000,
+                 max_states: int = 1_000_000) -> None:
+        if method not in METHODS:
+            raise ValueError(f"exact: unknown method '{method}', expected one of {METHODS}")
+        self.method, self.max_plans, self.max_cells, self.max_states = method, max_plans, max_cells, max_states
+
+    def _solve(self, table: CostTable, budget: Budget) -> Solution:
+        cost, size, W = table.cost, table.size_bits, budget.max_size_bits
+        L, B = cost.shape
+        method = self.method
+        if method == "auto":
+            if B ** L <= self.max_plans:
+                method = "brute"
+            else:
+                choice, n, complete = enumerate_pareto(cost, size, np.ones_like(cost, dtype=bool), W,
+                                                       max_states=self.max_states)
+                if complete and choice is not None:
+                    return Solution(choice, AllocStatus.OPTIMAL, n, "exact (pareto)", {"method": "pareto"})
+                method = "grid"
+        if method == "brute":
+            if B ** L > self.max_plans:
+                return Solution(None, AllocStatus.ERROR, 0, f"{B}**{L} plans exceed max_plans={self.max_plans}")
+            choice = brute_force(cost, size, W)
+            n = B ** L
+        elif method == "grid":
+            gs = grid_shape(size, W)
+            if gs is None:
+                return Solution(None, AllocStatus.ERROR, 0, "grid DP needs integer sizes in bits")
+            if L * (gs[2] + 1) > self.max_cells:
+                return Solution(None, AllocStatus.ERROR, 0,
+                                f"grid of {L} x {gs[2] + 1} cells exceeds max_cells={self.max_cells}")
+            choice = grid_dp(cost, size, W)
+            n = L * (gs[2] + 1)
+        else:
+            choice, n, complete = enumerate_pareto(cost, size, np.ones_like(cost, dtype=bool), W,
+                                                   max_states=self.max_states)
+            if not complete:
+                return Solution(None, AllocStatus.ERROR, n,
+                                f"more than max_states={self.max_states} Pareto states; use 'ilp'")
+        if choice is None:  # cannot happen after the budget check, kept for safety
+            return Solution(None, AllocStatus.INFEASIBLE, n, "no plan fits the budget")
+        return Solution(choice, AllocStatus.OPTIMAL, n, f"exact ({method})", {"method": method})
