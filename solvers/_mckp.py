@@ -167,16 +167,20 @@ def fill_slack(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, choice: np.
 
 def enumerate_pareto(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, capacity: float,
                      rc: np.ndarray | None = None, rc_limit: float = INF,
-                     max_states: int = 2_000_000) -> tuple[np.ndarray | None, int, bool]:
+                     max_states: int = 2_000_000, cost_limit: float | None = None, lam: float = 0.0) -> tuple[np.ndarray | None, int, bool]:
     """Exact MCKP by dynamic programming over Pareto-optimal partial plans (Nemhauser-Ullmann).
 
     Exact for real-valued sizes (no grid). States are (size, cost) of partial plans; a state dominated in
     both is dropped, as is one that cannot fit with the smallest remaining choices, or (with reduced costs
-    ``rc``) one whose reduced costs exceed ``rc_limit``. Returns the optimal choice (None if no plan passes), the largest number of
+    ``rc`` and the budget's dual price ``lam``) one whose reduced costs plus ``lam`` times the
+    capacity it must leave unused exceed ``rc_limit``, or (with ``cost_limit``, e.g. an incumbent's cost) one whose cost plus the
+    cheapest remaining choices exceeds it. Returns the optimal choice (None if no plan passes), the largest number of
     states held, and whether the enumeration completed (False: it stopped at more than ``max_states``).
     """
     L, B = cost.shape
     min_rest = np.concatenate([np.cumsum(np.where(keep, size, INF).min(axis=1)[::-1])[::-1][1:], [0.0]])
+    max_rest = np.concatenate([np.cumsum(np.where(keep, size, -INF).max(axis=1)[::-1])[::-1][1:], [0.0]])
+    min_rest_cost = np.concatenate([np.cumsum(np.where(keep, cost, INF).min(axis=1)[::-1])[::-1][1:], [0.0]])
     st_size = np.zeros(1)
     st_cost = np.zeros(1)
     st_rc = np.zeros(1)
@@ -186,16 +190,22 @@ def enumerate_pareto(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, capac
     for l in range(L):
         js = np.nonzero(keep[l])[0]
         n_s = st_size.size
-        ns = (st_size[:, None] + size[l, js][None, :]).ravel()
-        nc = (st_cost[:, None] + cost[l, js][None, :]).ravel()
-        nr = (st_rc[:, None] + (rc[l, js][None, :] if rc is not None else np.zeros((1, js.size)))).ravel()
-        par = np.repeat(np.arange(n_s), js.size)
-        ch = np.tile(js, n_s)
-        ok = (ns + min_rest[l] <= capacity) & (nr <= rc_limit)
+        # choice-major layout: B runs each sorted by size, which the stable sort (timsort) merges cheaply
+        ns = (size[l, js][:, None] + st_size[None, :]).ravel()
+        nc = (cost[l, js][:, None] + st_cost[None, :]).ravel()
+        nr = ((rc[l, js][:, None] if rc is not None else np.zeros((js.size, 1))) + st_rc[None, :]).ravel()
+        par = np.tile(np.arange(n_s), js.size)
+        ch = np.repeat(js, n_s)
+        # a complete plan x costs LB + sum rc + lam * (W - size(x)), and size(x) <= ns + max_rest
+        unused = np.maximum(capacity - ns - max_rest[l], 0.0)
+        ok = (ns + min_rest[l] <= capacity) & (nr + lam * unused <= rc_limit)
+        if cost_limit is not None:
+            ok &= nc + min_rest_cost[l] <= cost_limit
         ns, nc, nr, par, ch = ns[ok], nc[ok], nr[ok], par[ok], ch[ok]
         if ns.size == 0:
             return None, peak, True
-        order = np.lexsort((nc, ns))  # by size, then cost
+        # by size; equal sizes may keep a dominated twin, which is harmless
+        order = np.argsort(ns, kind="stable")
         ns, nc, nr, par, ch = ns[order], nc[order], nr[order], par[order], ch[order]
         prev_best = np.concatenate([[INF], np.minimum.accumulate(nc)[:-1]])
         front = nc < prev_best
