@@ -334,6 +334,7 @@ class CostTable:
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> "CostTable":
         frame = pd.read_csv(path, dtype={"layer": str, "kind": str, "branch": str}, keep_default_na=False,
+                            float_precision="round_trip",
                             na_values={"cost": ["nan", "NaN"], "size_bits": ["nan", "NaN"]})
         return cls.from_frame(frame)
 

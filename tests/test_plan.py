@@ -1,0 +1,72 @@
+"""BitPlan: mapping behaviour, validation, versioned JSON."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bitalloc import BitPlan, CostTable, PlanError
+
+
+def test_mapping_behaviour_and_order():
+    p = BitPlan({"g_a.0": 8, "g_a.2": 4, "g_s.0": 6})
+    assert list(p) == ["g_a.0", "g_a.2", "g_s.0"]
+    assert p["g_a.2"] == 4 and len(p) == 3 and "g_s.0" in p
+    with pytest.raises(TypeError):
+        p.bits["g_a.0"] = 2  # type: ignore[index]
+
+
+def test_equality_by_bits_only():
+    assert BitPlan({"a": 4}, {"allocator": "ilp"}) == BitPlan({"a": 4}, {"allocator": "fmpq"})
+    assert BitPlan({"a": 4}) != BitPlan({"a": 5})
+
+
+@pytest.mark.parametrize("bad, text", [(True, "must be an int"), (4.0, "must be an int"), (0, "1..32"),
+                                       (33, "1..32"), ("8", "must be an int")],
+                         ids=["bool", "float", "zero", "too-large", "str"])
+def test_bad_bits_name_layer(bad, text):
+    with pytest.raises(PlanError, match=f"bits of layer 'g_a.2'.*{text}"):
+        BitPlan({"g_a.0": 8, "g_a.2": bad})
+
+
+def test_numpy_ints_accepted():
+    assert BitPlan({"a": np.int64(4)})["a"] == 4
+
+
+def test_json_round_trip_string_and_file(tmp_path):
+    p = BitPlan({"g_a.0": 8, "h_s.1": 3}, {"allocator": "ilp", "budget_bits": 123.0})
+    text = p.to_json()
+    d = json.loads(text)
+    assert d["format"] == "bitalloc.plan" and d["version"] == 1
+    assert BitPlan.from_json(text) == p
+    path = tmp_path / "plan.json"
+    p.to_json(path)
+    back = BitPlan.from_json(path)
+    assert back == p and list(back) == list(p) and back.meta["allocator"] == "ilp"
+
+
+@pytest.mark.parametrize("patch, text", [({"version": 2}, "unsupported bit-plan version 2"),
+                                         ({"format": "other"}, "not a bit plan"),
+                                         ({"bits": [1, 2]}, "field 'bits'")],
+                         ids=["version", "format", "bits"])
+def test_json_rejects(patch, text):
+    d = {"format": "bitalloc.plan", "version": 1, "bits": {"a": 4}} | patch
+    with pytest.raises(PlanError, match=text):
+        BitPlan.from_json(json.dumps(d))
+
+
+def test_avg_bits_and_size():
+    t = CostTable.from_arrays(["a", "b"], (4, 8), np.zeros((2, 2)), num_params=[100, 300])
+    p = BitPlan({"a": 8, "b": 4})
+    assert p.avg_bits() == 6.0
+    assert p.avg_bits(t) == (8 * 100 + 4 * 300) / 400
+    assert p.size_bits(t) == 800 + 1200
+    assert BitPlan.uniform(t.layer_names, 8).size_bits(t) == t.max_size_bits
+
+
+def test_plan_must_cover_table():
+    t = CostTable.from_arrays(["a", "b"], (4, 8), np.zeros((2, 2)), num_params=[1, 1])
+    with pytest.raises(PlanError, match="no entry for layer 'b'"):
+        BitPlan({"a": 4}).size_bits(t)
+    with pytest.raises(PlanError, match="layer 'a' has 5 bits, not a candidate"):
+        BitPlan({"a": 5, "b": 4}).size_bits(t)
