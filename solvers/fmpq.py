@@ -18,6 +18,8 @@ Choices made here (the paper gives no more detail):
   oscillate; the search then bisects the bracket over the distinct sensitivity values inside it (S only
   changes there), which ends in at most log2(L*B) steps even if no beta lands within ``tol``.
 * The start is the median sensitivity at the candidate nearest the target's average bits.
+* A budget that holds every layer at its highest candidate returns that plan at once (the limit of a
+  tolerance below every sensitivity), rather than any plan within ``tol`` of it.
 * ``strict=True`` (default) returns the best plan that fits (within ``tol`` below W when one exists);
   ``strict=False`` also accepts a plan up to ``tol`` above W, as the paper does.
 """
@@ -49,6 +51,9 @@ class FMPQAllocator(BaseAllocator):
     def _solve(self, table: CostTable, budget: Budget) -> Solution:
         cost, size, W = table.cost, table.size_bits, budget.max_size_bits
         rows = np.arange(table.num_layers)
+        if float(size[:, -1].sum()) <= W:  # the whole model fits: the tolerance below every sensitivity
+            return Solution(np.full(table.num_layers, len(table.bits) - 1), AllocStatus.FEASIBLE, 1,
+                            "every layer at its highest candidate fits the budget", {"beta": -1.0, "trace": []})
         u = np.unique(cost)  # breakpoints of S(beta)
         a = table.size_to_avg_bits(W)
         jstar = int(np.argmin(np.abs(np.asarray(table.bits) - a)))

@@ -28,6 +28,7 @@ limit that stops CBC with an incumbent gives status ``feasible`` and, when the L
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -51,8 +52,10 @@ def milp_solver(name: str = "auto", time_limit_s: float | None = None, gap_rel: 
         # CBC derives a cutoff increment from the objective coefficients and then prunes nodes that improve
         # by less: with real-valued costs it stopped 1.5e-5 above the optimum while reporting "optimal".
         opts = ["allowableGap 0", "increment 0"] if not gap_rel else []
-        s = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap_rel, warmStart=warm_start,
-                              options=opts)
+        with warnings.catch_warnings():  # PuLP 3.x warns that PULP_CBC_CMD leaves in 4.0; we pin <4
+            warnings.simplefilter("ignore", DeprecationWarning)
+            s = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap_rel, warmStart=warm_start,
+                                  options=opts)
         if s.available():
             return s
         tried.append("PULP_CBC_CMD")
@@ -216,9 +219,15 @@ class ILPAllocator(BaseAllocator):
         c_scale = float(np.abs(cost).max()) or 1.0
         prob = pulp.LpProblem("bitalloc_mckp", pulp.LpMinimize)
         x: dict[tuple[int, int], Any] = {}
+        if hasattr(prob, "add_variable"):  # PuLP >= 3.3 attaches variables to the model
+            def new_var(name: str) -> Any:
+                return prob.add_variable(name, 0, 1, cat="Binary")
+        else:
+            def new_var(name: str) -> Any:
+                return pulp.LpVariable(name, cat="Binary")
         for l in range(L):
             for j in np.nonzero(allowed[l])[0]:
-                x[l, int(j)] = pulp.LpVariable(f"x_{l}_{int(j)}", cat="Binary")
+                x[l, int(j)] = new_var(f"x_{l}_{int(j)}")
         prob += pulp.lpSum(float(cost[l, j] / c_scale) * v for (l, j), v in x.items())
         for l in range(L):
             prob += pulp.lpSum(x[l, int(j)] for j in np.nonzero(allowed[l])[0]) == 1, f"one_{l}"

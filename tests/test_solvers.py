@@ -1,0 +1,264 @@
+"""Allocators: registry, properties over random tables (hypothesis), optimality against brute force."""
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bitalloc import (AllocStatus, Allocation, Allocator, BitPlan, Budget, BudgetError, CostTable, LinearConstraint,
+                      available_allocators, build_allocator, pareto_front)
+from bitalloc.solvers import (ConvexAllocator, ExactAllocator, FMPQAllocator, GreedyAllocator, ILPAllocator,
+                              UniformAllocator)
+
+NAMES = ["convex", "exact", "fmpq", "greedy", "ilp", "uniform"]
+CLASSES = {"fmpq": FMPQAllocator, "ilp": ILPAllocator, "convex": ConvexAllocator, "greedy": GreedyAllocator,
+           "uniform": UniformAllocator, "exact": ExactAllocator}
+PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def tables(draw, max_layers=6, max_bits=4, strictly_decreasing=False):
+    L = draw(st.integers(1, max_layers))
+    bits = sorted(draw(st.sets(st.sampled_from([2, 3, 4, 5, 6, 8]), min_size=1, max_size=max_bits)))
+    B = len(bits)
+    params = draw(st.lists(st.integers(1, 300), min_size=L, max_size=L))
+    overhead = draw(st.lists(st.integers(0, 64), min_size=L, max_size=L))
+    size = np.outer(params, bits) + np.array(overhead)[:, None]
+    cost = np.array(draw(st.lists(st.floats(0, 100, allow_nan=False, allow_subnormal=False),
+                                  min_size=L * B, max_size=L * B))).reshape(L, B)
+    monotone = draw(st.booleans())
+    if strictly_decreasing:  # more bits always strictly better
+        cost = np.sort(cost, axis=1)[:, ::-1] + np.arange(B)[::-1][None, :] * 0.5
+    elif monotone:
+        cost = np.minimum.accumulate(cost, axis=1)
+    return CostTable.from_arrays([f"l{i}" for i in range(L)], bits, cost, size.astype(float), num_params=params)
+
+
+def budget_between(table, t):
+    return Budget(table.min_size_bits + t * (table.max_size_bits - table.min_size_bits))
+
+
+def brute(table, budget, extra_ok=lambda choice: True):
+    best, arg = np.inf, None
+    rows = np.arange(table.num_layers)
+    for choice in itertools.product(range(len(table.bits)), repeat=table.num_layers):
+        c = np.array(choice)
+        if table.size_bits[rows, c].sum() <= budget.max_size_bits and extra_ok(c):
+            v = table.cost[rows, c].sum()
+            if v < best:
+                best, arg = v, c
+    return best, arg
+
+
+def close(a, b):
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+# registry ----------------------------------------------------------------------------------------------------
+def test_available_allocators():
+    assert available_allocators() == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_build_allocator_builds_exact_type(name):
+    a = build_allocator(name)
+    assert type(a) is CLASSES[name] and a.name == name and isinstance(a, Allocator)
+
+
+def test_build_allocator_passes_options_and_rejects_unknown():
+    assert build_allocator("ilp", time_limit_s=10).time_limit_s == 10
+    with pytest.raises(ValueError, match="unknown allocator 'nope'; available: convex, exact"):
+        build_allocator("nope")
+    with pytest.raises(ValueError, match="unknown method"):
+        build_allocator("ilp", method="magic")
+
+
+# properties --------------------------------------------------------------------------------------------------
+@PROPS
+@given(tables(), st.floats(0, 1))
+def test_every_plan_fits_and_ilp_is_best(table, t):
+    budget = budget_between(table, t)
+    results = {n: build_allocator(n).allocate(table, budget) for n in NAMES}
+    for name, r in results.items():
+        assert isinstance(r, Allocation)
+        assert r.status in (AllocStatus.OPTIMAL, AllocStatus.FEASIBLE), (name, r.message)
+        assert r.size_bits <= budget.max_size_bits, name
+        assert r.plan.size_bits(table) == r.size_bits and close(r.plan.cost(table), r.objective)
+    ilp = results["ilp"]
+    assert ilp.status == AllocStatus.OPTIMAL and ilp.extra["gap"] == 0.0
+    for name, r in results.items():
+        assert ilp.objective <= r.objective + 1e-9 * max(1.0, abs(r.objective)), name
+    assert close(ilp.objective, results["exact"].objective)
+
+
+@PROPS
+@given(tables(max_layers=5), st.floats(0, 1))
+def test_ilp_and_exact_methods_match_brute_force(table, t):
+    budget = budget_between(table, t)
+    best, _ = brute(table, budget)
+    for alloc in (ILPAllocator(), ILPAllocator(method="structured", max_states=1), ExactAllocator(method="brute"),
+                  ExactAllocator(method="grid"), ExactAllocator(method="pareto")):
+        r = alloc.allocate(table, budget)
+        assert r.status == AllocStatus.OPTIMAL, r.message
+        assert close(r.objective, best), (alloc, r.objective, best)
+
+
+@settings(max_examples=15, deadline=None)
+@given(tables(max_layers=4, max_bits=3), st.floats(0, 1))
+def test_full_pulp_model_matches_brute_force(table, t):
+    budget = budget_between(table, t)
+    r = ILPAllocator(method="pulp").allocate(table, budget)
+    assert r.status == AllocStatus.OPTIMAL and close(r.objective, brute(table, budget)[0])
+
+
+@PROPS
+@given(tables(strictly_decreasing=True))
+def test_extreme_budgets(table):
+    high = Budget(table.max_size_bits)
+    low = Budget(table.min_size_bits)
+    for name in NAMES:
+        a = build_allocator(name)
+        assert set(a.allocate(table, high).plan.bits.values()) == {table.bits[-1]}, name
+        assert set(a.allocate(table, low).plan.bits.values()) == {table.bits[0]}, name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_budget_below_smallest_size_raises_before_solving(name):
+    t = CostTable.from_arrays(["a", "b"], (4, 8), [[1.0, 0.0], [1.0, 0.0]], num_params=[10, 10])
+    with pytest.raises(BudgetError, match="smallest achievable size 80 bits"):
+        build_allocator(name).allocate(t, Budget(79))
+
+
+def test_allocate_does_not_mutate_table():
+    rng = np.random.default_rng(1)
+    t = CostTable.from_arrays([f"l{i}" for i in range(8)], (2, 4, 8), rng.random((8, 3)), num_params=[5] * 8)
+    before = t.to_json()
+    for name in NAMES:
+        build_allocator(name).allocate(t, Budget.from_avg_bits(t, 4))
+    assert t.to_json() == before
+
+
+# ilp extras --------------------------------------------------------------------------------------------------
+def random_table(L, bits=(2, 4, 6, 8), seed=0):
+    rng = np.random.default_rng(seed)
+    p = rng.integers(10, 500, L)
+    cost = (rng.lognormal(0, 1, L) * p)[:, None] * 2.0 ** (-2 * np.array(bits))[None, :] * rng.uniform(0.7, 1.3, (L, len(bits)))
+    return CostTable.from_arrays([f"l{i}" for i in range(L)], bits, cost, num_params=p)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ilp_second_resource_matches_brute_force(seed):
+    t = random_table(5, seed=seed)
+    rng = np.random.default_rng(seed)
+    bops = LinearConstraint.bit_operations(t, {n: float(m) for n, m in zip(t.layer_names, rng.integers(1, 100, 5))},
+                                           max_value=0.0)
+    m = bops.matrix(t)
+    limit = float(m.min(axis=1).sum() + 0.4 * (m.max(axis=1).sum() - m.min(axis=1).sum()))
+    budget = Budget.from_avg_bits(t, 6, extra=(LinearConstraint("bops", bops.coeffs, limit),))
+    r = ILPAllocator().allocate(t, budget)
+    rows = np.arange(5)
+    best, _ = brute(t, budget, lambda c: m[rows, c].sum() <= limit)
+    assert r.status == AllocStatus.OPTIMAL and close(r.objective, best)
+    assert m[rows, r.plan.choices(t)].sum() <= limit * (1 + 1e-9)
+
+
+def test_ilp_min_max_bits_and_tied_groups():
+    t = random_table(6, seed=3)
+    budget = Budget.from_avg_bits(t, 4)
+    r = ILPAllocator(min_bits={"l0": 6}, max_bits=6).allocate(t, budget)
+    assert r.plan["l0"] == 6 and max(r.plan.bits.values()) <= 6
+    col = {b: j for j, b in enumerate(t.bits)}
+    best, _ = brute(t, budget, lambda c: c[0] == col[6] and (c <= col[6]).all())
+    assert close(r.objective, best)
+    r = ILPAllocator(tied=[["l1", "l2", "l3"]]).allocate(t, budget)
+    assert r.plan["l1"] == r.plan["l2"] == r.plan["l3"]
+    best, _ = brute(t, budget, lambda c: c[1] == c[2] == c[3])
+    assert r.status == AllocStatus.OPTIMAL and close(r.objective, best)
+
+
+def test_ilp_bounds_that_cannot_fit_are_infeasible():
+    t = random_table(4)
+    r = ILPAllocator(min_bits=8).allocate(t, Budget.from_avg_bits(t, 4))
+    assert r.status == AllocStatus.INFEASIBLE and r.plan is None and "above the budget" in r.message
+
+
+def test_ilp_rejects_unknown_layer_in_options():
+    t = random_table(3)
+    with pytest.raises(ValueError, match="layer 'zz'"):
+        ILPAllocator(tied=[["l0", "zz"]]).allocate(t, Budget.from_avg_bits(t, 4))
+
+
+def test_cbc_is_available_in_a_plain_install():
+    from bitalloc.solvers.ilp import milp_solver
+    solver = milp_solver()
+    assert type(solver).__name__ == "PULP_CBC_CMD" and solver.available(), "pulp<4 bundles CBC; bitalloc pins it"
+
+
+def test_missing_solver_is_a_clear_error(monkeypatch):
+    import pulp
+
+    from bitalloc import SolverUnavailableError
+    from bitalloc.solvers.ilp import milp_solver
+    monkeypatch.setattr(pulp.PULP_CBC_CMD, "available", lambda self: False)
+    monkeypatch.setattr(pulp, "HiGHS", None, raising=False)
+    with pytest.raises(SolverUnavailableError, match="PuLP 4 no longer bundles CBC"):
+        milp_solver()
+
+
+def test_other_allocators_refuse_extra_constraints():
+    t = random_table(3)
+    c = LinearConstraint("lat", {n: (1.0,) * 4 for n in t.layer_names}, 10.0)
+    with pytest.raises(ValueError, match="'greedy' does not support extra constraints"):
+        GreedyAllocator().allocate(t, Budget.from_avg_bits(t, 4, extra=(c,)))
+
+
+# per-allocator behaviour -------------------------------------------------------------------------------------
+def test_fmpq_converges_within_tolerance_and_12_iterations():
+    t = random_table(200, bits=(2, 3, 4, 5, 6, 8), seed=5)
+    for avg in (3.0, 4.5, 6.0):
+        budget = Budget.from_avg_bits(t, avg)
+        r = FMPQAllocator().allocate(t, budget)
+        assert r.iterations <= 12 and r.size_bits <= budget.max_size_bits
+        assert r.size_bits >= 0.99 * budget.max_size_bits, r.message
+
+
+def test_fmpq_rule_is_lowest_bits_within_tolerance():
+    t = CostTable.from_arrays(["a", "b"], (2, 4, 8), [[0.9, 0.2, 0.0], [0.3, 0.1, 0.0]], num_params=[1, 1])
+    assert FMPQAllocator.choose(t.cost, 0.25).tolist() == [1, 1]
+    assert FMPQAllocator.choose(t.cost, 0.35).tolist() == [1, 0]
+    assert FMPQAllocator.choose(t.cost, -1.0).tolist() == [2, 2]
+
+
+def test_fmpq_non_strict_may_exceed_by_tolerance_only():
+    t = random_table(100, bits=(2, 3, 4, 5, 6, 8), seed=2)
+    budget = Budget.from_avg_bits(t, 4.2)
+    r = FMPQAllocator(strict=False).allocate(t, budget)
+    assert r.status == AllocStatus.FEASIBLE and abs(r.size_bits / budget.max_size_bits - 1) <= 0.01
+
+
+def test_greedy_front_is_one_pass_path():
+    t = random_table(10, seed=4)
+    f = GreedyAllocator().front(t)
+    assert f["size_bits"].iloc[0] == t.max_size_bits and f["size_bits"].iloc[-1] == t.min_size_bits
+    assert (np.diff(f["size_bits"]) < 0).all() and f["pareto"].any()
+
+
+def test_convex_uses_hessian_proxies():
+    t = random_table(6, seed=1)
+    sensitive = t.replace(hessian_trace=[1e6, 1, 1, 1, 1, 1], weight_variance=[1.0] * 6)
+    r = ConvexAllocator().allocate(sensitive, Budget.from_avg_bits(t, 4))
+    b = r.extra["continuous_bits"]
+    assert b[0] == 8 and (b[1:] < 8).all()
+    assert r.extra["weights"].tolist() == [1e6, 1, 1, 1, 1, 1]
+
+
+def test_pareto_front_frame():
+    t = random_table(8)
+    budgets = [Budget.from_avg_bits(t, a) for a in (2, 3, 4, 6, 8)]
+    f = pareto_front(t, "ilp", budgets)
+    assert list(f.columns[:3]) == ["allocator", "budget_bits", "budget_avg_bits"] and len(f) == 5
+    assert (f["size_bits"] <= f["budget_bits"]).all() and (np.diff(f["cost"]) <= 1e-12).all()
+    assert (f["status"] == "optimal").all()
