@@ -231,7 +231,12 @@ class ILPAllocator(BaseAllocator):
         prob += pulp.lpSum(float(cost[l, j] / c_scale) * v for (l, j), v in x.items())
         for l in range(L):
             prob += pulp.lpSum(x[l, int(j)] for j in np.nonzero(allowed[l])[0]) == 1, f"one_{l}"
-        prob += pulp.lpSum(float(size[l, j] / W) * v for (l, j), v in x.items()) <= 1.0, "size"
+        # the solver's feasibility tolerance (~1e-9 relative here) could admit a plan a hair over W: with
+        # integer sizes, flooring W removes that room; a violation left is caught below and re-solved tighter
+        integral = bool(np.all(size == np.round(size)))
+        W_eff = float(np.floor(W)) if integral else W
+        size_con = pulp.lpSum(float(size[l, j] / W) * v for (l, j), v in x.items()) <= W_eff / W
+        prob += size_con, "size"
         for k, con in enumerate(budget.extra):
             m = con.matrix(table)
             scale = max(abs(con.max_value), float(np.abs(m).max()), 1e-300)
@@ -251,11 +256,17 @@ class ILPAllocator(BaseAllocator):
             for (l, j), v in x.items():
                 v.setInitialValue(1 if warm[l] == j else 0)
         solver = milp_solver(self.solver, self.time_limit_s, self.gap_rel, warm_start=warm is not None)
-        try:
-            prob.solve(solver)
-        except pulp.PulpSolverError as exc:
-            return Solution(warm, AllocStatus.FEASIBLE if warm is not None else AllocStatus.ERROR, 0,
-                            f"solver failed: {exc}", {})
+        for attempt in range(3):
+            try:
+                prob.solve(solver)
+            except pulp.PulpSolverError as exc:
+                return Solution(warm, AllocStatus.FEASIBLE if warm is not None else AllocStatus.ERROR, 0,
+                                f"solver failed: {exc}", {})
+            picked = [(l, j) for (l, j), v in x.items() if (v.value() or 0) > 0.5]
+            used = float(sum(size[l, j] for l, j in picked))
+            if used <= W or len(picked) != L:
+                break
+            prob.constraints["size"].changeRHS(W_eff / W * (1 - 10.0 ** (attempt - 9)))
         sol_status = getattr(prob, "sol_status", None)
         status_name = pulp.LpStatus.get(prob.status, str(prob.status))
         if prob.status == pulp.LpStatusInfeasible:

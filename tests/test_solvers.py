@@ -262,3 +262,11 @@ def test_pareto_front_frame():
     assert list(f.columns[:3]) == ["allocator", "budget_bits", "budget_avg_bits"] and len(f) == 5
     assert (f["size_bits"] <= f["budget_bits"]).all() and (np.diff(f["cost"]) <= 1e-12).all()
     assert (f["status"] == "optimal").all()
+
+
+@pytest.mark.parametrize("method", ["pulp", "structured"])
+def test_ilp_never_exceeds_a_budget_a_hair_below_a_plan(method):
+    # CBC's feasibility tolerance once admitted the 8-bit plan for a budget of 8 - 1e-15 bits
+    t = CostTable.from_arrays(["a"], (2, 3, 8), [[1.0, 1.0, 0.0]], [[2.0, 3.0, 8.0]])
+    r = ILPAllocator(method=method).allocate(t, Budget(8 * (1 - 1e-15)))
+    assert r.status == AllocStatus.OPTIMAL and r.plan["a"] in (2, 3)
