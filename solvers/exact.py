@@ -9,7 +9,8 @@ Three exact methods (``method="auto"``: brute force for tiny tables, else the Pa
   sizes are integers (bits): sizes are shifted by each layer's smallest size and divided by the gcd of all
   increments, and the table is refused if any size is not an integer or the grid exceeds ``max_cells``;
 * ``"pareto"``: dynamic programming over Pareto-optimal partial plans (Nemhauser-Ullmann), exact for
-  real-valued sizes, limited to ``max_states`` states.
+  real-valued sizes, limited to ``max_states`` states; partial plans whose cost plus the cheapest remaining
+  choices exceeds a greedy plan's cost are pruned (a plain bound, no LP).
 
 Too large for all three: status ``error`` (use ``ilp``). This allocator shares no code with ``ilp``'s
 reduction, so tests can check one against the other.
@@ -85,6 +86,14 @@ class ExactAllocator(BaseAllocator):
             raise ValueError(f"exact: unknown method '{method}', expected one of {METHODS}")
         self.method, self.max_plans, self.max_cells, self.max_states = method, max_plans, max_cells, max_states
 
+    @staticmethod
+    def _ub(cost: np.ndarray, size: np.ndarray, W: float) -> float:
+        """Cost of a greedy plan: partial plans that cannot beat it are pruned (with a margin for rounding)."""
+        from .greedy import descend
+        choice, _, _ = descend(cost, size, np.full(cost.shape[0], cost.shape[1] - 1), W)
+        ub = float(cost[np.arange(cost.shape[0]), choice].sum())
+        return ub + 1e-9 * max(1.0, abs(ub))
+
     def _solve(self, table: CostTable, budget: Budget) -> Solution:
         cost, size, W = table.cost, table.size_bits, budget.max_size_bits
         L, B = cost.shape
@@ -94,7 +103,7 @@ class ExactAllocator(BaseAllocator):
                 method = "brute"
             else:
                 choice, n, complete = enumerate_pareto(cost, size, np.ones_like(cost, dtype=bool), W,
-                                                       max_states=self.max_states)
+                                                       max_states=self.max_states, cost_limit=self._ub(cost, size, W))
                 if complete and choice is not None:
                     return Solution(choice, AllocStatus.OPTIMAL, n, "exact (pareto)", {"method": "pareto"})
                 method = "grid"
@@ -114,7 +123,7 @@ class ExactAllocator(BaseAllocator):
             n = L * (gs[2] + 1)
         else:
             choice, n, complete = enumerate_pareto(cost, size, np.ones_like(cost, dtype=bool), W,
-                                                   max_states=self.max_states)
+                                                   max_states=self.max_states, cost_limit=self._ub(cost, size, W))
             if not complete:
                 return Solution(None, AllocStatus.ERROR, n,
                                 f"more than max_states={self.max_states} Pareto states; use 'ilp'")
