@@ -27,7 +27,17 @@ __all__ = [
 
 # Lazily imported public names: {"name": "bitalloc.module"}. Other modules (torch-based ones in particular) add
 # their entries here, e.g. "evaluate": "bitalloc.evaluate", "bd_rate": "bitalloc.bdrate".
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "bd_rate": "bitalloc.bdrate",
+    "bd_psnr": "bitalloc.bdrate",
+    "reference_curve": "bitalloc.reference",
+    "available_references": "bitalloc.reference",
+    "load_model": "bitalloc.models",
+    "available_checkpoints": "bitalloc.models",
+    "StudySpec": "bitalloc.harness",
+    "run_study": "bitalloc.harness",
+    "write_report": "bitalloc.report",
+}
 
 
 def __getattr__(name: str) -> Any:
