@@ -1,0 +1,43 @@
+"""Shared tiny-model fixtures for the quantization backend's tests (compact models, fixed seeds, 64x64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+def _tiny(name: str) -> torch.nn.Module:
+    from bitalloc.models import build_model, lambda_of
+
+    torch.manual_seed(0)
+    model = build_model(name, 1).eval()
+    model.meta = {"architecture": name, "quality": 1, "lambda": lambda_of(1), "N": 48, "M": 64}
+    return model
+
+
+@pytest.fixture(scope="session")
+def _hyperprior_master() -> torch.nn.Module:
+    return _tiny("bmshj2018-hyperprior")
+
+
+@pytest.fixture
+def hyperprior(_hyperprior_master) -> torch.nn.Module:
+    """An untrained compact Scale Hyperprior (quality 1, seed 0), a fresh copy per test."""
+    import copy
+
+    return copy.deepcopy(_hyperprior_master)
+
+
+@pytest.fixture(scope="session")
+def mean_scale() -> torch.nn.Module:
+    return _tiny("mbt2018-mean")
+
+
+@pytest.fixture(scope="session")
+def images() -> torch.Tensor:
+    """Two smooth-ish 64x64 test images (seeded), so the RD loss is not dominated by noise."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 8, 8, generator=g)
+    return torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
