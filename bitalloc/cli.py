@@ -57,6 +57,37 @@ def _cmd_checkpoints(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    import os
+    import platform
+
+    import torch
+
+    from .harness import StudySpec, run_study
+    from .report import write_report
+
+    torch.set_num_threads(args.threads)
+    quick = args.quick
+    spec = StudySpec(
+        model=args.model,
+        qualities=tuple(args.qualities or (1, 3, 4, 6)),
+        allocators=tuple(args.allocators),
+        budgets=tuple(args.budgets or ((8.0, 4.0) if quick else (8.0, 6.0, 4.0))),
+        budget_kind=args.budget_kind,
+        modes=tuple(args.modes),
+        qat_steps=args.qat_steps if args.qat_steps is not None else (20 if quick else 300),
+        calib_images=2 if quick else 8,
+        calib_crop=128 if quick else 256,
+        eval_limit=args.limit if args.limit is not None else (4 if quick else None),
+    )
+    result = run_study(spec, args.out, data=args.data)
+    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+    report = write_report(result, args.out, command="bitalloc compare " + " ".join(args.argv), machine=machine)
+    print(result.ranking.to_string(index=False))
+    print(f"report: {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bitalloc", description="Bit allocation for learned image compression")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,13 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.set_defaults(func=_cmd_evaluate)
 
+    p = sub.add_parser("compare", help="rank allocators on the shipped checkpoints (real bitstreams, BD-rate)")
+    p.add_argument("--model", default="bmshj2018-hyperprior")
+    p.add_argument("--qualities", type=int, nargs="+", default=None)
+    p.add_argument("--allocators", nargs="+", default=["fmpq", "ilp", "convex", "greedy", "uniform"])
+    p.add_argument("--budgets", type=float, nargs="+", default=None, help="average weight bits (or ratios)")
+    p.add_argument("--budget-kind", default="avg_bits", choices=["avg_bits", "ratio"])
+    p.add_argument("--modes", nargs="+", default=["ptq"], choices=["ptq", "qat"])
+    p.add_argument("--qat-steps", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N images only")
+    p.add_argument("--quick", action="store_true", help="2 budgets, 4 images, small calibration: a few minutes on 2 cores")
+    p.add_argument("--out", default="runs/compare")
+    p.add_argument("--threads", type=int, default=2)
+    _add_data(p)
+    p.set_defaults(func=_cmd_compare)
+
     p = sub.add_parser("checkpoints", help="list the checkpoints that ship, with their Kodak numbers")
     p.set_defaults(func=_cmd_checkpoints)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:]
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:

@@ -82,9 +82,10 @@ def resolve_images(images=None, *, subset: str = "kodak", root=None, limit: int 
         out = dict(images)
     elif images is None:
         base = data_root(root)
-        out = sample_images() if base is None else {p.stem: load_image(p) for p in image_paths(base / subset)}
+        out = sample_images() if base is None else {p.stem: load_image(p)
+                                                    for p in image_paths(base / subset)[:limit]}
     elif isinstance(images, (str, os.PathLike)):
-        out = {p.stem: load_image(p) for p in image_paths(images)}
+        out = {p.stem: load_image(p) for p in image_paths(images)[:limit]}
     else:
         out = {}
         for item in images:

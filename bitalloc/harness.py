@@ -1,0 +1,221 @@
+"""Comparison harness: allocators x budgets x qualities on one model family, with the same backend for all.
+
+For each quality the sensitivity table is measured once (cached on disk); every (allocator, budget, mode)
+cell then allocates (timed), checks the plan against its budget, applies it, optionally fine-tunes it with
+the same QAT settings for every allocator, and entropy-codes the evaluation images for real::
+
+    quality --> measure_sensitivity --> CostTable --+--> allocator(budget) --> BitPlan --> apply (+ QAT)
+                  (cached per quality)              |          (timed, checked)              |
+                                                    +--------------------------------- evaluate (bytes)
+
+Every cell is written atomically to ``<out>/cells/*.json`` as soon as it is done, so an interrupted study
+resumes where it stopped. Reference cells: ``fp32`` (the float model) per quality, and ``uniform`` at 8 bits
+in PTQ mode, the two anchors of the BD-rates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .allocation import build_allocator
+from .costs import Budget, CostTable, atomic_write_text
+from .errors import BudgetError
+from .plan import BitPlan
+
+__all__ = ["PlanOverBudgetError", "StudySpec", "StudyResult", "run_study"]
+
+FP_ALLOCATOR = "fp32"
+
+
+class PlanOverBudgetError(BudgetError):
+    """An allocator returned a plan larger than its budget: the study stops, naming the cell."""
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """What to compare. ``budgets`` are average weight bits (``budget_kind="avg_bits"``) or compression
+    ratios against FP32 (``"ratio"``); ``modes`` are ``"ptq"`` (calibration only) and/or ``"qat"``."""
+
+    model: str = "bmshj2018-hyperprior"
+    qualities: tuple[int, ...] = (1, 3, 4, 6)
+    allocators: tuple[str, ...] = ("fmpq", "ilp", "convex", "greedy", "uniform")
+    budgets: tuple[float, ...] = (8.0, 6.0, 4.0)
+    budget_kind: str = "avg_bits"
+    candidate_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
+    modes: tuple[str, ...] = ("ptq",)
+    qat_steps: int = 300
+    qat_lr: float = 1e-5
+    calibration: str = "mse"
+    calib_images: int = 8
+    calib_crop: int = 256
+    eval_limit: int | None = None
+    pretrained: str = "bitalloc"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.budget_kind not in ("avg_bits", "ratio"):
+            raise ValueError(f"budget_kind must be 'avg_bits' or 'ratio', got {self.budget_kind!r}")
+        bad = [m for m in self.modes if m not in ("ptq", "qat")]
+        if bad:
+            raise ValueError(f"unknown mode {bad[0]!r}; valid modes: ptq, qat")
+        for name in ("qualities", "allocators", "budgets", "candidate_bits", "modes"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def sensitivity_key(self, quality: int) -> str:
+        cfg = (self.model, quality, self.pretrained, self.candidate_bits, self.calibration, self.calib_images,
+               self.calib_crop)
+        return hashlib.sha1(repr(cfg).encode()).hexdigest()[:10]
+
+
+@dataclass
+class StudyResult:
+    results: pd.DataFrame          # one row per (quality, allocator, budget, mode), reference cells included
+    images: pd.DataFrame           # one row per (cell, image)
+    bd: pd.DataFrame               # BD-rate of each (allocator, budget, mode) curve vs FP32 and vs uniform 8-bit
+    ranking: pd.DataFrame          # allocators ranked per (budget, mode)
+    plans: dict = field(default_factory=dict)  # (quality, allocator, budget, mode) -> BitPlan
+
+
+class _Cache:
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "cells").mkdir(parents=True, exist_ok=True)
+        (root / "sensitivity").mkdir(parents=True, exist_ok=True)
+
+    def cell_path(self, spec: StudySpec, quality, allocator, budget, mode) -> Path:
+        b = "ref" if budget is None else f"{spec.budget_kind}{budget:g}"
+        return self.root / "cells" / f"{spec.model}_q{quality}_{allocator}_{b}_{mode}.json"
+
+    def get(self, path: Path):
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def put(self, path: Path, value) -> None:
+        atomic_write_text(path, json.dumps(value, indent=1, default=float))
+
+
+def _check_within_budget(plan: BitPlan, table: CostTable, budget: Budget, where: str) -> float:
+    size = plan.size_bits(table)
+    if size > budget.max_size_bits * (1 + 1e-9):
+        raise PlanOverBudgetError(
+            f"{where}: plan size {size:.6g} bits exceeds the budget of {budget.max_size_bits:.6g} bits "
+            f"by {size - budget.max_size_bits:.6g} bits")
+    return size
+
+
+def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, calib_images=None,
+              eval_images=None, train_images=None, data=None, progress: bool = True) -> StudyResult:
+    """Run (or resume) a study; see the module docstring.
+
+    ``model_loader(name, quality)`` returns the float model (default: :func:`bitalloc.models.load_model` with
+    ``spec.pretrained``). ``calib_images`` feed the sensitivity, ``train_images`` the QAT, ``eval_images`` the
+    real-bitstream evaluation (dicts of (3,H,W) tensors or folders); by default they come from the data root
+    ``data`` (or ``$BITALLOC_DATA``): crops of ``train/`` for calibration and QAT, ``kodak/`` for evaluation,
+    and scikit-image's photos when no data root is set.
+    """
+    from . import study_steps as steps
+
+    cache = _Cache(Path(out))
+    atomic_write_text(cache.root / "spec.json", json.dumps(asdict(spec), indent=1))
+    loader = model_loader or (lambda name, q: steps.load_float_model(name, q, spec.pretrained))
+    calib = steps.calibration(calib_images, spec.calib_images, spec.calib_crop, data)
+    evals = steps.eval_set(eval_images, spec.eval_limit, data)
+    train = steps.train_source(train_images, spec.calib_crop, data, spec.seed) if "qat" in spec.modes else None
+    rows, image_rows, plans = [], [], {}
+    cells = [(q, a, b, m) for q in spec.qualities for m in spec.modes for b in spec.budgets for a in spec.allocators]
+    refs = [(q, FP_ALLOCATOR, None, "ptq") for q in spec.qualities]
+    refs += [(q, "uniform", 8.0, "ptq") for q in spec.qualities
+             if spec.budget_kind == "avg_bits" and (q, "uniform", 8.0, "ptq") not in cells]
+    bar = tqdm(refs + cells, disable=not progress, desc=f"study {spec.model}")
+    tables: dict[int, CostTable] = {}
+    for quality, allocator, budget, mode in bar:
+        bar.set_postfix_str(f"q{quality} {allocator} {budget} {mode}")
+        path = cache.cell_path(spec, quality, allocator, budget, mode)
+        cell = cache.get(path)
+        if cell is None:
+            model = loader(spec.model, quality)
+            if allocator == FP_ALLOCATOR:
+                cell = {"row": {"status": "reference", "avg_bits": 32.0}, "plan": None}
+                evaluated = model
+            else:
+                if quality not in tables:
+                    tables[quality] = steps.sensitivity(model, calib, spec, cache.root / "sensitivity", quality)
+                table = tables[quality]
+                budget_obj = (Budget.from_avg_bits(table, budget) if spec.budget_kind == "avg_bits"
+                              else Budget.from_compression_ratio(table, budget))
+                alloc = build_allocator(allocator).allocate(table, budget_obj)
+                where = f"{spec.model} q{quality} allocator '{allocator}' at {spec.budget_kind}={budget:g}"
+                if alloc.plan is None:
+                    raise BudgetError(f"{where}: no plan ({alloc.status}: {alloc.message})")
+                size = _check_within_budget(alloc.plan, table, budget_obj, where)
+                evaluated, qat_loss = steps.quantize(model, alloc.plan, mode, spec, train,
+                                                     cache.root / "qat" / path.stem)
+                cell = {"row": {"status": str(getattr(alloc.status, "value", alloc.status)),
+                                "objective": alloc.objective, "solve_time_s": alloc.solve_time_s,
+                                "iterations": alloc.iterations, "size_bits": size,
+                                "budget_bits": budget_obj.max_size_bits, "avg_bits": alloc.plan.avg_bits(table),
+                                "compression_ratio": table.fp32_size_bits / size,
+                                "qat_final_loss": qat_loss},
+                        "plan": json.loads(alloc.plan.to_json())}
+            df = steps.evaluate_images(evaluated, evals)
+            cell["images"] = df.to_dict(orient="records")
+            cell["row"].update({k: float(df[k].mean()) for k in ("bpp", "psnr_rgb", "ms_ssim_rgb")})
+            cache.put(path, cell)
+        key = {"model": spec.model, "quality": quality, "allocator": allocator,
+               "budget": budget, "budget_kind": spec.budget_kind, "mode": mode}
+        rows.append({**key, **cell["row"]})
+        image_rows += [{**key, **r} for r in cell["images"]]
+        if cell["plan"] is not None:
+            plans[(quality, allocator, budget, mode)] = BitPlan.from_dict(cell["plan"])
+    results = pd.DataFrame(rows)
+    bd = bd_table(results)
+    return StudyResult(results, pd.DataFrame(image_rows), bd, rank(bd), plans)
+
+
+def _curve(results: pd.DataFrame, allocator: str, budget, mode: str) -> pd.DataFrame:
+    sel = (results.allocator == allocator) & (results["mode"] == mode)
+    sel &= results.budget.isna() if budget is None else (results.budget == budget)
+    return results[sel].sort_values("quality")
+
+
+def bd_table(results: pd.DataFrame) -> pd.DataFrame:
+    """BD-rate (PCHIP over PSNR-RGB) of each (allocator, budget, mode) curve against FP32 and uniform 8-bit."""
+    from .bdrate import bd_rate
+
+    anchors = {"fp32": _curve(results, FP_ALLOCATOR, None, "ptq"), "uniform8": _curve(results, "uniform", 8.0, "ptq")}
+    out = []
+    cells = results[results.allocator != FP_ALLOCATOR]
+    for (allocator, budget, mode), cur in cells.groupby(["allocator", "budget", "mode"], sort=False):
+        cur = cur.sort_values("quality")
+        entry = {"allocator": allocator, "budget": budget, "mode": mode, "num_points": len(cur),
+                 "avg_bits": cur.avg_bits.mean(), "compression_ratio": cur.compression_ratio.mean(),
+                 "size_mbit": cur.size_bits.mean() / 1e6, "solve_time_ms": 1e3 * cur.solve_time_s.mean()}
+        paired = cur.merge(anchors["fp32"], on="quality", suffixes=("", "_fp32"))
+        entry["delta_psnr_db"] = float((paired.psnr_rgb - paired.psnr_rgb_fp32).mean())
+        entry["delta_bpp_pct"] = float(100 * (paired.bpp / paired.bpp_fp32 - 1).mean())
+        for name, anchor in anchors.items():
+            try:
+                entry[f"bd_rate_vs_{name}_pct"] = bd_rate(anchor.bpp, anchor.psnr_rgb, cur.bpp, cur.psnr_rgb)
+            except ValueError as exc:
+                entry[f"bd_rate_vs_{name}_pct"] = float("nan")
+                entry.setdefault("note", str(exc)[:120])
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def rank(bd: pd.DataFrame) -> pd.DataFrame:
+    """Allocators ranked per (budget, mode): lowest BD-rate against FP32 first, then smallest size."""
+    if bd.empty:
+        return bd
+    key = "bd_rate_vs_fp32_pct"
+    ranked = bd.sort_values(["mode", "budget", key, "size_mbit"], ascending=[True, False, True, True]).copy()
+    ranked["rank"] = ranked.groupby(["mode", "budget"]).cumcount() + 1
+    return ranked[["mode", "budget", "rank", "allocator", key, "bd_rate_vs_uniform8_pct", "size_mbit",
+                   "solve_time_ms"]]

@@ -1,0 +1,114 @@
+"""Kodak table of the shipped checkpoints, with each family's BD-rate against CompressAI's published
+bmshj2018-hyperprior (the pretrained paper-size model) and an RD figure with JPEG and BPG for context.
+
+    BITALLOC_DATA=../shared/data python studies/zoo_table.py
+
+Every number is measured here by entropy-coding the 24 Kodak images with the files that ship
+(bpp from the bytes). Writes studies/results/zoo_kodak.{csv,md,png} and one CompressAI-format JSON per family.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from bitalloc.bdrate import bd_psnr, bd_rate
+from bitalloc.data import data_root
+from bitalloc.evaluate import evaluate, to_compressai_json
+from bitalloc.models import available_checkpoints, load_checkpoint, shipped_checkpoint_dir
+from bitalloc.reference import reference_curve
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> pd.DataFrame:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=None)
+    p.add_argument("--anchor", default="bmshj2018-hyperprior", help="published CompressAI curve to compare with")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    root = data_root(args.data)
+    if root is None:
+        p.error("needs the Kodak images: set BITALLOC_DATA or --data")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, per_family = [], {}
+    for info in available_checkpoints():
+        model = load_checkpoint(shipped_checkpoint_dir() / info["file"])
+        df = evaluate(model, root / "kodak")
+        rows.append({"model": info["architecture"], "quality": info["quality"], "N": info["N"], "M": info.get("M"),
+                     "lambda": info["lambda"], "training_steps": info["training_steps"],
+                     "file_kb": round((shipped_checkpoint_dir() / info["file"]).stat().st_size / 1024),
+                     "bpp": df.bpp.mean(), "psnr_rgb": df.psnr_rgb.mean(), "ms_ssim_rgb": df.ms_ssim_rgb.mean()})
+        per_family.setdefault(info["architecture"], []).append((info["quality"], df))
+    if not rows:
+        raise SystemExit("no shipped checkpoints found")
+    table = pd.DataFrame(rows).sort_values(["model", "quality"])
+    anchor = reference_curve(args.anchor)
+    bd = []
+    for family, curves in per_family.items():
+        curves.sort(key=lambda t: t[0])
+        to_compressai_json([df for _, df in curves], f"bitalloc-{family}-compact",
+                           path=out / f"bitalloc-{family}-compact_kodak.json")
+        fam = table[table.model == family]
+        entry = {"model": family, "anchor": f"CompressAI {args.anchor} (published, paper size)"}
+        try:
+            entry["bd_rate_pct"] = bd_rate(anchor.bpp, anchor.psnr_rgb, fam.bpp, fam.psnr_rgb)
+            entry["bd_psnr_db"] = bd_psnr(anchor.bpp, anchor.psnr_rgb, fam.bpp, fam.psnr_rgb)
+        except ValueError as exc:
+            entry["note"] = str(exc)
+        bd.append(entry)
+    bd = pd.DataFrame(bd)
+    table.to_csv(out / "zoo_kodak.csv.tmp", index=False)
+    os.replace(out / "zoo_kodak.csv.tmp", out / "zoo_kodak.csv")
+    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+    md = ["# Shipped checkpoints on Kodak (24 images, real bitstreams)", "",
+          "Command: `BITALLOC_DATA=../shared/data python studies/zoo_table.py`; machine: " + machine, "",
+          table.to_markdown(index=False, floatfmt=".4g"), "",
+          "BD-rate (PCHIP, PSNR-RGB) of each family against the published curve; positive = more bits:", "",
+          bd.to_markdown(index=False, floatfmt=".2f"), ""]
+    _write_text(out / "zoo_kodak.md", "\n".join(md))
+    _plot(table, out / "zoo_kodak.png")
+    print("\n".join(md))
+    return table
+
+
+def _plot(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, style in [("bmshj2018-hyperprior", "k--"), ("mbt2018-mean", "k:"), ("bpg_444_x265_ycbcr", "c-."),
+                        ("jpeg", "y-.")]:
+        ref = reference_curve(name)
+        ax.plot(ref.bpp, ref.psnr_rgb, style, label=f"{name} (published)")
+    for family, fam in table.groupby("model"):
+        ax.plot(fam.bpp, fam.psnr_rgb, "o-", label=f"{family} compact (bitalloc)")
+    ax.set(xlabel="bpp (Kodak)", ylabel="PSNR-RGB [dB]", xlim=(0, 1.2), title="Kodak rate-distortion")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
