@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import torch
+
+from bitalloc.costs import CostTable
+from bitalloc.graph import quantizable_layers
+from bitalloc.quant import apply_plan, layer_size_bits
+from bitalloc.sensitivity import calibration_batch, measure_sensitivity, rd_loss
+
+
+@pytest.mark.parametrize("fixture", ["hyperprior", "mean_scale"])
+def test_cached_equals_naive(fixture, images, request):
+    model = request.getfixturevalue(fixture)
+    kw = dict(bits=(2, 4), progress=False, return_frame=True, hessian_samples=0)
+    _, cached = measure_sensitivity(model, images, method="cached", **kw)
+    _, naive = measure_sensitivity(model, images, method="naive", **kw)
+    assert cached.attrs["method"] == "cached" and naive.attrs["method"] == "naive"
+    np.testing.assert_allclose(cached["loss"], naive["loss"], rtol=1e-6)
+
+
+def test_table_follows_size_convention_and_clips_noise(hyperprior, images):
+    table, frame = measure_sensitivity(hyperprior, images, bits=(8, 3), progress=False, return_frame=True,
+                                       hessian_samples=2)
+    assert isinstance(table, CostTable)
+    assert table.bits == (3, 8)
+    layers = quantizable_layers(hyperprior)
+    assert table.layer_names == tuple(layers)
+    for i, (name, m) in enumerate(layers.items()):
+        assert table.size_bits[i].tolist() == [layer_size_bits(m, 3), layer_size_bits(m, 8)]
+    assert (table.cost >= 0).all()
+    np.testing.assert_allclose(table.cost.ravel(), np.maximum(frame["zeta"], 0).to_numpy().reshape(-1, 2).ravel())
+    assert table.hessian_trace is not None and (table.hessian_trace > 0).all()
+    assert table.weight_variance is not None and {s.branch for s in table.layers} == {"g_a", "g_s", "h_a", "h_s"}
+
+
+def test_zeta_is_the_fractional_rd_change(hyperprior, images):
+    _, frame = measure_sensitivity(hyperprior, images, bits=(2,), progress=False, return_frame=True,
+                                   hessian_samples=0)
+    row = frame.set_index("layer").loc["g_s.6"]
+    plan = {"g_s.6": 2}
+    q = apply_plan(hyperprior, plan, keep_float=True).eval()
+    with torch.no_grad():
+        out = q(images)
+    loss = rd_loss(out["likelihoods"], out["x_hat"], images, hyperprior.meta["lambda"])["loss"]
+    assert row["zeta"] == pytest.approx((loss - row["loss_fp"]) / row["loss_fp"], rel=1e-5)
+
+
+def test_needs_lambda_and_float_model(hyperprior, images):
+    bare = type(hyperprior)(48, 64)
+    with pytest.raises(ValueError, match="lmbda"):
+        measure_sensitivity(bare, images, bits=(4,), progress=False)
+    q = apply_plan(hyperprior, {"g_a.0": 4}, keep_float=True)
+    with pytest.raises(ValueError, match="float model"):
+        measure_sensitivity(q, images, bits=(4,), progress=False)
+
+
+def test_calibration_batch_centre_crops():
+    x = calibration_batch({"a": torch.rand(3, 100, 300), "b": torch.rand(3, 64, 64)}, crop=64)
+    assert x.shape == (2, 3, 64, 64)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        calibration_batch({"a": torch.rand(3, 100, 100)}, crop=100)
