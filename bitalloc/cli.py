@@ -75,7 +75,7 @@ def _cmd_compare(args) -> int:
         budgets=tuple(args.budgets or ((8.0, 4.0) if quick else (8.0, 6.0, 4.0))),
         budget_kind=args.budget_kind,
         modes=tuple(args.modes),
-        qat_steps=args.qat_steps if args.qat_steps is not None else (20 if quick else 300),
+        qat_steps=args.qat_steps if args.qat_steps is not None else (20 if quick else StudySpec.qat_steps),
         calib_images=2 if quick else 8,
         calib_crop=128 if quick else 256,
         eval_limit=args.limit if args.limit is not None else (4 if quick else None),

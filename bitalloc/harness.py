@@ -9,7 +9,9 @@ the same QAT settings for every allocator, and entropy-codes the evaluation imag
                                                     +--------------------------------- evaluate (bytes)
 
 Every cell is written atomically to ``<out>/cells/*.json`` as soon as it is done, so an interrupted study
-resumes where it stopped. Reference cells: ``fp32`` (the float model) per quality, and ``uniform`` at 8 bits
+resumes where it stopped. Quantizing, fine-tuning and evaluating a plan is cached by the plan's content
+(``<out>/outcomes``): allocators that agree on a plan (all of them at the 8-bit budget, say) share one
+evaluation, and the comparison stays fair because the outcome depends on the plan alone. Reference cells: ``fp32`` (the float model) per quality, and ``uniform`` at 8 bits
 in PTQ mode, the two anchors of the BD-rates.
 """
 
@@ -51,8 +53,8 @@ class StudySpec:
     budget_kind: str = "avg_bits"
     candidate_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     modes: tuple[str, ...] = ("ptq",)
-    qat_steps: int = 300
-    qat_lr: float = 1e-5
+    qat_steps: int = 150
+    qat_lr: float = 5e-5
     calibration: str = "mse"
     calib_images: int = 8
     calib_crop: int = 256
@@ -89,6 +91,7 @@ class _Cache:
         self.root = root
         (root / "cells").mkdir(parents=True, exist_ok=True)
         (root / "sensitivity").mkdir(parents=True, exist_ok=True)
+        (root / "outcomes").mkdir(parents=True, exist_ok=True)
 
     def cell_path(self, spec: StudySpec, quality, allocator, budget, mode) -> Path:
         b = "ref" if budget is None else f"{spec.budget_kind}{budget:g}"
@@ -143,7 +146,8 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
             model = loader(spec.model, quality)
             if allocator == FP_ALLOCATOR:
                 cell = {"row": {"status": "reference", "avg_bits": 32.0}, "plan": None}
-                evaluated = model
+                outcome = {"images": steps.evaluate_images(model, evals).to_dict(orient="records"),
+                           "qat_final_loss": None}
             else:
                 if quality not in tables:
                     tables[quality] = steps.sensitivity(model, calib, spec, cache.root / "sensitivity", quality)
@@ -155,18 +159,17 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
                 if alloc.plan is None:
                     raise BudgetError(f"{where}: no plan ({alloc.status}: {alloc.message})")
                 size = _check_within_budget(alloc.plan, table, budget_obj, where)
-                evaluated, qat_loss = steps.quantize(model, alloc.plan, mode, spec, train,
-                                                     cache.root / "qat" / path.stem)
+                outcome = _outcome(cache, spec, quality, mode, alloc.plan, model, train, evals)
                 cell = {"row": {"status": str(getattr(alloc.status, "value", alloc.status)),
                                 "objective": alloc.objective, "solve_time_s": alloc.solve_time_s,
                                 "iterations": alloc.iterations, "size_bits": size,
                                 "budget_bits": budget_obj.max_size_bits, "avg_bits": alloc.plan.avg_bits(table),
-                                "compression_ratio": table.fp32_size_bits / size,
-                                "qat_final_loss": qat_loss},
+                                "compression_ratio": table.fp32_size_bits / size},
                         "plan": json.loads(alloc.plan.to_json())}
-            df = steps.evaluate_images(evaluated, evals)
-            cell["images"] = df.to_dict(orient="records")
+            df = pd.DataFrame(outcome["images"])
+            cell["images"] = outcome["images"]
             cell["row"].update({k: float(df[k].mean()) for k in ("bpp", "psnr_rgb", "ms_ssim_rgb")})
+            cell["row"]["qat_final_loss"] = outcome["qat_final_loss"]
             cache.put(path, cell)
         key = {"model": spec.model, "quality": quality, "allocator": allocator,
                "budget": budget, "budget_kind": spec.budget_kind, "mode": mode}
@@ -177,6 +180,22 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     results = pd.DataFrame(rows)
     bd = bd_table(results)
     return StudyResult(results, pd.DataFrame(image_rows), bd, rank(bd), plans)
+
+
+def _outcome(cache: _Cache, spec: StudySpec, quality: int, mode: str, plan: BitPlan, model, train, evals) -> dict:
+    """Quantize (+ QAT) and evaluate ``plan``; allocators that return the same plan share one outcome."""
+    from . import study_steps as steps
+
+    digest = hashlib.sha1(json.dumps(sorted(plan.bits.items())).encode()).hexdigest()[:12]
+    path = cache.root / "outcomes" / f"{spec.model}_q{quality}_{mode}_{digest}.json"
+    found = cache.get(path)
+    if found is not None:
+        return found
+    evaluated, qat_loss = steps.quantize(model, plan, mode, spec, train, cache.root / "qat" / path.stem)
+    found = {"images": steps.evaluate_images(evaluated, evals).to_dict(orient="records"),
+             "qat_final_loss": qat_loss}
+    cache.put(path, found)
+    return found
 
 
 def _curve(results: pd.DataFrame, allocator: str, budget, mode: str) -> pd.DataFrame:
