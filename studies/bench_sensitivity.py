@@ -1,0 +1,131 @@
+"""Sensitivity table of a compact LIC model on Kodak crops, and the cached method's speed-up over the naive one.
+
+    BITALLOC_DATA=../shared/data python studies/bench_sensitivity.py --model bmshj2018-hyperprior --quality 4
+
+Writes (atomically) to ``--out`` (default studies/results/):
+  sensitivity_<model>_q<q>.csv       the CostTable (cost = max(zeta, 0), size_bits, hessian_trace, ...)
+  sensitivity_<model>_q<q>_raw.csv   one row per (layer, bits): raw zeta, loss, bpp, mse
+  bench_sensitivity_<model>_q<q>.md  timing of the naive (full re-run per layer and bit-width) and cached runs
+
+The model is the shipped compact checkpoint (or ``--checkpoint FILE``); without one the script says so and
+exits with status 2. ``--run-state`` reads a training run's state.pt instead (marked as such in the results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="bmshj2018-hyperprior")
+    p.add_argument("--quality", type=int, default=4)
+    p.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the shipped one)")
+    p.add_argument("--run-state", default=None, help="a training run's state.pt (read-only; not a release)")
+    p.add_argument("--data", default=None, help="data root with kodak/ (default: $BITALLOC_DATA)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(RESULTS))
+
+
+def load_model_arg(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
+    """(model in eval mode with meta, a description of where it came from); exits 2 without a checkpoint."""
+    from bitalloc.models import build_model, checkpoint_name, lambda_of, load_checkpoint, shipped_checkpoint_dir
+
+    if args.run_state:
+        state = torch.load(args.run_state, map_location="cpu", weights_only=False)
+        model = build_model(args.model, args.quality)
+        model.load_state_dict(state["model"])
+        model.meta = {"architecture": args.model, "quality": args.quality, "lambda": lambda_of(args.quality),
+                      "N": model.N, "M": model.M, "size": "compact"}
+        return model.eval(), f"training run state {args.run_state} (step {state.get('step')}; not shipped)"
+    path = Path(args.checkpoint) if args.checkpoint else shipped_checkpoint_dir() / checkpoint_name(
+        args.model, args.quality)
+    if not path.is_file():
+        print(f"No checkpoint at {path}: the shipped compact checkpoint for {args.model} q{args.quality} is not "
+              "there yet. Pass --checkpoint FILE (or --run-state for an unfinished run).", file=sys.stderr)
+        raise SystemExit(2)
+    return load_checkpoint(path), f"checkpoint {path.name}"
+
+
+def kodak(args: argparse.Namespace) -> Path:
+    from bitalloc.data import data_root
+
+    root = data_root(args.data)
+    if root is None or not (root / "kodak").is_dir():
+        print("Kodak not found: set BITALLOC_DATA (or --data) to a folder with kodak/", file=sys.stderr)
+        raise SystemExit(2)
+    return root / "kodak"
+
+
+def write_text(path: Path, text: str) -> None:
+    from bitalloc.costs import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_args(p)
+    p.add_argument("--images", type=int, default=4, help="Kodak images (first N, centre crops)")
+    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8])
+    p.add_argument("--hessian-samples", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=1, help="timing repeats (min is reported)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from bitalloc.sensitivity import calibration_batch, measure_sensitivity
+
+    model, source = load_model_arg(args)
+    x = calibration_batch(kodak(args), crop=args.crop, limit=args.images)
+    kw = dict(bits=args.bits, progress=False, return_frame=True)
+    times: dict[str, list[float]] = {"naive": [], "cached": []}
+    frames = {}
+    for _ in range(args.repeats):  # interleaved, so both methods see the same background load
+        for method in ("naive", "cached"):
+            _, frames[method] = measure_sensitivity(model, x, method=method, hessian_samples=0, **kw)
+            times[method].append(frames[method].attrs["time_s"])
+    t_naive, t_cached = min(times["naive"]), min(times["cached"])
+    max_diff = float(np.max(np.abs(frames["naive"]["loss"].to_numpy() - frames["cached"]["loss"].to_numpy())))
+    t0 = time.perf_counter()
+    table, raw = measure_sensitivity(model, x, method="cached", hessian_samples=args.hessian_samples, **kw)
+    t_total = time.perf_counter() - t0
+    out = Path(args.out)
+    stem = f"{args.model}_q{args.quality}"
+    table.to_csv(out / f"sensitivity_{stem}.csv")
+    write_text(out / f"sensitivity_{stem}_raw.csv", raw.to_csv(index=False))
+    speedup = t_naive / t_cached
+    lines = [
+        f"# Sensitivity measurement: cached vs naive ({args.model} q{args.quality})",
+        "",
+        f"- model: {source}",
+        f"- calibration: {x.shape[0]} Kodak centre crops {args.crop}x{args.crop}; bits {args.bits}; "
+        f"{table.num_layers} layers -> {table.num_layers * len(args.bits)} (layer, bits) evaluations",
+        f"- machine: {os.cpu_count()}-core CPU sandbox shared with two training jobs, torch threads "
+        f"{args.threads}; timings are the min of {args.repeats} run(s)",
+        f"- command: `python studies/bench_sensitivity.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "",
+        "| method | time_s | speed-up |",
+        "| --- | --- | --- |",
+        f"| naive (full re-run) | {t_naive:.2f} | 1.00x |",
+        f"| cached (re-run downstream only) | {t_cached:.2f} | {speedup:.2f}x |",
+        "",
+        f"Largest |loss difference| cached vs naive: {max_diff:.3g}. Full cached run with "
+        f"{args.hessian_samples} Hutchinson samples: {t_total:.2f} s.",
+        "",
+    ]
+    write_text(out / f"bench_sensitivity_{stem}.md", "\n".join(lines))
+    print("\n".join(lines))
+    print(f"speed-up of the cached method over the naive one: {speedup:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
