@@ -1,0 +1,120 @@
+"""Content-aware activation quantizers and weights stored once at the highest precision.
+
+Rounding goes through :class:`bitalloc.quant._Round`, so the gradient estimators ("ste", "dgm", "leaky_clip")
+are exactly those of the static backend; :func:`round_with` is the small public door to it.
+
+Content-aware activation quantizer (DynaQuant, Bao et al., arXiv 2511.07903, "learnable per-channel scale and
+zero-point that follow the statistics of the features"; our reading): for a layer input ``x`` (N, C, H, W) with
+per-image, per-channel mean mu and standard deviation sigma over the spatial dimensions,
+
+    o = mu + t * sigma,      s = exp(a) * sigma / Q + eps,      x_hat = o + s * clamp(round((x - o) / s), -Q, Q)
+
+with learnable per-channel ``a`` (initialised to log 4: the grid covers +-4 sigma) and ``t`` (0), Q = 2^(b-1)-1.
+Scale and offset are therefore learnable affine functions of the input's statistics, recomputed for every
+image -- the decoder recomputes them from what it has, so nothing is transmitted. It also quantizes the
+latents fed to g_s (y_hat) and h_s (z_hat) and |y| fed to h_a, since those are the inputs of quantized layers.
+
+Dynamic weights (:class:`NestedWeight`): one per-output-channel scale s8 for the highest candidate B (8 bits);
+the stored weights are the B-bit integers q_B = clamp(round(w / s8), -Q_B, Q_B). A lower precision b is
+*derived* from them by a rounding right shift, ``q_b = clamp(round(q_B / 2^(B-b)), -Q_b, Q_b)`` with scale
+``s8 * 2^(B-b)``, so a single integer tensor serves every candidate (no per-precision copy of the weights).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from bitalloc.quant import _Round, _grad_scale, _axis, calibrate_range, check_bits, quantized_tensor_name
+
+__all__ = ["ContentAwareActQuantizer", "NestedWeight", "round_with"]
+
+
+def round_with(u: torch.Tensor, qmax: int, estimator: str = "dgm", beta: float = 2.0,
+               alpha: float = 0.01) -> torch.Tensor:
+    """``clamp(round(u), -qmax, qmax)`` with the backward of ``estimator`` (see :mod:`bitalloc.quant`)."""
+    return _Round.apply(u, int(qmax), estimator, float(alpha), float(beta))
+
+
+class ContentAwareActQuantizer(nn.Module):
+    """Per-image, per-channel content-aware fake quantizer of a layer input (module docstring)."""
+
+    def __init__(self, channels: int, bits: int = 8, *, estimator: str = "dgm", beta: float = 2.0,
+                 init_range: float = 4.0):
+        super().__init__()
+        self.bits = check_bits(bits)
+        self.estimator, self.beta = estimator, float(beta)
+        self.log_range = nn.Parameter(torch.full((channels,), math.log(init_range)))
+        self.offset = nn.Parameter(torch.zeros(channels))
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = x.mean(dim=(2, 3), keepdim=True)
+        sigma = x.std(dim=(2, 3), keepdim=True, unbiased=False) if x.shape[2] * x.shape[3] > 1 \
+            else x.abs().mean(dim=(2, 3), keepdim=True)
+        sigma = sigma.detach().clamp_min(1e-4)  # statistics steer the grid; gradients go to a and t
+        o = mu.detach() + self.offset.view(1, -1, 1, 1) * sigma
+        s = self.log_range.exp().view(1, -1, 1, 1) * sigma / self.qmax + 1e-8
+        return o + s * round_with((x - o) / s, self.qmax, self.estimator, self.beta)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, estimator={self.estimator}"
+
+
+class NestedWeight(nn.Module):
+    """Float weight + learnable per-channel B-bit scale; ``forward(bits)`` gives the fake-quantized weight at
+    any candidate ``bits <= B``, derived from the B-bit integers (module docstring)."""
+
+    def __init__(self, module: nn.Module, max_bits: int = 8, *, estimator: str = "dgm", beta: float = 2.0,
+                 calibration: str = "minmax"):
+        super().__init__()
+        self.max_bits = check_bits(max_bits)
+        self.axis = _axis(module)
+        self.estimator, self.beta = estimator, float(beta)
+        w = getattr(module, quantized_tensor_name(module)).detach()
+        self.scale = nn.Parameter(calibrate_range(w, self.max_bits, self.axis, calibration) / self.qmax_of(max_bits))
+        self.grad_scale = 1.0 / math.sqrt(max(1, w.numel() // w.shape[self.axis]) * self.qmax_of(max_bits))
+        self.register_buffer("frozen", None, persistent=False)  # int8 codes cached at inference
+
+    @staticmethod
+    def qmax_of(bits: int) -> int:
+        return 2 ** (bits - 1) - 1
+
+    def _shape(self, w: torch.Tensor) -> list[int]:
+        shape = [1] * w.dim()
+        shape[self.axis] = -1
+        return shape
+
+    def forward(self, w: torch.Tensor, bits: int) -> torch.Tensor:
+        if bits > self.max_bits:
+            raise ValueError(f"{bits} bits is above the stored precision of {self.max_bits} bits")
+        s = _grad_scale(self.scale.abs().clamp_min(1e-12), self.grad_scale).reshape(self._shape(w))
+        if self.frozen is not None and not torch.is_grad_enabled():
+            q = self.frozen.to(w.dtype)
+        else:
+            q = round_with(w / s, self.qmax_of(self.max_bits), self.estimator, self.beta)
+        shift = 2 ** (self.max_bits - bits)
+        if shift > 1:
+            q = round_with(q / shift, self.qmax_of(bits), self.estimator, self.beta)
+        return q * (s * shift)
+
+    @torch.no_grad()
+    def integers(self, w: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+        """Integer codes at ``bits`` (default: the stored B-bit ones) as int32."""
+        s = self.scale.abs().clamp_min(1e-12).reshape(self._shape(w))
+        q = torch.clamp(torch.round(w / s), -self.qmax_of(self.max_bits), self.qmax_of(self.max_bits))
+        if bits is not None and bits < self.max_bits:
+            q = torch.clamp(torch.round(q / 2 ** (self.max_bits - bits)), -self.qmax_of(bits), self.qmax_of(bits))
+        return q.to(torch.int32)
+
+    def freeze(self, w: torch.Tensor) -> None:
+        """Cache the B-bit integers (inference reads them instead of re-rounding the float weights)."""
+        self.frozen = self.integers(w).to(torch.int16 if self.max_bits > 8 else torch.int8)
+
+    def unfreeze(self) -> None:
+        self.frozen = None

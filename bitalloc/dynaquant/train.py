@@ -1,0 +1,197 @@
+"""Training the dynamic model end to end, and steering its average bit-width to a target.
+
+Objective (DynaQuant, Bao et al., arXiv 2511.07903), per batch::
+
+    L = R + lambda * 255^2 * MSE  +  gamma * L0 * E[avg_bits] / B
+
+with E[avg_bits] the parameter-weighted expected average bit-width under the selectors' softmax (all quantized
+layers, the fixed 8-bit ones included; :meth:`DynaQuantModel.expected_bits`), B the highest candidate and L0
+the RD loss of the first batch (a constant), so ``gamma`` is dimensionless: gamma = 1 prices going from B bits
+to 0 at the whole initial RD loss.
+
+Reaching a target average (``target_avg_bits``) happens in two steps:
+
+1. *Dual ascent during training* (a Lagrangian on the constraint E[avg_bits] <= target): after every step,
+   ``gamma <- clip(gamma + eta * (avg_hard - target), 0, gamma_max)``, avg_hard the batch's average of the
+   bits actually chosen (Gumbel hard samples). gamma starts at ``gamma`` (0 by default) and rises only
+   while the chosen bits exceed the target.
+2. *Calibration of a decision-time bias* (:func:`calibrate_bit_bias`): on a held-out batch of training crops
+   (never the evaluation images), in eval mode (argmax), find by bracketing + bisection the smallest bias
+   kappa such that subtracting ``kappa * b`` from the logit of candidate b brings the batch's mean average
+   bits to <= target. kappa may be negative when training undershoots (the budget is then used up to the
+   target). This guarantees the training-distribution average lands at or below the target whatever
+   the dual ascent reached.
+
+With ``target_avg_bits=None`` gamma stays fixed (what the tests use to compare penalty weights).
+
+Optimisers: Adam on the network weights (``lr``), Adam on the selectors and the quantizers' scales/offsets
+(``quant_lr``), CompressAI's auxiliary loss for the entropy bottleneck's quantiles; gradients clipped at 1.
+The Gumbel temperature anneals linearly from ``tau[0]`` to ``tau[1]``. The run state is written atomically to
+``<workdir>/state.pt`` every ``save_every`` steps and at the end; the same call resumes there.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .model import DynaQuantModel
+
+__all__ = ["calibrate_bit_bias", "draw_batch", "train_dynaquant"]
+
+
+def draw_batch(images, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    """A training batch from an ImageFolder (``.batch``) or a (N,3,H,W) tensor (random rows)."""
+    if isinstance(images, torch.Tensor):
+        idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
+        return images[idx]
+    return images.batch(batch_size)
+
+
+def _param_groups(dq: DynaQuantModel):
+    quant, main, aux = [], [], []
+    for name, p in dq.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.endswith(".quantiles"):
+            aux.append(p)
+        elif name.startswith("selectors.") or ".weight_q." in name or ".act." in name:
+            quant.append(p)
+        else:
+            main.append(p)
+    return main, quant, aux
+
+
+@torch.no_grad()
+def _avg_bits_eval(dq: DynaQuantModel, x: torch.Tensor, chunk: int = 8) -> float:
+    vals = []
+    for i in range(0, x.shape[0], chunk):
+        dq(x[i:i + chunk])
+        vals.append(dq.avg_bits_of(dq.chosen_bits()))
+    return float(torch.cat(vals).mean())
+
+
+@torch.no_grad()
+def calibrate_bit_bias(dq: DynaQuantModel, x: torch.Tensor, target_avg_bits: float, *, iters: int = 14,
+                       limit: float = 64.0) -> tuple[float, float]:
+    """Set the selectors' decision bias so the mean average bits on ``x`` is <= ``target_avg_bits``
+    (module docstring, step 2); returns (bias, achieved average bits)."""
+    if target_avg_bits < dq.min_avg_bits() - 1e-9:
+        raise ValueError(f"target_avg_bits={target_avg_bits:g} is below the smallest achievable average "
+                         f"{dq.min_avg_bits():.4g} bits (every dynamic layer at {dq.candidate_bits[0]} bits, "
+                         "the fixed layers at 8)")
+    was_training = dq.training
+    dq.eval()
+    try:
+        def f(b: float) -> float:
+            dq.set_bit_bias(b)
+            return _avg_bits_eval(dq, x)
+
+        if f(0.0) <= target_avg_bits:
+            hi, lo, step = 0.0, -0.05, 0.05
+            while f(lo) <= target_avg_bits and lo > -limit:
+                hi, step = lo, step * 2
+                lo = hi - step
+            if f(lo) <= target_avg_bits:
+                hi = lo
+        else:
+            lo, hi, step = 0.0, 0.05, 0.05
+            while f(hi) > target_avg_bits and hi < limit:
+                lo, step = hi, step * 2
+                hi = lo + step
+            if f(hi) > target_avg_bits:  # the highest bias reached only the lowest candidates' neighbourhood
+                hi = 1e6
+        for _ in range(iters):
+            if hi - lo < 1e-4:
+                break
+            mid = 0.5 * (lo + hi)
+            if f(mid) <= target_avg_bits:
+                hi = mid
+            else:
+                lo = mid
+        achieved = f(hi)
+        return hi, achieved
+    finally:
+        dq.train(was_training)
+
+
+def train_dynaquant(dq: DynaQuantModel, train_images, *, lmbda: float, steps: int,
+                    target_avg_bits: float | None = None, gamma: float = 0.0, gamma_lr: float = 0.01,
+                    gamma_max: float = 10.0, lr: float = 5e-5, quant_lr: float = 1e-3, batch_size: int = 8,
+                    tau: tuple[float, float] = (1.0, 0.5), clip: float = 1.0, seed: int = 0, workdir=None,
+                    save_every: int = 50, progress: bool = True) -> pd.DataFrame:
+    """Train ``dq`` in place (module docstring); returns the log (one row per step)."""
+    from bitalloc.models import RateDistortionLoss
+
+    criterion = RateDistortionLoss(lmbda)
+    main, quant, aux = _param_groups(dq)
+    opt = torch.optim.Adam([{"params": main, "lr": lr}, {"params": quant, "lr": quant_lr}])
+    aux_opt = torch.optim.Adam(aux, lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    state_path = Path(workdir) / "state.pt" if workdir is not None else None
+    step, log, rd0 = 0, [], None
+    if state_path is not None and state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        dq.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        aux_opt.load_state_dict(st["aux_opt"])
+        step, log, gamma, rd0 = st["step"], st["log"], st["gamma"], st["rd0"]
+        gen.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        if st.get("data_rng") is not None and hasattr(train_images, "rng"):
+            train_images.rng.bit_generator.state = st["data_rng"]
+
+    def save():
+        if state_path is None:
+            return
+        from bitalloc.models.checkpoint import atomic_torch_save
+
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"model": dq.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
+                           "step": step, "log": log, "gamma": gamma, "rd0": rd0, "gen": gen.get_state(),
+                           "torch_rng": torch.get_rng_state(),
+                           "data_rng": getattr(getattr(train_images, "rng", None), "bit_generator", None)
+                           and train_images.rng.bit_generator.state}, state_path)
+
+    dq.train()
+    top = max(dq.candidate_bits)
+    bar = tqdm(total=steps, initial=step, disable=not progress, desc="dynaquant", mininterval=5)
+    t0 = time.perf_counter()
+    while step < steps:
+        dq.tau = tau[0] + (tau[1] - tau[0]) * step / max(1, steps - 1)
+        x = draw_batch(train_images, batch_size, gen)
+        out = dq(x)
+        rd = criterion(out, x)
+        if rd0 is None:
+            rd0 = float(rd["loss"].detach())
+        l_bits = out["expected_bits"].mean() / top
+        loss = rd["loss"] + gamma * rd0 * l_bits
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(main + quant, clip)
+        opt.step()
+        aux_loss = dq.aux_loss()
+        aux_opt.zero_grad(set_to_none=True)
+        aux_loss.backward()
+        aux_opt.step()
+        avg_hard = float(dq.avg_bits_of(dq.chosen_bits()).mean())
+        if target_avg_bits is not None:
+            gamma = float(np.clip(gamma + gamma_lr * (avg_hard - target_avg_bits), 0.0, gamma_max))
+        step += 1
+        log.append({"step": step, "loss": loss.item(), "rd_loss": rd["loss"].item(), "bpp": rd["bpp"].item(),
+                    "psnr": float(rd["psnr"]), "expected_bits": float(out["expected_bits"].mean()),
+                    "avg_bits": avg_hard, "gamma": gamma, "tau": dq.tau, "time_s": time.perf_counter() - t0})
+        bar.set_postfix(bits=f"{avg_hard:.2f}", gamma=f"{gamma:.3f}", psnr=f"{float(rd['psnr']):.2f}",
+                        refresh=False)
+        bar.update(1)
+        if step % save_every == 0 or step == steps:
+            save()
+    bar.close()
+    dq.eval()
+    return pd.DataFrame(log)
