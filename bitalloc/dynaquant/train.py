@@ -185,7 +185,7 @@ def train_dynaquant(dq: DynaQuantModel, train_images, *, lmbda: float, steps: in
             gamma = float(np.clip(gamma + gamma_lr * (avg_hard - target_avg_bits), 0.0, gamma_max))
         step += 1
         log.append({"step": step, "loss": loss.item(), "rd_loss": rd["loss"].item(), "bpp": rd["bpp"].item(),
-                    "psnr": float(rd["psnr"]), "expected_bits": float(out["expected_bits"].mean()),
+                    "psnr": float(rd["psnr"]), "expected_bits": out["expected_bits"].mean().item(),
                     "avg_bits": avg_hard, "gamma": gamma, "tau": dq.tau, "time_s": time.perf_counter() - t0})
         bar.set_postfix(bits=f"{avg_hard:.2f}", gamma=f"{gamma:.3f}", psnr=f"{float(rd['psnr']):.2f}",
                         refresh=False)
