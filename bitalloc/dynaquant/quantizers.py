@@ -9,7 +9,9 @@ per-image, per-channel mean mu and standard deviation sigma over the spatial dim
 
     o = mu + t * sigma,      s = exp(a) * sigma / Q + eps,      x_hat = o + s * clamp(round((x - o) / s), -Q, Q)
 
-with learnable per-channel ``a`` (initialised to log 4: the grid covers +-4 sigma) and ``t`` (0), Q = 2^(b-1)-1.
+with learnable per-channel ``a`` and ``t`` (0), Q = 2^(b-1)-1. ``a`` starts at log 4 (the grid covers +-4 sigma)
+and is re-initialised by the first training batch to the per-channel max of |x - mu| / sigma (a min-max start,
+so heavy-tailed inputs such as the sparse latents y_hat are not clipped from the first step).
 Scale and offset are therefore learnable affine functions of the input's statistics, recomputed for every
 image -- the decoder recomputes them from what it has, so nothing is transmitted. It also quantizes the
 latents fed to g_s (y_hat) and h_s (z_hat) and |y| fed to h_a, since those are the inputs of quantized layers.
@@ -48,6 +50,7 @@ class ContentAwareActQuantizer(nn.Module):
         self.estimator, self.beta = estimator, float(beta)
         self.log_range = nn.Parameter(torch.full((channels,), math.log(init_range)))
         self.offset = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("initialized", torch.tensor(False))
 
     @property
     def qmax(self) -> int:
@@ -58,6 +61,11 @@ class ContentAwareActQuantizer(nn.Module):
         sigma = x.std(dim=(2, 3), keepdim=True, unbiased=False) if x.shape[2] * x.shape[3] > 1 \
             else x.abs().mean(dim=(2, 3), keepdim=True)
         sigma = sigma.detach().clamp_min(1e-4)  # statistics steer the grid; gradients go to a and t
+        if self.training and not bool(self.initialized):
+            with torch.no_grad():
+                k = ((x - mu) / sigma).abs().amax(dim=(0, 2, 3)).clamp(1.0, 1e3)
+                self.log_range.copy_(k.log())
+                self.initialized.fill_(True)
         o = mu.detach() + self.offset.view(1, -1, 1, 1) * sigma
         s = self.log_range.exp().view(1, -1, 1, 1) * sigma / self.qmax + 1e-8
         return o + s * round_with((x - o) / s, self.qmax, self.estimator, self.beta)
