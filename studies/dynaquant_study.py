@@ -7,7 +7,7 @@ Per quality (1, 3, 4, 6 when their checkpoints ship):
 * ``fp32``: the float checkpoint;
 * ``dynaquant`` (DGM) and ``dynaquant_ste`` (the gradient-modulator ablation): :func:`run_dynaquant_cell` with
   candidates {4, 6, 8}, ``--steps`` training steps on random 128x128 crops of ``train/``, average bits steered
-  to ``--target-bits`` on held-out training crops;
+  to ``--target-bits`` on fresh 256x256 crops of the training photos;
 * ``ilp_ptq`` and ``ilp_qat``: the ILP plan (sensitivity table of :func:`bitalloc.sensitivity.measure_sensitivity`
   on 8 centre crops of ``train/``, candidates {4, 6, 8}) at the *same average bits as DynaQuant measured on
   Kodak*; PTQ (MSE calibration), and QAT with :func:`bitalloc.qat.finetune` for the same number of steps
@@ -39,6 +39,18 @@ import torch
 RESULTS = Path(__file__).parent / "results" / "dynaquant"
 ARCH = "bmshj2018-hyperprior"
 METHODS = ("fp32", "ilp_ptq", "ilp_qat", "dynaquant", "dynaquant_ste")
+
+
+def numpy_scalars_allowed():
+    """Allow numpy scalars in a checkpoint's metadata under ``weights_only`` loading.
+
+    The zoo's first checkpoints store ``final_train_bpp``/``final_train_psnr`` as numpy float64, which
+    torch's weights-only unpickler rejects; this allowlists just the numpy scalar and dtype types (the tensors
+    are still loaded weights-only). Harmless once the checkpoints store plain floats.
+    """
+    import numpy.core.multiarray as multiarray
+
+    return torch.serialization.safe_globals([multiarray.scalar, np.dtype, type(np.dtype("float64"))])
 
 
 def _cached_frame(path: Path, make) -> pd.DataFrame:
@@ -94,7 +106,8 @@ def run_quality(q: int, args, kodak: dict, train, calib: torch.Tensor, work: Pat
     from bitalloc.quant import apply_plan
     from bitalloc.sensitivity import measure_sensitivity
 
-    model = load_model(ARCH, q)
+    with numpy_scalars_allowed():
+        model = load_model(ARCH, q)
     lmbda = float(model.meta["lambda"])
     h, w = next(iter(kodak.values())).shape[-2:]
     macs = layer_macs(model, h, w)  # Kodak images are all 768x512 or 512x768: the same MACs
@@ -115,7 +128,7 @@ def run_quality(q: int, args, kodak: dict, train, calib: torch.Tensor, work: Pat
                                    lmbda=lmbda, steps=args.steps, train_images=train, eval_images=kodak,
                                    estimator=est, seed=args.seed, workdir=work / f"q{q}_{method}",
                                    progress=args.progress, batch_size=args.batch_size)
-        print(f"q{q} {method}: {s['avg_bits']:.3f} avg bits on Kodak ({s['train_avg_bits']:.3f} on held-out "
+        print(f"q{q} {method}: {s['avg_bits']:.3f} avg bits on Kodak ({s['train_avg_bits']:.3f} on 256x256 "
               f"training crops), {s['psnr_rgb']:.2f} dB at {s['bpp']:.4f} bpp "
               f"[{time.perf_counter() - t0:.0f} s]", flush=True)
         summaries[method] = s
@@ -283,7 +296,8 @@ def write_markdown(out: Path, args, results: pd.DataFrame, bd: pd.DataFrame, ela
         "`gbit_ops` 1e9 x sum over layers of MACs x weight bits x activation bits per image (DynaQuant: 8-bit "
         "content-aware activations; the static plans keep float activations, counted as 32 bits), "
         "`gamma` the final penalty weight of the dual ascent, `bit_bias` the calibrated decision bias, "
-        "`train_avg_bits` the average on held-out training crops (<= target by construction).", "",
+        "`train_avg_bits` the average on 16 fresh 256x256 crops of the training photos (<= target by "
+        "construction).", "",
         "![chosen bits per layer](bits_per_layer.png)", "", "![RD curves](rd_curves.png)", "",
         "## How to read it", "",
         "* Equal average bits: the ILP budget is DynaQuant's measured Kodak average (`avg_bits` of the "
@@ -332,7 +346,8 @@ def main(argv=None) -> pd.DataFrame:
     root = data_root(args.data)
     if root is None:
         p.error("needs Kodak and the training photos: set BITALLOC_DATA or --data")
-    shipped = {c["quality"] for c in available_checkpoints() if c.get("architecture") == ARCH}
+    with numpy_scalars_allowed():
+        shipped = {c["quality"] for c in available_checkpoints() if c.get("architecture") == ARCH}
     qualities = [q for q in args.qualities if q in shipped]
     if not qualities:
         raise SystemExit(f"no shipped {ARCH} checkpoint for qualities {args.qualities}")

@@ -72,7 +72,7 @@ def test_content_aware_quantizer_follows_input_statistics(estimator):
     # scale and offset are functions of the per-image statistics: quantizing c*x + d gives c*q(x) + d
     assert torch.allclose(q(2.5 * x + 0.7), 2.5 * q(x) + 0.7, atol=1e-4)
     err = (q(x) - x).abs().max().item()
-    assert err <= 4 * x.std().item() / 127  # within a step of the +-4 sigma grid (no clipping of N(0,1) here)
+    assert err <= 12 * x.std().item() / 127  # within a step of the +-12 sigma grid (no clipping here)
 
 
 def test_content_aware_quantizer_gradients_differ_by_estimator():
@@ -98,7 +98,7 @@ def test_lower_precisions_are_derived_from_the_stored_8bit_integers(hyperprior):
         shift = 2 ** (8 - b)
         expected = torch.clamp(torch.round(q8.float() / shift), -(2 ** (b - 1) - 1), 2 ** (b - 1) - 1)
         assert torch.equal(nw.integers(w, b).float(), expected)
-        s = nw.scale.detach().abs().reshape(-1, 1, 1, 1)
+        s = nw.scale().detach().reshape(-1, 1, 1, 1)
         with torch.no_grad():
             assert torch.allclose(nw(w, b), expected * s * shift)
             nw.freeze(w)

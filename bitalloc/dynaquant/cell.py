@@ -88,14 +88,31 @@ def evaluate_dynamic(dq: DynaQuantModel, images: dict, *, progress: bool = True)
     return pd.DataFrame(rows)
 
 
+def _calibration_crops(train_images, n: int, crop: int, seed: int) -> torch.Tensor:
+    if isinstance(train_images, torch.Tensor):
+        return draw_batch(train_images, n, torch.Generator().manual_seed(seed + 10_000))
+    from bitalloc.data import ImageFolder
+
+    if isinstance(train_images, ImageFolder):
+        old = train_images.crop
+        train_images.crop = crop
+        try:
+            return train_images.batch(n)
+        finally:
+            train_images.crop = old
+    return train_images.batch(n)
+
+
 def run_dynaquant_cell(float_model, *, target_avg_bits: float, candidate_bits=(4, 6, 8), lmbda: float,
                        steps: int, train_images, eval_images, estimator: str = "dgm", seed: int = 0,
                        workdir=None, progress: bool = True, max_bits: int | None = None, batch_size: int = 8,
-                       calib_batch: int = 16, **train_kw) -> tuple[pd.DataFrame, dict]:
+                       calib_batch: int = 16, calib_crop: int = 256, **train_kw) -> tuple[pd.DataFrame, dict]:
     """Train DynaQuant from ``float_model`` to ``target_avg_bits`` and evaluate it with real bitstreams.
 
     The penalty weight gamma follows dual ascent during training, then a decision-time bias is calibrated on
-    ``calib_batch`` held-out training crops so the training-distribution average is <= ``target_avg_bits``
+    ``calib_batch`` fresh random ``calib_crop`` x ``calib_crop`` crops of the training photos (never the
+    evaluation images; larger than the training crops because the selectors see pooled features whose
+    statistics depend on the image size) so the training-distribution average is <= ``target_avg_bits``
     (see :mod:`bitalloc.dynaquant.train`). Returns (per-image rows, summary); with ``workdir`` the training
     resumes from ``state.pt`` and a finished cell is reloaded from ``dynaquant.pt`` / ``images.csv``.
     """
@@ -112,7 +129,7 @@ def run_dynaquant_cell(float_model, *, target_avg_bits: float, candidate_bits=(4
     log = train_dynaquant(dq, train_images, lmbda=lmbda, steps=steps, target_avg_bits=target_avg_bits,
                           batch_size=batch_size, seed=seed, workdir=wd, progress=progress, **train_kw)
     train_time = time.perf_counter() - t0
-    held_out = draw_batch(train_images, calib_batch, torch.Generator().manual_seed(seed + 10_000))
+    held_out = _calibration_crops(train_images, calib_batch, calib_crop, seed)
     bias, train_avg = calibrate_bit_bias(dq, held_out, target_avg_bits)
     frame = evaluate_dynamic(dq, eval_images, progress=progress)
     summary = {

@@ -15,9 +15,9 @@ Reaching a target average (``target_avg_bits``) happens in two steps:
    ``gamma <- clip(gamma + eta * (avg_hard - target), 0, gamma_max)``, avg_hard the batch's average of the
    bits actually chosen (Gumbel hard samples). gamma starts at ``gamma`` (0 by default) and rises only
    while the chosen bits exceed the target.
-2. *Calibration of a decision-time bias* (:func:`calibrate_bit_bias`): on a held-out batch of training crops
-   (never the evaluation images), in eval mode (argmax), find by bracketing + bisection the smallest bias
-   kappa such that subtracting ``kappa * b`` from the logit of candidate b brings the batch's mean average
+2. *Calibration of a decision-time bias* (:func:`calibrate_bit_bias`): on a batch of fresh random crops of the
+   training photos (never the evaluation images), in eval mode (argmax), find by bracketing + bisection the
+   smallest bias kappa such that subtracting ``kappa * b`` from the logit of candidate b brings the batch's mean average
    bits to <= target. kappa may be negative when training undershoots (the budget is then used up to the
    target). This guarantees the training-distribution average lands at or below the target whatever
    the dual ascent reached.
@@ -163,6 +163,7 @@ def train_dynaquant(dq: DynaQuantModel, train_images, *, lmbda: float, steps: in
     top = max(dq.candidate_bits)
     bar = tqdm(total=steps, initial=step, disable=not progress, desc="dynaquant", mininterval=5)
     t0 = time.perf_counter()
+    skipped = 0
     while step < steps:
         dq.tau = tau[0] + (tau[1] - tau[0]) * step / max(1, steps - 1)
         x = draw_batch(train_images, batch_size, gen)
@@ -173,6 +174,13 @@ def train_dynaquant(dq: DynaQuantModel, train_images, *, lmbda: float, steps: in
         l_bits = out["expected_bits"].mean() / top
         loss = rd["loss"] + gamma * rd0 * l_bits
         opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            skipped += 1  # a rare non-finite batch must not poison the weights: skip it, and say so in the log
+            if skipped > max(5, steps // 10):
+                raise FloatingPointError(f"dynaquant training: {skipped} non-finite losses by step {step}")
+            step += 1
+            bar.update(1)
+            continue
         loss.backward()
         torch.nn.utils.clip_grad_norm_(main + quant, clip)
         opt.step()
