@@ -25,13 +25,15 @@ Reaching a target average (``target_avg_bits``) happens in two steps:
 With ``target_avg_bits=None`` gamma stays fixed (what the tests use to compare penalty weights).
 
 Optimisers: Adam on the network weights (``lr``), Adam on the selectors and the quantizers' scales/offsets
-(``quant_lr``), CompressAI's auxiliary loss for the entropy bottleneck's quantiles; gradients clipped at 1.
+(``quant_lr``), both with a cosine decay to a tenth, CompressAI's auxiliary loss for the entropy
+bottleneck's quantiles; gradients clipped at 1.
 The Gumbel temperature anneals linearly from ``tau[0]`` to ``tau[1]``. The run state is written atomically to
 ``<workdir>/state.pt`` every ``save_every`` steps and at the end; the same call resumes there.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -166,6 +168,9 @@ def train_dynaquant(dq: DynaQuantModel, train_images, *, lmbda: float, steps: in
     skipped = 0
     while step < steps:
         dq.tau = tau[0] + (tau[1] - tau[0]) * step / max(1, steps - 1)
+        decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+        for group, base_lr in zip(opt.param_groups, (lr, quant_lr)):
+            group["lr"] = base_lr * decay
         x = draw_batch(train_images, batch_size, gen)
         out = dq(x)
         rd = criterion(out, x)
