@@ -184,3 +184,33 @@ def test_round_trip_gives_finite_bpp_from_real_bytes(dq, varied):
     assert (frame.bit_ops > 0).all()
     bits_cols = [c for c in frame.columns if c.startswith("bits:")]
     assert len(bits_cols) == len(dq.layer_names)
+
+
+def test_training_resumes_from_its_workdir_exactly(hyperprior, varied, tmp_path, monkeypatch):
+    import bitalloc.dynaquant.train as train_mod
+
+    def run(workdir, fail_at=None):
+        torch.manual_seed(0)
+        model = DynaQuantModel(hyperprior, (4, 6, 8))
+        calls = {"n": 0}
+        real = train_mod.draw_batch
+
+        def flaky(*a, **k):
+            calls["n"] += 1
+            if fail_at is not None and calls["n"] == fail_at:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+
+        monkeypatch.setattr(train_mod, "draw_batch", flaky)
+        log = train_dynaquant(model, varied, lmbda=LMBDA, steps=6, target_avg_bits=6.0, batch_size=2,
+                              workdir=workdir, save_every=2, progress=False)
+        return model, log
+
+    straight, log_a = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", fail_at=5)  # dies in step 5; the state of step 4 is on disk
+    resumed, log_b = run(tmp_path / "b")
+    assert log_b.step.tolist() == list(range(1, 7))
+    assert log_b.gamma.tolist() == pytest.approx(log_a.gamma.tolist())
+    for (name, p), (_, q) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(p, q), name
