@@ -11,7 +11,8 @@ Per quality (1, 3, 4, 6 when their checkpoints ship):
 * ``ilp_ptq`` and ``ilp_qat``: the ILP plan (sensitivity table of :func:`bitalloc.sensitivity.measure_sensitivity`
   on 8 centre crops of ``train/``, candidates {4, 6, 8}) at the *same average bits as DynaQuant measured on
   Kodak*; PTQ (MSE calibration), and QAT with :func:`bitalloc.qat.finetune` for the same number of steps
-  (DGM estimator, learnable scales).
+  (DGM estimator, learnable scales);
+* ``dynaquant_wonly`` (``--weights-only``): DynaQuant with float activations, as the static plans have.
 
 Every configuration is entropy-coded on the 24 Kodak images (bpp from the bytes). BD-rates (PCHIP over
 PSNR-RGB) against the FP32 curve. Writes ``studies/results/dynaquant/``: ``results.csv`` (one row per quality and
@@ -38,7 +39,7 @@ import torch
 
 RESULTS = Path(__file__).parent / "results" / "dynaquant"
 ARCH = "bmshj2018-hyperprior"
-METHODS = ("fp32", "ilp_ptq", "ilp_qat", "dynaquant", "dynaquant_ste")
+METHODS = ("fp32", "ilp_ptq", "ilp_qat", "dynaquant", "dynaquant_ste", "dynaquant_wonly")
 
 
 def numpy_scalars_allowed():
@@ -119,15 +120,16 @@ def run_quality(q: int, args, kodak: dict, train, calib: torch.Tensor, work: Pat
     frames.append(_add_cost_columns(fp, macs, 32))
 
     summaries = {}
-    for est, method in (("dgm", "dynaquant"), ("ste", "dynaquant_ste")):
-        if method == "dynaquant_ste" and args.no_ablation:
-            continue
+    variants = [("dgm", "dynaquant", 8)]
+    variants += [] if args.no_ablation else [("ste", "dynaquant_ste", 8)]
+    variants += [("dgm", "dynaquant_wonly", None)] if args.weights_only else []
+    for est, method, act_bits in variants:
         train.rng = np.random.default_rng(args.seed)
         t0 = time.perf_counter()
         df, s = run_dynaquant_cell(model, target_avg_bits=args.target_bits, candidate_bits=tuple(args.candidates),
                                    lmbda=lmbda, steps=args.steps, train_images=train, eval_images=kodak,
                                    estimator=est, seed=args.seed, workdir=work / f"q{q}_{method}",
-                                   progress=args.progress, batch_size=args.batch_size)
+                                   progress=args.progress, batch_size=args.batch_size, act_bits=act_bits)
         print(f"q{q} {method}: {s['avg_bits']:.3f} avg bits on Kodak ({s['train_avg_bits']:.3f} on 256x256 "
               f"training crops), {s['psnr_rgb']:.2f} dB at {s['bpp']:.4f} bpp "
               f"[{time.perf_counter() - t0:.0f} s]", flush=True)
@@ -135,7 +137,7 @@ def run_quality(q: int, args, kodak: dict, train, calib: torch.Tensor, work: Pat
         df = df.assign(method=method, max_avg_bits=df.avg_bits.max(),
                        gamma=s["gamma"], bit_bias=s["bit_bias"], train_avg_bits=s["train_avg_bits"],
                        train_time_s=s["train_time_s"])
-        frames.append(_add_cost_columns(df.drop(columns=["bit_ops"]), macs, 8))
+        frames.append(_add_cost_columns(df.drop(columns=["bit_ops"]), macs, act_bits or 32))
 
     table_path = work / f"q{q}_sensitivity.json"
     if table_path.exists():
@@ -314,6 +316,8 @@ def write_markdown(out: Path, args, results: pd.DataFrame, bd: pd.DataFrame, ela
         "estimator, learnable scales); `ilp_ptq` is calibration only.",
         "* `dynaquant_ste` is the same training with the straight-through estimator instead of the DGM "
         "(beta = 2) for weights and activations: the gradient-modulator ablation.",
+        "* `dynaquant_wonly` (with `--weights-only`): DynaQuant with float activations, as the static plans, "
+        "to separate the cost of the 8-bit activations from that of the dynamic weight bits.",
     ]
     atomic_write_text(out / "dynaquant.md", "\n".join(lines) + "\n")
 
@@ -331,6 +335,8 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     p.add_argument("--no-ablation", action="store_true", help="skip the straight-through ablation")
     p.add_argument("--no-qat", action="store_true", help="skip the QAT of the ILP plan")
+    p.add_argument("--weights-only", action="store_true",
+                   help="also train DynaQuant with float activations (separates the activation quantization)")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--work", default=str(Path(__file__).resolve().parents[1] / "runs" / "dynaquant_study"))

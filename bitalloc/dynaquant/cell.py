@@ -106,7 +106,8 @@ def _calibration_crops(train_images, n: int, crop: int, seed: int) -> torch.Tens
 def run_dynaquant_cell(float_model, *, target_avg_bits: float, candidate_bits=(4, 6, 8), lmbda: float,
                        steps: int, train_images, eval_images, estimator: str = "dgm", seed: int = 0,
                        workdir=None, progress: bool = True, max_bits: int | None = None, batch_size: int = 8,
-                       calib_batch: int = 16, calib_crop: int = 256, **train_kw) -> tuple[pd.DataFrame, dict]:
+                       calib_batch: int = 16, calib_crop: int = 256, act_bits: int | None = 8,
+                       **train_kw) -> tuple[pd.DataFrame, dict]:
     """Train DynaQuant from ``float_model`` to ``target_avg_bits`` and evaluate it with real bitstreams.
 
     The penalty weight gamma follows dual ascent during training, then a decision-time bias is calibrated on
@@ -115,9 +116,10 @@ def run_dynaquant_cell(float_model, *, target_avg_bits: float, candidate_bits=(4
     statistics depend on the image size) so the training-distribution average is <= ``target_avg_bits``
     (see :mod:`bitalloc.dynaquant.train`). Returns (per-image rows, summary); with ``workdir`` the training
     resumes from ``state.pt`` and a finished cell is reloaded from ``dynaquant.pt`` / ``images.csv``.
+    ``act_bits=None`` keeps activations in float (weights-only DynaQuant, an ablation).
     """
     torch.manual_seed(seed)
-    dq = DynaQuantModel(float_model, candidate_bits, estimator=estimator, max_bits=max_bits)
+    dq = DynaQuantModel(float_model, candidate_bits, estimator=estimator, max_bits=max_bits, act_bits=act_bits)
     if target_avg_bits < dq.min_avg_bits() - 1e-9:
         raise ValueError(f"target_avg_bits={target_avg_bits:g} is below the smallest achievable average "
                          f"{dq.min_avg_bits():.4g} bits (dynamic layers at {dq.candidate_bits[0]} bits, g_a.0, "
@@ -137,7 +139,7 @@ def run_dynaquant_cell(float_model, *, target_avg_bits: float, candidate_bits=(4
         "max_bits": int(frame.max_bits.max()), "bit_ops": float(frame.bit_ops.mean()),
         "train_avg_bits": train_avg, "target_avg_bits": float(target_avg_bits), "bit_bias": bias,
         "gamma": float(log.gamma.iloc[-1]) if len(log) else float("nan"), "train_time_s": train_time,
-        "steps": int(steps), "estimator": estimator, "candidate_bits": list(dq.candidate_bits),
+        "steps": int(steps), "estimator": estimator, "act_bits": act_bits, "candidate_bits": list(dq.candidate_bits),
         "bpp": float(frame.bpp.mean()), "psnr_rgb": float(frame.psnr_rgb.mean()),
         "ms_ssim_rgb": float(frame.ms_ssim_rgb.mean()),
         "final_train_psnr": float(log.psnr.tail(20).mean()) if len(log) else float("nan"),
