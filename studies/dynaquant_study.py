@@ -199,7 +199,8 @@ def bd_table(results: pd.DataFrame) -> pd.DataFrame:
         entry = {"method": method, "num_points": len(cur), "avg_bits": cur.avg_bits.mean(),
                  "max_avg_bits": cur.max_avg_bits.max(), "gwbit_macs": cur.gwbit_macs.mean(),
                  "gbit_ops": cur.gbit_ops.mean(),
-                 "delta_psnr_db": float((cur.psnr_rgb.values - fp.psnr_rgb.values).mean())}
+                 "delta_psnr_db": float((cur.psnr_rgb.values - fp.psnr_rgb.values).mean()),
+                 "delta_bpp_pct": float(100 * (cur.bpp.values / fp.bpp.values - 1).mean())}
         try:
             entry["bd_rate_vs_fp32_pct"] = bd_rate(fp.bpp, fp.psnr_rgb, cur.bpp, cur.psnr_rgb)
             entry["bd_psnr_vs_fp32_db"] = bd_psnr(fp.bpp, fp.psnr_rgb, cur.bpp, cur.psnr_rgb)
@@ -226,10 +227,10 @@ def plot_bits(images: pd.DataFrame, candidates, path: Path) -> None:
 
     dq = images[images.method == "dynaquant"]
     quals = sorted(dq.quality.unique())
-    cols = [c for c in _bits_columns(dq) if dq[c].nunique() > 1 or not (dq[c] == 8).all()]
-    cols = [c for c in cols if c[5:].split(".")[0] in ("g_a", "h_s", "g_s")
-            and c[5:] not in ("g_a.0", "g_s.0")]
-    fig, axes = plt.subplots(1, len(quals), figsize=(3.6 * len(quals), 3.6), squeeze=False, sharey=True)
+    cols = [c for c in _bits_columns(dq) if c[5:].split(".")[0] in ("g_a", "h_s", "g_s")
+            and c[5:] not in ("g_a.0", "g_s.0")]  # the dynamic layers (the others are fixed at 8 bits)
+    fig, axes = plt.subplots(1, len(quals), figsize=(max(6.5, 3.6 * len(quals)), 4.2), squeeze=False,
+                             sharey=True)
     colors = plt.cm.viridis(np.linspace(0.15, 0.85, len(candidates)))
     for ax, q in zip(axes[0], quals):
         cur = dq[dq.quality == q]
@@ -241,7 +242,7 @@ def plot_bits(images: pd.DataFrame, candidates, path: Path) -> None:
         ax.set_xticks(range(len(cols)), [c[5:] for c in cols], rotation=60, fontsize=7)
         ax.set_title(f"q{q}: {cur.avg_bits.mean():.2f} avg bits", fontsize=9)
     axes[0][0].set_ylabel("share of Kodak images")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     n_img = dq[dq.quality == quals[0]].shape[0]
     fig.suptitle(f"DynaQuant (DGM): chosen weight bits per layer across {n_img} Kodak images", fontsize=9)
     fig.tight_layout()
@@ -285,10 +286,15 @@ def write_markdown(out: Path, args, results: pd.DataFrame, bd: pd.DataFrame, ela
     res = results[[c for c in cols if c in results]]
     lines = [
         "# DynaQuant vs the static ILP plan at equal average bits (compact Scale Hyperprior, Kodak)", "",
-        f"Command: `{cmd}`  ", f"Machine: {machine}; wall time {elapsed / 60:.1f} min.  ",
+        f"Command: `{cmd}`  ", f"Machine: {machine}; wall time of this invocation {elapsed / 60:.1f} min (cells cached by an earlier "
+        "invocation are reused, not re-timed; `train_time_s` is each training's own time).  ",
         f"Settings: candidates {tuple(args.candidates)}, target {args.target_bits:g} avg bits, {args.steps} "
         f"training steps per model (batch {args.batch_size}, 128x128 crops of train/), Kodak "
         f"{'all 24 images' if args.eval_limit is None else f'first {args.eval_limit} images'}, seed {args.seed}.",
+        f"Qualities measured: {', '.join(map(str, args.measured))}"
+        + (f"; requested but without a shipped checkpoint: {', '.join(map(str, args.missing))} -- BD-rate needs "
+           "4 rate points, so with fewer qualities the BD columns are NaN and `delta_psnr_db` (mean PSNR change "
+           "against FP32 at each measured quality) is the comparison." if args.missing else "."),
         "",
         "## BD-rate against FP32 (PCHIP over PSNR-RGB; negative is better)", "", _md(bd), "",
         "## Per quality", "", _md(res), "",
@@ -360,6 +366,7 @@ def main(argv=None) -> pd.DataFrame:
     missing = sorted(set(args.qualities) - set(qualities))
     if missing:
         print(f"skipping qualities without a shipped checkpoint: {missing}", flush=True)
+    args.measured, args.missing = qualities, missing
     out = Path(args.out)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
