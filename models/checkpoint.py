@@ -59,14 +59,36 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             os.unlink(tmp)
 
 
+def plain_meta(value, where: str = "meta"):
+    """``value`` with numpy scalars/arrays turned into Python types, so ``weights_only`` loading accepts it.
+
+    Raises ``TypeError`` naming the key for anything that is not plain data (a tensor, an object).
+    """
+    if isinstance(value, dict):
+        return {str(k): plain_meta(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_meta(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalar (np.float64 is a float)
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return type(value)(value) if value is not None else None
+    if hasattr(value, "tolist") and not isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"checkpoint {where} must be plain data (str, int, float, bool, None, list, dict), "
+                    f"got {type(value).__name__}")
+
+
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict, half: bool = True) -> None:
-    """Write ``model`` with ``meta``; float tensors become float16 when ``half``."""
+    """Write ``model`` with ``meta``; float tensors become float16 when ``half``.
+
+    ``meta`` is normalised with :func:`plain_meta` so the file loads with ``weights_only=True``.
+    """
     state = {
         k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
         for k, v in model.state_dict().items()
     }
     atomic_torch_save(
-        {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "meta": dict(meta), "state_dict": state},
+        {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "meta": plain_meta(dict(meta)), "state_dict": state},
         path,
     )
 

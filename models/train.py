@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_torch_save, load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import atomic_torch_save, load_checkpoint, plain_meta, read_checkpoint, save_checkpoint
 from .losses import RateDistortionLoss, split_parameters
 from .registry import build_model, check_model, check_quality, lambda_of
 
@@ -39,11 +39,14 @@ def _init_weights(model, init_from):
     if init_from is None:
         return None
     path = Path(init_from)
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(blob, dict) and "format" in blob:  # a finished checkpoint
-        src = load_checkpoint(path)
-        model.load_state_dict(src.state_dict())
-    else:  # a run state
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from file not found: {path}")
+    if path.suffix == ".pt" and path.name != "state.pt":  # a shipped checkpoint: safe loading
+        model.load_state_dict(load_checkpoint(path).state_dict())
+    else:  # a run state written by train() (holds RNG states, so not weights_only-loadable)
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(blob, dict) or "model" not in blob:
+            raise ValueError(f"{path} is neither a bitalloc checkpoint nor a train() run state")
         model.load_state_dict(blob["model"])
     return str(path)
 
@@ -108,7 +111,8 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
         cur = np.array([terms["loss"].item(), terms["bpp"].item(), terms["psnr"].item(), aux_loss.item()])
         ema = cur if ema is None else 0.98 * ema + 0.02 * cur
         if step % 50 == 0:
-            history.append({"step": step, "loss": ema[0], "bpp": ema[1], "psnr": ema[2], "aux": ema[3],
+            history.append({"step": step, "loss": float(ema[0]), "bpp": float(ema[1]), "psnr": float(ema[2]),
+                            "aux": float(ema[3]),
                             "lr": opt.param_groups[0]["lr"], "time": time.time()})
         bar.set_postfix(bpp=f"{ema[1]:.3f}", psnr=f"{ema[2]:.2f}", aux=f"{ema[3]:.1f}", refresh=False)
         bar.update(1)
@@ -160,6 +164,6 @@ def finalize(state_path, out_path, *, eval_dir=None, aux_steps: int = 2000, prog
         meta["kodak"] = {"bpp": float(df.bpp.mean()), "psnr_rgb": float(df.psnr_rgb.mean()),
                          "ms_ssim_rgb": float(df.ms_ssim_rgb.mean()), "num_images": int(len(df))}
         ckpt = read_checkpoint(out_path)
-        ckpt["meta"] = meta
+        ckpt["meta"] = plain_meta(meta)
         atomic_torch_save(ckpt, out_path)
     return meta

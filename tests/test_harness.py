@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bitalloc import Allocation, AllocStatus, BitPlan, register_allocator
+from bitalloc import Allocation, AllocStatus, BitPlan
 from bitalloc.harness import PlanOverBudgetError, StudySpec, bd_table, rank, run_study
 from bitalloc.models import build_model, lambda_of
 from bitalloc.report import write_report
@@ -57,7 +57,6 @@ def test_quick_study_on_a_tiny_model(tmp_path, images):
     assert isinstance(res.plans[(1, "ilp", 4.0, "ptq")], BitPlan)
 
 
-@register_allocator("test-over-budget")
 class OverBudget:
     """Returns the all-highest plan whatever the budget: the harness must refuse it."""
 
@@ -66,7 +65,16 @@ class OverBudget:
         return Allocation(plan, AllocStatus.FEASIBLE, 0.0, plan.size_bits(table), 0.0, 0, "cheating")
 
 
-def test_a_plan_over_budget_fails_loudly(tmp_path, images):
+@pytest.fixture
+def over_budget_allocator(monkeypatch):
+    """Registers the cheating allocator for one test only (the registry is global)."""
+    from bitalloc import allocation
+
+    monkeypatch.setitem(allocation._REGISTRY, "test-over-budget", OverBudget)
+    return "test-over-budget"
+
+
+def test_a_plan_over_budget_fails_loudly(tmp_path, images, over_budget_allocator):
     spec = StudySpec(qualities=(1,), allocators=("test-over-budget",), budgets=(4.0,), calib_images=2,
                      calib_crop=64)
     with pytest.raises(PlanOverBudgetError, match=r"q1 allocator 'test-over-budget' at avg_bits=4: plan size"):

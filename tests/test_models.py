@@ -144,3 +144,37 @@ def test_compressai_download_failure_says_how_to_proceed(monkeypatch):
     monkeypatch.setitem(compressai.zoo.image_models, "mbt2018-mean", offline)
     with pytest.raises(RuntimeError, match="needs internet access.*pretrained='path/to/file.pt'"):
         load_model("mbt2018-mean", 3, pretrained="compressai")
+
+
+def test_checkpoint_meta_with_numpy_values_still_loads_weights_only(tmp_path, tiny_model):
+    import numpy as np
+
+    path = tmp_path / "np.pt"
+    save_checkpoint(tiny_model, path, {"bpp": np.float64(0.25), "steps": np.int64(3), "curve": np.arange(2)})
+    meta = torch.load(path, weights_only=True)["meta"]
+    assert meta == {"bpp": 0.25, "steps": 3, "curve": [0, 1]} and type(meta["bpp"]) is float
+    with pytest.raises(TypeError, match=r"meta\['w'\]"):
+        save_checkpoint(tiny_model, tmp_path / "bad.pt", {"w": torch.zeros(2)})
+
+
+def test_train_resume_finetune_and_finalize_ship_a_loadable_file(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    from bitalloc.models.train import finalize, train
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+    kw = dict(batch_size=2, crop=64, save_every=2, progress=False)
+    state = train("bmshj2018-hyperprior", 2, tmp_path, tmp_path / "base", steps=2, **kw)
+    state = train("bmshj2018-hyperprior", 2, tmp_path, tmp_path / "base", steps=4, **kw)  # resumes at 2
+    assert torch.load(state, weights_only=False)["step"] == 4
+    tuned = train("bmshj2018-hyperprior", 3, tmp_path, tmp_path / "q3", steps=1, init_from=state, **kw)
+    out = tmp_path / "ship.pt"
+    meta = finalize(tuned, out, eval_dir=tmp_path, aux_steps=2, progress=False)
+    assert meta["init_from"] == "state.pt" and meta["kodak"]["num_images"] == 3
+    shipped = torch.load(out, weights_only=True)  # the format's promise
+    assert shipped["meta"]["quality"] == 3 and shipped["meta"]["kodak"]["bpp"] > 0
+    model = load_checkpoint(out)
+    assert model.meta["training_steps"] == 1
