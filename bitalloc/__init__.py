@@ -25,9 +25,25 @@ __all__ = [
     "build_allocator", "pareto_front", "register_allocator",
 ]
 
-# Lazily imported public names: {"name": "bitalloc.module"}. Other modules (torch-based ones in particular) add
-# their entries here, e.g. "evaluate": "bitalloc.evaluate", "bd_rate": "bitalloc.bdrate".
+# Lazily imported public names: {"name": "bitalloc.module"} (the torch-based parts live here).
 _LAZY: dict[str, str] = {
+    "evaluate": "bitalloc.evaluation",
+    "compress_image": "bitalloc.evaluation",
+    "resolve_images": "bitalloc.data",
+    "quantizable_layers": "bitalloc.graph",
+    "layer_graph": "bitalloc.graph",
+    "apply_plan": "bitalloc.quant",
+    "plan_of": "bitalloc.quant",
+    "remove_plan": "bitalloc.quant",
+    "layer_size_bits": "bitalloc.quant",
+    "WeightQuantizer": "bitalloc.quant",
+    "measure_sensitivity": "bitalloc.sensitivity",
+    "finetune": "bitalloc.qat",
+    "export_packed": "bitalloc.export",
+    "load_packed": "bitalloc.export",
+    "run_dynaquant_cell": "bitalloc.dynaquant",
+    "DynaQuantModel": "bitalloc.dynaquant",
+    "load_dynaquant": "bitalloc.dynaquant",
     "bd_rate": "bitalloc.bdrate",
     "bd_psnr": "bitalloc.bdrate",
     "reference_curve": "bitalloc.reference",

@@ -36,7 +36,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from .evaluate import evaluate, summarize, to_compressai_json
+    from .evaluation import evaluate, summarize, to_compressai_json
     from .models import load_model
 
     model = load_model(args.model, args.quality, pretrained=args.pretrained)

@@ -82,6 +82,6 @@ def quantize(model, plan, mode: str, spec, train, workdir: Path | None = None):
 
 
 def evaluate_images(model, images: dict) -> pd.DataFrame:
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     return evaluate(model, images, progress=False)

@@ -130,7 +130,7 @@ def finalize(state_path, out_path, *, eval_dir=None, aux_steps: int = 2000, prog
     The auxiliary loss is polished first (it only moves the entropy bottleneck's quantiles, which bound
     the CDF tables), then ``update(force=True)`` builds the entropy coder's tables from the float16 weights.
     """
-    from bitalloc.evaluate import evaluate
+    from bitalloc.evaluation import evaluate
 
     st = torch.load(state_path, map_location="cpu", weights_only=False)
     cfg = st["config"]

@@ -102,7 +102,7 @@ def _add_cost_columns(df: pd.DataFrame, macs: dict[str, float], act_bits: int) -
 def run_quality(q: int, args, kodak: dict, train, calib: torch.Tensor, work: Path) -> pd.DataFrame:
     from bitalloc import BitPlan, Budget, CostTable, build_allocator
     from bitalloc.dynaquant import run_dynaquant_cell
-    from bitalloc.evaluate import evaluate
+    from bitalloc.evaluation import evaluate
     from bitalloc.models import load_model
     from bitalloc.quant import apply_plan
     from bitalloc.sensitivity import measure_sensitivity

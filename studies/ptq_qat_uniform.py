@@ -5,7 +5,7 @@
 Rows: fp32; uniform 8-bit weights calibrated only (min-max and MSE calibration); uniform 4-bit calibrated only;
 uniform 4-bit after :func:`bitalloc.qat.finetune` (RD loss at the model's lambda, leaky clip, LSQ scales,
 ``--qat-steps`` steps on random crops of training photos, never Kodak). Every row is a real bitstream on Kodak
-(:func:`bitalloc.evaluate.evaluate`: bpp from bytes, RGB PSNR) and the packed size of its plan
+(:func:`bitalloc.evaluation.evaluate`: bpp from bytes, RGB PSNR) and the packed size of its plan
 (:func:`bitalloc.export.export_packed`). Targets: 8-bit loses < 0.2 dB at a bpp within 2 %.
 Writes studies/results/ptq_qat_uniform_<model>_q<q>.{csv,md}.
 """
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from bitalloc.data import data_root, resolve_images
-    from bitalloc.evaluate import evaluate
+    from bitalloc.evaluation import evaluate
     from bitalloc.export import export_packed
     from bitalloc.graph import quantizable_layers
     from bitalloc.plan import BitPlan

@@ -20,7 +20,7 @@ import torch
 
 from bitalloc.bdrate import bd_psnr, bd_rate
 from bitalloc.data import data_root
-from bitalloc.evaluate import evaluate, to_compressai_json
+from bitalloc.evaluation import evaluate, to_compressai_json
 from bitalloc.models import available_checkpoints, load_checkpoint, shipped_checkpoint_dir
 from bitalloc.reference import reference_curve
 

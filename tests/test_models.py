@@ -6,7 +6,7 @@ import pytest
 import torch
 from compressai.models import Cheng2020Anchor, MeanScaleHyperprior, ScaleHyperprior
 
-from bitalloc.evaluate import compress_image, evaluate, to_compressai_json
+from bitalloc.evaluation import compress_image, evaluate, to_compressai_json
 from bitalloc.models import (
     LAMBDAS,
     MODELS,

@@ -56,7 +56,7 @@ def evaluate_dynamic(dq: DynaQuantModel, images: dict, *, progress: bool = True)
     """
     from pytorch_msssim import ms_ssim
 
-    from bitalloc.evaluate import compress_image, psnr
+    from bitalloc.evaluation import compress_image, psnr
 
     dq.eval()
     dq.update(force=True)
