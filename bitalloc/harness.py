@@ -13,6 +13,12 @@ resumes where it stopped. Quantizing, fine-tuning and evaluating a plan is cache
 (``<out>/outcomes``): allocators that agree on a plan (all of them at the 8-bit budget, say) share one
 evaluation, and the comparison stays fair because the outcome depends on the plan alone. Reference cells: ``fp32`` (the float model) per quality, and ``uniform`` at 8 bits
 in PTQ mode, the two anchors of the BD-rates.
+
+``dynaquant`` is accepted as an allocator name in QAT mode: it is not a static plan but a dynamic model
+(:mod:`bitalloc.dynaquant`) trained from the same float model, for ``qat_steps``, to an average of ``budget``
+weight bits, on the same training crops, and evaluated on the same images with real bitstreams. Its row
+reports the measured average bits over the evaluation images (``avg_bits``), the largest per-image
+average (``max_avg_bits``) and the bit-operations; its size is the average bits x parameters.
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ from .costs import Budget, CostTable, atomic_write_text
 from .errors import BudgetError
 from .plan import BitPlan
 
-__all__ = ["PlanOverBudgetError", "StudySpec", "StudyResult", "run_study"]
+__all__ = ["PlanOverBudgetError", "StudySpec", "StudyResult", "bd_table", "merge_results", "rank", "run_study"]
 
 FP_ALLOCATOR = "fp32"
+DYNAMIC_ALLOCATOR = "dynaquant"
 
 
 class PlanOverBudgetError(BudgetError):
@@ -70,6 +77,11 @@ class StudySpec:
             raise ValueError(f"unknown mode {bad[0]!r}; valid modes: ptq, qat")
         for name in ("qualities", "allocators", "budgets", "candidate_bits", "modes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if DYNAMIC_ALLOCATOR in self.allocators:
+            if "qat" not in self.modes:
+                raise ValueError("allocator 'dynaquant' trains its quantizers and selectors: add 'qat' to modes")
+            if self.budget_kind != "avg_bits":
+                raise ValueError("allocator 'dynaquant' takes average-bit budgets (budget_kind='avg_bits')")
 
     def sensitivity_key(self, quality: int) -> str:
         cfg = (self.model, quality, self.pretrained, self.candidate_bits, self.calibration, self.calib_images,
@@ -132,7 +144,8 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     evals = steps.eval_set(eval_images, spec.eval_limit, data)
     train = steps.train_source(train_images, spec.calib_crop, data, spec.seed) if "qat" in spec.modes else None
     rows, image_rows, plans = [], [], {}
-    cells = [(q, a, b, m) for q in spec.qualities for m in spec.modes for b in spec.budgets for a in spec.allocators]
+    cells = [(q, a, b, m) for q in spec.qualities for m in spec.modes for b in spec.budgets for a in spec.allocators
+             if not (a == DYNAMIC_ALLOCATOR and m != "qat")]
     refs = [(q, FP_ALLOCATOR, None, "ptq") for q in spec.qualities]
     refs += [(q, "uniform", 8.0, "ptq") for q in spec.qualities
              if spec.budget_kind == "avg_bits" and (q, "uniform", 8.0, "ptq") not in cells]
@@ -148,6 +161,8 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
                 cell = {"row": {"status": "reference", "avg_bits": 32.0}, "plan": None}
                 outcome = {"images": steps.evaluate_images(model, evals).to_dict(orient="records"),
                            "qat_final_loss": None}
+            elif allocator == DYNAMIC_ALLOCATOR:
+                cell, outcome = _dynamic_cell(cache, spec, quality, budget, model, train, evals, progress)
             else:
                 if quality not in tables:
                     tables[quality] = steps.sensitivity(model, calib, spec, cache.root / "sensitivity", quality)
@@ -180,6 +195,44 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     results = pd.DataFrame(rows)
     bd = bd_table(results)
     return StudyResult(results, pd.DataFrame(image_rows), bd, rank(bd), plans)
+
+
+def _dynamic_cell(cache: _Cache, spec: StudySpec, quality: int, budget: float, model, train, evals,
+                  progress: bool) -> tuple[dict, dict]:
+    """Train and evaluate DynaQuant at ``budget`` average bits (resumes from its own work folder)."""
+    from .dynaquant import run_dynaquant_cell
+    from .sensitivity import model_lambda
+
+    workdir = cache.root / "dynaquant" / f"{spec.model}_q{quality}_avg{budget:g}_{spec.qat_steps}steps"
+    try:  # DynaQuant's own candidates (4, 6, 8): its selectors pick among them per image
+        frame, summary = run_dynaquant_cell(model, target_avg_bits=budget, lmbda=model_lambda(model),
+                                            steps=spec.qat_steps, train_images=train, eval_images=evals,
+                                            seed=spec.seed, workdir=workdir, progress=progress)
+    except ValueError as exc:
+        if "below the smallest achievable" not in str(exc):
+            raise
+        raise BudgetError(f"{spec.model} q{quality} allocator 'dynaquant' at avg_bits={budget:g}: {exc}") from exc
+    params = sum(p.numel() for p in model.parameters())
+    row = {"status": "dynamic", "objective": float("nan"), "solve_time_s": float("nan"), "iterations": 0,
+           "avg_bits": summary["avg_bits"], "max_avg_bits": summary["max_avg_bits"], "bit_ops": summary["bit_ops"],
+           "size_bits": summary["avg_bits"] * params, "budget_bits": budget * params,
+           "compression_ratio": 32.0 / summary["avg_bits"], "train_time_s": summary["train_time_s"],
+           "final_train_psnr": summary["final_train_psnr"]}
+    keep = ["image", "height", "width", "num_bytes", "bpp", "psnr_rgb", "ms_ssim_rgb", "avg_bits"]
+    return {"row": row, "plan": None}, {"images": frame[keep].to_dict(orient="records"),
+                                        "qat_final_loss": None}
+
+
+def merge_results(*parts: StudyResult) -> StudyResult:
+    """One result from several studies of the same model (e.g. a PTQ run and a QAT run); BD-rates recomputed."""
+    if not parts:
+        raise ValueError("merge_results needs at least one StudyResult")
+    cell = ["model", "quality", "allocator", "budget", "mode"]
+    results = pd.concat([p.results for p in parts]).drop_duplicates(subset=cell).reset_index(drop=True)
+    images = pd.concat([p.images for p in parts]).drop_duplicates(subset=[*cell, "image"]).reset_index(drop=True)
+    bd = bd_table(results)
+    plans = {k: v for p in parts for k, v in p.plans.items()}
+    return StudyResult(results, images, bd, rank(bd), plans)
 
 
 def _outcome(cache: _Cache, spec: StudySpec, quality: int, mode: str, plan: BitPlan, model, train, evals) -> dict:

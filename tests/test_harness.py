@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bitalloc import Allocation, AllocStatus, BitPlan
-from bitalloc.harness import PlanOverBudgetError, StudySpec, bd_table, rank, run_study
+from bitalloc.errors import BudgetError
+from bitalloc.harness import PlanOverBudgetError, StudySpec, bd_table, merge_results, rank, run_study
 from bitalloc.models import build_model, lambda_of
 from bitalloc.report import write_report
 
@@ -130,3 +131,32 @@ def test_cells_are_json_with_their_plan(tmp_path, images):
     cell = json.loads(next((tmp_path / "cells").glob("*_ilp_*.json")).read_text())
     assert BitPlan.from_dict(cell["plan"]).avg_bits() > 0
     assert {"bpp", "psnr_rgb", "solve_time_s", "size_bits"} <= set(cell["row"])
+
+
+def test_dynaquant_is_a_cell_of_the_same_study(tmp_path, images):
+    spec = StudySpec(qualities=(1, 2), allocators=("ilp", "dynaquant"), budgets=(6.0,), modes=("qat",),
+                     qat_steps=2, calib_images=2, calib_crop=64)
+    train = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    res = _run(spec, tmp_path, images, train_images=train)
+    dyn = res.results[res.results.allocator == "dynaquant"]
+    assert len(dyn) == 2 and (dyn.status == "dynamic").all() and (dyn.bpp > 0).all()
+    assert (dyn.avg_bits <= dyn.max_avg_bits + 1e-9).all() and (dyn.avg_bits >= 4).all()
+    assert ((res.bd.allocator == "dynaquant") & (res.bd["mode"] == "qat")).sum() == 1
+    assert not any(k[1] == "dynaquant" for k in res.plans)  # no static plan
+    with pytest.raises(ValueError, match="add 'qat' to modes"):
+        StudySpec(allocators=("dynaquant",), modes=("ptq",))
+    low = StudySpec(qualities=(1,), allocators=("dynaquant",), budgets=(2.0,), modes=("qat",), qat_steps=1,
+                    calib_images=2, calib_crop=64)
+    with pytest.raises(BudgetError, match=r"q1 allocator 'dynaquant' at avg_bits=2: .*smallest achievable"):
+        _run(low, tmp_path / "low", images, train_images=train)
+
+
+def test_merge_results_recomputes_bd_rates(tmp_path, images):
+    kw = dict(qualities=(1, 2), allocators=("greedy",), calib_images=2, calib_crop=64)
+    a = _run(StudySpec(budgets=(8.0,), **kw), tmp_path, images)
+    b = _run(StudySpec(budgets=(6.0,), **kw), tmp_path, images)
+    merged = merge_results(a, b)
+    assert set(merged.results.budget.dropna()) == {8.0, 6.0}
+    assert (merged.results.allocator == "fp32").sum() == 2  # shared references kept once
+    assert set(merged.bd.budget) == {8.0, 6.0}
+    assert len(merged.plans) == 6  # greedy x 2 budgets x 2 qualities + the uniform 8-bit anchor per quality
