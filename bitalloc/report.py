@@ -99,8 +99,8 @@ def write_report(result, out, command: str = "", machine: str = "") -> Path:
     if result.plans:
         q, _, b, m = max(result.plans, key=lambda k: (k[0], -k[2]))
         plot_bit_heatmap(result.plans, q, b, m, out / "bits_heatmap.png")
-    cols = ["allocator", "budget", "mode", "num_points", "avg_bits", "size_mbit", "compression_ratio",
-            "solve_time_ms", "bd_rate_vs_fp32_pct", "bd_rate_vs_uniform8_pct"]
+    cols = ["allocator", "budget", "mode", "num_points", "avg_bits", "max_avg_bits", "size_mbit",
+            "compression_ratio", "solve_time_ms", "delta_psnr_db", "bd_rate_vs_fp32_pct", "bd_rate_vs_uniform8_pct"]
     bd = result.bd[[c for c in cols if c in result.bd]] if not result.bd.empty else result.bd
     md = ["# Allocator comparison", ""]
     if command:
@@ -108,7 +108,9 @@ def write_report(result, out, command: str = "", machine: str = "") -> Path:
     if machine:
         md += [f"Machine: {machine}", ""]
     md += ["BD-rate: PCHIP over PSNR-RGB on real bitstreams; anchors are the FP32 model and uniform 8-bit PTQ of the "
-           "same checkpoints. Negative is better.", "", bd.to_markdown(index=False, floatfmt=".3g"), "",
+           "same checkpoints. Negative is better. `avg_bits`/`max_avg_bits`: mean and largest "
+           "parameter-weighted weight bits (they differ only for dynamic models); `delta_psnr_db`: mean PSNR "
+           "change against FP32 at equal quality.", "", bd.to_markdown(index=False, floatfmt=".3g"), "",
            "Per quality:", "",
            result.results.drop(columns=["model", "budget_kind"], errors="ignore")
            .to_markdown(index=False, floatfmt=".4g"), ""]
