@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
@@ -205,6 +206,23 @@ def hessian_traces(model: nn.Module, x: torch.Tensor, lmbda: float, layers: dict
     return np.abs(acc / samples)
 
 
+def _penalize_non_finite(cost: np.ndarray, names: Sequence[str], bits: Sequence[int]) -> np.ndarray:
+    """Replace non-finite costs (the RD loss overflowed: a likelihood underflowed to 0, a reconstruction blew up)
+    by a prohibitive finite cost, 10x the largest finite one (at least 1, i.e. +100 % RD loss), with a warning
+    naming each (layer, bits). The raw frame keeps the non-finite loss."""
+    bad = ~np.isfinite(cost)
+    if not bad.any():
+        return cost
+    finite = cost[~bad]
+    penalty = max(1.0, 10.0 * float(finite.max()) if finite.size else 1.0)
+    where = ", ".join(f"{names[i]}@{bits[j]}b" for i, j in zip(*np.nonzero(bad)))
+    warnings.warn(f"the RD loss is not finite with {where} quantized; cost set to {penalty:.4g} "
+                  "(10x the largest finite cost) so allocators avoid it", RuntimeWarning, stacklevel=3)
+    cost = cost.copy()
+    cost[bad] = penalty
+    return cost
+
+
 def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int] = DEFAULT_BITS, *,
                         lmbda: float | None = None, calibration: str = "minmax", method: str = "cached",
                         hessian_samples: int = 4, gdn: bool = False, crop: int = 256, limit: int | None = 4,
@@ -261,6 +279,7 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
     frame = pd.DataFrame(rows)
     frame.attrs.update(time_s=elapsed, method=used, lmbda=lm, num_images=int(x.shape[0]))
     cost = frame.pivot(index="layer", columns="bits", values="cost").loc[names, list(bits)].to_numpy()
+    cost = _penalize_non_finite(cost, names, bits)
     size = frame.pivot(index="layer", columns="bits", values="size_bits").loc[names, list(bits)].to_numpy()
     tensors = [getattr(m, quantized_tensor_name(m)).detach() for m in layers.values()]
     table = CostTable.from_arrays(

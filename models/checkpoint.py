@@ -79,16 +79,20 @@ def plain_meta(value, where: str = "meta"):
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict, half: bool = True) -> None:
-    """Write ``model`` with ``meta``; float tensors become float16 when ``half``.
+    """Write ``model`` with ``meta``; float *parameters* become float16 when ``half``.
 
+    Buffers keep their precision: they are small, and some do not survive float16 (the entropy models'
+    likelihood lower bound of 1e-9 would round to 0, and a zero likelihood makes the estimated rate infinite).
     ``meta`` is normalised with :func:`plain_meta` so the file loads with ``weights_only=True``.
     """
+    params = {name for name, _ in model.named_parameters()}
     state = {
-        k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+        k: (v.detach().cpu().half() if half and k in params and v.is_floating_point() else v.detach().cpu())
         for k, v in model.state_dict().items()
     }
     atomic_torch_save(
-        {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "meta": plain_meta(dict(meta)), "state_dict": state},
+        {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "meta": plain_meta(dict(meta)),
+         "state_dict": state},
         path,
     )
 

@@ -142,9 +142,11 @@ def finalize(state_path, out_path, *, eval_dir=None, aux_steps: int = 2000, prog
         aux_opt.zero_grad()
         model.aux_loss().backward()
         aux_opt.step()
-    # Round-trip the weights through float16 so the CDF tables match what ships.
-    model.load_state_dict({k: (v.half().float() if v.is_floating_point() else v)
-                           for k, v in model.state_dict().items()})
+    # Round-trip the parameters through float16 (what ships) so the CDF tables are built from those values;
+    # buffers ship in full precision (see save_checkpoint).
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
     model.update(force=True)
     spec = check_model(cfg["name"])
     channels = spec.channels(cfg["quality"], cfg["size"])

@@ -59,3 +59,23 @@ def test_calibration_batch_centre_crops():
     assert x.shape == (2, 3, 64, 64)
     with pytest.raises(ValueError, match="multiple of 64"):
         calibration_batch({"a": torch.rand(3, 100, 100)}, crop=100)
+
+
+def test_a_non_finite_rd_loss_becomes_a_prohibitive_cost_with_a_warning(hyperprior, images, monkeypatch):
+    import bitalloc.sensitivity as sens
+
+    real = sens.rd_loss
+    calls = {"n": 0}
+
+    def overflowing(lik, x_hat, x, lmbda):  # the second quantized evaluation overflows, as a 0 likelihood does
+        calls["n"] += 1
+        r = real(lik, x_hat, x, lmbda)
+        return {**r, "loss": float("inf"), "bpp": float("inf")} if calls["n"] == 3 else r
+
+    monkeypatch.setattr(sens, "rd_loss", overflowing)
+    with pytest.warns(RuntimeWarning, match=r"not finite with g_a\.0@3b quantized"):
+        table, frame = measure_sensitivity(hyperprior, images, bits=(2, 3, 4), hessian_samples=0,
+                                           progress=False, return_frame=True, method="naive")
+    finite = np.delete(table.cost.ravel(), 1)
+    assert table.cost[0, 1] == max(1.0, 10 * finite.max())
+    assert np.isinf(frame.loc[(frame.layer == "g_a.0") & (frame.bits == 3), "loss"]).all()  # raw kept
