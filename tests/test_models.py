@@ -182,3 +182,21 @@ def test_train_resume_finetune_and_finalize_ship_a_loadable_file(tmp_path):
     assert shipped["meta"]["quality"] == 3 and shipped["meta"]["kodak"]["bpp"] > 0
     model = load_checkpoint(out)
     assert model.meta["training_steps"] == 1
+
+
+def test_shipped_checkpoints_cover_four_qualities_per_family_within_60_mb():
+    from bitalloc.models import available_checkpoints, shipped_checkpoint_dir
+
+    files = sorted(shipped_checkpoint_dir().glob("*.pt"))
+    assert sum(f.stat().st_size for f in files) <= 60 * 2**20
+    rows = available_checkpoints()
+    for family in ("bmshj2018-hyperprior", "mbt2018-mean"):
+        mine = sorted((r for r in rows if r["architecture"] == family), key=lambda r: r["quality"])
+        assert len(mine) >= 4, family
+        for r in mine:
+            assert {"N", "M", "lambda", "training_steps", "training_data", "kodak_bpp", "kodak_psnr_rgb"} <= set(r)
+            assert "kodak" not in r["training_data"].lower()  # trained on train/ only
+        bpp = [r["kodak_bpp"] for r in mine]
+        assert bpp == sorted(bpp), f"{family}: Kodak bpp must grow with quality"
+    model = load_model("bmshj2018-hyperprior", 4)
+    assert model.gaussian_conditional.likelihood_lower_bound.bound.item() > 0
