@@ -94,7 +94,7 @@ def _plot(table: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, style in [("bmshj2018-hyperprior", "k--"), ("mbt2018-mean", "k:"), ("bpg_444_x265_ycbcr", "c-."),
+    for name, style in [("bmshj2018-hyperprior", "k--"), ("mbt2018-mean", "k:"), ("bpg", "c-."),
                         ("jpeg", "y-.")]:
         ref = reference_curve(name)
         ax.plot(ref.bpp, ref.psnr_rgb, style, label=f"{name} (published)")
