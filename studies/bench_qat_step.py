@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         f"- model: {source}; QAT plan: uniform {args.bits}-bit weights, estimator {args.estimator}, LSQ scales",
         f"- batch {args.batch_size} x {args.crop}x{args.crop} crops; {args.steps} timed steps per mode after "
         f"{args.warmup} warm-up, alternating; median",
-        f"- machine: {os.cpu_count()}-core CPU sandbox shared with two training jobs, torch threads {args.threads}",
+        f"- machine: {os.cpu_count()}-core CPU sandbox (a concurrent job: {os.environ.get('BITALLOC_MACHINE_NOTE', 'none noted')}), torch threads {args.threads}",
         f"- command: `python studies/bench_qat_step.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
         "| step | median_s | min_s | ratio to fp32 |",

@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         f"- model: {source}",
         f"- calibration: {x.shape[0]} Kodak centre crops {args.crop}x{args.crop}; bits {args.bits}; "
         f"{table.num_layers} layers -> {table.num_layers * len(args.bits)} (layer, bits) evaluations",
-        f"- machine: {os.cpu_count()}-core CPU sandbox shared with two training jobs, torch threads "
+        f"- machine: {os.cpu_count()}-core CPU sandbox (a concurrent job: {os.environ.get('BITALLOC_MACHINE_NOTE', 'none noted')}), torch threads "
         f"{args.threads}; timings are the min of {args.repeats} run(s)",
         f"- command: `python studies/bench_sensitivity.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",

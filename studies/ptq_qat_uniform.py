@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         f"- QAT: {args.qat_steps} steps, batch {args.batch_size} x {args.crop}^2 crops of the first "
         f"{args.train_images} training photos, Adam lr {args.lr} cosine, leaky clip, LSQ scales, "
         f"lambda {model.meta['lambda']}; {rows[-1]['time_s']:.0f} s",
-        f"- machine: {os.cpu_count()}-core CPU sandbox shared with two training jobs, torch threads {args.threads}",
+        f"- machine: {os.cpu_count()}-core CPU sandbox (a concurrent job: {os.environ.get('BITALLOC_MACHINE_NOTE', 'none noted')}), torch threads {args.threads}",
         f"- command: `python studies/ptq_qat_uniform.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
         table[cols].to_markdown(index=False, floatfmt=".4g"),
