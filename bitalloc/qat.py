@@ -44,7 +44,8 @@ class Batches:
         else:
             from bitalloc.data import ImageFolder
 
-            self.tensor, self.folder = None, ImageFolder(data, crop=crop, seed=seed)
+            folder = data if isinstance(data, ImageFolder) else ImageFolder(data, crop=crop, seed=seed)
+            self.tensor, self.folder = None, folder
 
     def next(self) -> torch.Tensor:
         if self.folder is not None:

@@ -63,3 +63,18 @@ def test_resume_refuses_another_plan(hyperprior, images, tmp_path):
     finetune(hyperprior, _plan(hyperprior, 4), images, steps=1, batch_size=1, workdir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="different plan"):
         finetune(hyperprior, _plan(hyperprior, 6), images, steps=1, batch_size=1, workdir=tmp_path, progress=False)
+
+
+def test_batches_accept_an_image_folder_object(tmp_path):
+    """The harness hands QAT an ImageFolder (random crops of train/), not a path."""
+    import numpy as np
+    from PIL import Image
+
+    from bitalloc.data import ImageFolder
+    from bitalloc.qat import Batches
+
+    for i in range(2):
+        Image.fromarray(np.full((80, 80, 3), 40 * i, dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+    folder = ImageFolder(tmp_path, crop=64, seed=0)
+    b = Batches(folder, batch_size=3)
+    assert b.folder is folder and b.next().shape == (3, 3, 64, 64)
