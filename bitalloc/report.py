@@ -109,7 +109,7 @@ def write_report(result, out, command: str = "", machine: str = "") -> Path:
         md += [f"Machine: {machine}", ""]
     md += ["BD-rate: PCHIP over PSNR-RGB on real bitstreams; anchors are the FP32 model and uniform 8-bit PTQ of the "
            "same checkpoints. Negative is better. `avg_bits`/`max_avg_bits`: mean and largest "
-           "parameter-weighted weight bits (they differ only for dynamic models); `delta_psnr_db`: mean PSNR "
+           "parameter-weighted weight bits over the qualities (for a dynamic model, the largest per-image average); `delta_psnr_db`: mean PSNR "
            "change against FP32 at equal quality.", "", bd.to_markdown(index=False, floatfmt=".3g"), "",
            "Per quality:", "",
            result.results.drop(columns=["model", "budget_kind"], errors="ignore")
