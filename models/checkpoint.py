@@ -71,7 +71,7 @@ def plain_meta(value, where: str = "meta"):
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalar (np.float64 is a float)
         return value.item()
     if value is None or isinstance(value, (bool, int, float, str)):
-        return type(value)(value) if value is not None else None
+        return value
     if hasattr(value, "tolist") and not isinstance(value, torch.Tensor):
         return value.tolist()
     raise TypeError(f"checkpoint {where} must be plain data (str, int, float, bool, None, list, dict), "
