@@ -150,7 +150,8 @@ def load_model(name: str, quality: int, pretrained: str | os.PathLike | bool = "
     ``"compressai"``: CompressAI's published weights (paper size; needs internet on first use);
     a path: that checkpoint file; ``False``: an untrained model.
     """
-    check_quality(name, quality)
+    # CompressAI's weights exist for its own qualities only (no bitalloc quality 0)
+    check_quality(name, quality, "paper" if pretrained == "compressai" else size)
     if pretrained is False or pretrained is None:
         return build_model(name, quality, size)
     if pretrained == "bitalloc":

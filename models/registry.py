@@ -34,8 +34,11 @@ __all__ = [
 ]
 
 #: CompressAI's MSE training lambdas by quality (1-8), used for the RD loss L = R + lambda * 255^2 * MSE.
+#: Quality 0 is bitalloc's own low-rate point, one step below CompressAI's ladder (about half of quality 1's
+#: lambda, as each CompressAI step roughly doubles it); it exists for the compact models only, so that the
+#: shipped compact ladder reaches ~0.1 bpp. CompressAI's paper models and pretrained weights stay 1-8.
 LAMBDAS: dict[int, float] = {
-    1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800,
+    0: 0.0009, 1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800,
 }
 
 SIZES = ("compact", "paper")
@@ -51,12 +54,17 @@ class ModelSpec:
 
     @property
     def qualities(self) -> tuple[int, ...]:
+        """CompressAI's qualities (those of the paper models and the pretrained weights)."""
         return tuple(sorted(self.paper))
 
-    def channels(self, quality: int, size: str = "compact") -> tuple[int, ...]:
-        check_quality(self.name, quality)
+    def qualities_for(self, size: str = "compact") -> tuple[int, ...]:
+        """Valid qualities of one size: the compact models add bitalloc's low-rate quality 0."""
         if size not in SIZES:
             raise ValueError(f"Invalid model size {size!r}; valid sizes: {', '.join(SIZES)}")
+        return (0, *self.qualities) if size == "compact" else self.qualities
+
+    def channels(self, quality: int, size: str = "compact") -> tuple[int, ...]:
+        check_quality(self.name, quality, size)
         return self.compact if size == "compact" else self.paper[quality]
 
 
@@ -97,12 +105,13 @@ def check_model(name: str) -> ModelSpec:
         raise ValueError(f"Unknown model {name!r}; valid models: {', '.join(available_models())}") from None
 
 
-def check_quality(name: str, quality: int) -> int:
+def check_quality(name: str, quality: int, size: str = "compact") -> int:
+    """``quality`` if ``name`` at ``size`` has it, else a ValueError listing the valid qualities."""
     spec = check_model(name)
-    if isinstance(quality, bool) or not isinstance(quality, int) or quality not in spec.paper:
+    valid = spec.qualities_for(size)
+    if isinstance(quality, bool) or not isinstance(quality, int) or quality not in valid:
         raise ValueError(
-            f"Invalid quality {quality!r} for {name}; valid qualities: "
-            f"{', '.join(map(str, spec.qualities))}"
+            f"Invalid quality {quality!r} for {name} ({size}); valid qualities: {', '.join(map(str, valid))}"
         )
     return quality
 

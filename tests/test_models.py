@@ -49,17 +49,28 @@ def test_paper_sizes_follow_compressai(name, quality, expected):
 
 
 def test_compressai_lambdas():
-    assert LAMBDAS[1] == 0.0018 and LAMBDAS[8] == 0.18 and len(LAMBDAS) == 8
+    assert LAMBDAS[1] == 0.0018 and LAMBDAS[8] == 0.18 and len(LAMBDAS) == 9
+    assert LAMBDAS[0] < LAMBDAS[1]  # bitalloc's low-rate point below CompressAI's ladder
+
+
+def test_quality_0_is_compact_only():
+    assert build_model("mbt2018-mean", 0).M == 64
+    assert MODELS["mbt2018-mean"].qualities_for("compact")[0] == 0
+    with pytest.raises(ValueError, match=r"mbt2018-mean \(paper\); valid qualities: 1, 2, 3, 4, 5, 6, 7, 8$"):
+        build_model("mbt2018-mean", 0, size="paper")
+    # CompressAI publishes no quality 0: refused before any download is tried
+    with pytest.raises(ValueError, match="valid qualities: 1, 2, 3, 4, 5, 6, 7, 8"):
+        load_model("bmshj2018-hyperprior", 0, pretrained="compressai")
 
 
 @pytest.mark.parametrize(
     "call,match",
     [(lambda: build_model("hyperprior", 1), "valid models: bmshj2018-hyperprior, cheng2020-anchor, mbt2018-mean"),
-     (lambda: build_model("cheng2020-anchor", 7), "valid qualities: 1, 2, 3, 4, 5, 6"),
-     (lambda: build_model("mbt2018-mean", 0), "valid qualities: 1, 2, 3, 4, 5, 6, 7, 8"),
+     (lambda: build_model("cheng2020-anchor", 7), "valid qualities: 0, 1, 2, 3, 4, 5, 6$"),
+     (lambda: build_model("mbt2018-mean", 9), "valid qualities: 0, 1, 2, 3, 4, 5, 6, 7, 8$"),
      (lambda: build_model("mbt2018-mean", 2, size="huge"), "valid sizes: compact, paper"),
      (lambda: load_model("mbt2018-mean", 2.0), "Invalid quality")],
-    ids=["unknown-name", "cheng-quality-7", "quality-0", "unknown-size", "float-quality"],
+    ids=["unknown-name", "cheng-quality-7", "quality-9", "unknown-size", "float-quality"],
 )
 def test_invalid_choices_name_the_valid_ones(call, match):
     with pytest.raises(ValueError, match=match):
@@ -182,6 +193,15 @@ def test_train_resume_finetune_and_finalize_ship_a_loadable_file(tmp_path):
     assert shipped["meta"]["quality"] == 3 and shipped["meta"]["kodak"]["bpp"] > 0
     model = load_checkpoint(out)
     assert model.meta["training_steps"] == 1
+    # a shipped checkpoint renamed like a run state still starts a fine-tune (the format decides, not the name)
+    renamed = tmp_path / "ckpt" / "state.pt"
+    renamed.parent.mkdir()
+    renamed.write_bytes(out.read_bytes())
+    again = train("bmshj2018-hyperprior", 3, tmp_path, tmp_path / "q3b", steps=1, init_from=renamed, **kw)
+    assert torch.load(again, weights_only=False)["init_from"] == str(renamed)
+    with pytest.raises(ValueError, match="neither a bitalloc checkpoint nor a train"):
+        train("bmshj2018-hyperprior", 3, tmp_path, tmp_path / "q3c", steps=1, init_from=tmp_path / "im0.png",
+              **kw)
 
 
 def test_shipped_checkpoints_cover_four_qualities_per_family_within_60_mb():
