@@ -52,6 +52,9 @@ def main(argv=None) -> pd.DataFrame:
         df = evaluate(model, root / "kodak")
         rows.append({"model": info["architecture"], "quality": info["quality"], "N": info["N"], "M": info.get("M"),
                      "lambda": info["lambda"], "training_steps": info["training_steps"],
+                     # what the fine-tune started from: the family's q4 base run, or a shipped neighbour
+                     "init_from": ("q4 base run" if info.get("init_from") == "state.pt"
+                                   else info.get("init_from") or "scratch"),
                      "file_kb": round((shipped_checkpoint_dir() / info["file"]).stat().st_size / 1024),
                      "bpp": df.bpp.mean(), "psnr_rgb": df.psnr_rgb.mean(), "ms_ssim_rgb": df.ms_ssim_rgb.mean()})
         per_family.setdefault(info["architecture"], []).append((info["quality"], df))
