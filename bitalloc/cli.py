@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train (or resume) one LIC model and write its checkpoint")
     p.add_argument("--model", required=True)
-    p.add_argument("--quality", type=int, required=True)
+    p.add_argument("--quality", type=int, required=True,
+                   help="CompressAI's 1-8 (its lambdas); the compact size also has bitalloc's low-rate 0")
     p.add_argument("--size", default="compact", choices=["compact", "paper"])
     p.add_argument("--steps", type=int, default=9000)
     p.add_argument("--batch-size", type=int, default=8)
