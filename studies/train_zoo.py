@@ -5,10 +5,10 @@ fine-tunes from it for 3500 steps at its own lambda (CompressAI's). Each run kee
 checkpoints are written to ``--out`` (float16) with Kodak measured on the written file.
 
 The ends of the ladder (qualities 0 and 8) extend it from the nearest shipped checkpoint instead of the base
-run, with the same fine-tune (3500 steps, lr 2e-4):
+run (lr 2e-4); quality 8 gets twice the steps, as its rate was still rising after 3500:
 
-    python studies/train_zoo.py --model bmshj2018-hyperprior --qualities 8 --init-quality 6
     python studies/train_zoo.py --model bmshj2018-hyperprior --qualities 0 --init-quality 1
+    python studies/train_zoo.py --model bmshj2018-hyperprior --qualities 8 --init-quality 6 --finetune-steps 7000
 
     BITALLOC_DATA=../shared/data python studies/train_zoo.py --model bmshj2018-hyperprior
 
