@@ -147,6 +147,8 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     cells = [(q, a, b, m) for q in spec.qualities for m in spec.modes for b in spec.budgets for a in spec.allocators
              if not (a == DYNAMIC_ALLOCATOR and m != "qat")]
     refs = [(q, FP_ALLOCATOR, None, "ptq") for q in spec.qualities]
+    if "qat" in spec.modes:  # the float model fine-tuned with the same QAT steps: the anchor for QAT rows
+        refs += [(q, FP_ALLOCATOR, None, "qat") for q in spec.qualities]
     refs += [(q, "uniform", 8.0, "ptq") for q in spec.qualities
              if spec.budget_kind == "avg_bits" and (q, "uniform", 8.0, "ptq") not in cells]
     bar = tqdm(refs + cells, disable=not progress, desc=f"study {spec.model}")
@@ -159,8 +161,13 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
             model = loader(spec.model, quality)
             if allocator == FP_ALLOCATOR:
                 cell = {"row": {"status": "reference", "avg_bits": 32.0}, "plan": None}
+                if mode == "qat":
+                    workdir = cache.root / "qat" / f"{spec.model}_q{quality}_fp32_{spec.qat_steps}steps"
+                    model, loss = steps.quantize(model, {}, mode, spec, train, workdir)
+                else:
+                    loss = None
                 outcome = {"images": steps.evaluate_images(model, evals).to_dict(orient="records"),
-                           "qat_final_loss": None}
+                           "qat_final_loss": loss}
             elif allocator == DYNAMIC_ALLOCATOR:
                 cell, outcome = _dynamic_cell(cache, spec, quality, budget, model, train, evals, progress)
             else:
@@ -262,6 +269,7 @@ def bd_table(results: pd.DataFrame) -> pd.DataFrame:
     from .bdrate import bd_rate
 
     anchors = {"fp32": _curve(results, FP_ALLOCATOR, None, "ptq"), "uniform8": _curve(results, "uniform", 8.0, "ptq")}
+    fp_qat = _curve(results, FP_ALLOCATOR, None, "qat")
     out = []
     cells = results[results.allocator != FP_ALLOCATOR]
     for (allocator, budget, mode), cur in cells.groupby(["allocator", "budget", "mode"], sort=False):
@@ -279,6 +287,13 @@ def bd_table(results: pd.DataFrame) -> pd.DataFrame:
                 entry[f"bd_rate_vs_{name}_pct"] = bd_rate(anchor.bpp, anchor.psnr_rgb, cur.bpp, cur.psnr_rgb)
             except ValueError as exc:
                 entry[f"bd_rate_vs_{name}_pct"] = float("nan")
+                entry.setdefault("note", str(exc)[:120])
+        # QAT rows also against the float model fine-tuned for the same steps (their gain includes that training)
+        entry["bd_rate_vs_fp32_qat_pct"] = float("nan")
+        if mode == "qat" and len(fp_qat):
+            try:
+                entry["bd_rate_vs_fp32_qat_pct"] = bd_rate(fp_qat.bpp, fp_qat.psnr_rgb, cur.bpp, cur.psnr_rgb)
+            except ValueError as exc:
                 entry.setdefault("note", str(exc)[:120])
         out.append(entry)
     return pd.DataFrame(out)

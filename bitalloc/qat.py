@@ -12,6 +12,8 @@ The state (model, optimisers, schedule, data RNG, log) is saved atomically to ``
 
 from __future__ import annotations
 
+import copy
+
 import os
 import time
 from pathlib import Path
@@ -98,7 +100,9 @@ def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: A
              ) -> tuple[nn.Module, pd.DataFrame]:
     """QAT of ``plan`` on ``model`` (a copy); returns (fine-tuned fake-quantized model in eval mode, log).
 
-    ``plan=None`` fine-tunes an already fake-quantized ``model`` as it is (in place). ``data``: an image folder
+    ``plan=None`` fine-tunes an already fake-quantized ``model`` as it is (in place); an empty plan (``{}``)
+    fine-tunes a float copy with the same loop, the fair anchor for comparing QAT runs (their gain includes
+    the extra RD training). ``data``: an image folder
     (random ``crop`` crops) or a (N,3,H,W) tensor. The log has one row per step: step, loss, bpp, mse, psnr,
     aux_loss, lr, time_s.
     """
@@ -111,6 +115,10 @@ def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: A
         if not len(plan_of(model)):
             raise ValueError("plan is None but the model is not fake-quantized; pass a plan")
         qmodel = model
+    elif not len(plan.bits if isinstance(plan, BitPlan) else plan):
+        if len(plan_of(model)):
+            raise ValueError("an empty plan fine-tunes a float model, but this model is fake-quantized")
+        qmodel = copy.deepcopy(model)
     else:
         qmodel = apply_plan(model, plan, estimator=estimator, calibration=calibration, learn_scale=learn_scale,
                             alpha=alpha, beta=beta)

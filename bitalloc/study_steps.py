@@ -71,7 +71,8 @@ def quantize(model, plan, mode: str, spec, train, workdir: Path | None = None):
     """
     from .quant import apply_plan
 
-    qmodel = apply_plan(model, plan, calibration=spec.calibration)
+    # an empty plan is the float reference: nothing to quantize, the same QAT loop when mode == "qat"
+    qmodel = apply_plan(model, plan, calibration=spec.calibration) if len(plan) else model
     if mode != "qat":
         return qmodel, None
     from .qat import finetune

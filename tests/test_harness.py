@@ -121,6 +121,11 @@ def test_bd_table_against_both_anchors():
     assert bd.loc["uniform", "bd_rate_vs_fp32_pct"] == pytest.approx(0.0, abs=1e-9)
     assert bd.loc["ilp", "bd_rate_vs_fp32_pct"] == pytest.approx(10.0)
     assert bd.loc["ilp", "bd_rate_vs_uniform8_pct"] == pytest.approx(10.0)
+    assert np.isnan(bd.loc["ilp", "bd_rate_vs_fp32_qat_pct"])  # no QAT anchor in a PTQ study
+    qat = [dict(r, mode="qat") for r in _curve("fp32", None, bpp * 1.1, psnr) + _curve("ilp", 4.0, bpp * 1.21, psnr)]
+    bd_qat = bd_table(pd.DataFrame(rows + qat)).set_index(["allocator", "mode"])
+    assert bd_qat.loc[("ilp", "qat"), "bd_rate_vs_fp32_qat_pct"] == pytest.approx(10.0)
+    assert bd_qat.loc[("ilp", "qat"), "bd_rate_vs_fp32_pct"] == pytest.approx(21.0)
     ranked = rank(bd.reset_index())
     assert list(ranked.allocator) == ["uniform", "ilp"]
 
@@ -143,6 +148,10 @@ def test_dynaquant_is_a_cell_of_the_same_study(tmp_path, images):
     assert (dyn.avg_bits <= dyn.max_avg_bits + 1e-9).all() and (dyn.avg_bits >= 4).all()
     assert ((res.bd.allocator == "dynaquant") & (res.bd["mode"] == "qat")).sum() == 1
     assert not any(k[1] == "dynaquant" for k in res.plans)  # no static plan
+    # the float model fine-tuned with the same QAT steps is a reference of its own, and the QAT rows' anchor
+    fp = res.results[res.results.allocator == "fp32"].set_index(["mode", "quality"])
+    assert len(fp) == 4 and (fp.loc["qat"].psnr_rgb != fp.loc["ptq"].psnr_rgb).any()
+    assert "bd_rate_vs_fp32_qat_pct" in res.bd  # NaN here: 2 qualities are too few points for a BD-rate
     with pytest.raises(ValueError, match="add 'qat' to modes"):
         StudySpec(allocators=("dynaquant",), modes=("ptq",))
     low = StudySpec(qualities=(1,), allocators=("dynaquant",), budgets=(2.0,), modes=("qat",), qat_steps=1,

@@ -22,6 +22,18 @@ def test_finetune_returns_model_and_log(hyperprior, images):
     assert len(plan_of(hyperprior)) == 0  # the input model is untouched
 
 
+def test_empty_plan_fine_tunes_a_float_copy(hyperprior, images, tmp_path):
+    fp, log = finetune(hyperprior, {}, images, steps=2, batch_size=2, lr=1e-3, workdir=tmp_path, progress=False)
+    assert len(plan_of(fp)) == 0 and len(log) == 2
+    assert not torch.equal(fp.g_s[0].weight, hyperprior.g_s[0].weight)  # it trained, on a copy
+    again, _ = finetune(hyperprior, BitPlan({}), images, steps=2, batch_size=2, lr=1e-3, workdir=tmp_path,
+                        progress=False)  # resumes the finished run: same weights
+    assert torch.equal(again.g_s[0].weight, fp.g_s[0].weight)
+    quantized, _ = finetune(hyperprior, _plan(hyperprior), images, steps=1, batch_size=2, progress=False)
+    with pytest.raises(ValueError, match="empty plan fine-tunes a float model"):
+        finetune(quantized, {}, images, steps=1, progress=False)
+
+
 def test_learned_scales_and_weights_move(hyperprior, images):
     from bitalloc.quant import apply_plan
 
