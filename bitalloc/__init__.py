@@ -38,6 +38,8 @@ _LAZY: dict[str, str] = {
     "layer_size_bits": "bitalloc.quant",
     "WeightQuantizer": "bitalloc.quant",
     "measure_sensitivity": "bitalloc.sensitivity",
+    "check_plan": "bitalloc.sensitivity",
+    "PlanCheck": "bitalloc.sensitivity",
     "finetune": "bitalloc.qat",
     "export_packed": "bitalloc.export",
     "load_packed": "bitalloc.export",

@@ -30,6 +30,7 @@ import math
 import time
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -44,7 +45,8 @@ from bitalloc.graph import branch_of, quantizable_layers
 from bitalloc.quant import (_axis, calibrate_range, check_bits, fake_quantize, layer_size_bits, plan_of,
                             quantized_tensor_name)
 
-__all__ = ["calibration_batch", "hessian_traces", "measure_sensitivity", "model_lambda", "rd_loss"]
+__all__ = ["PlanCheck", "calibration_batch", "check_plan", "hessian_traces", "measure_sensitivity", "model_lambda",
+           "rd_loss"]
 
 DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
 
@@ -287,3 +289,60 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
         kinds=[type(m).__name__ for m in layers.values()], branches=[branch_of(n) for n in names],
         hessian_trace=hess, weight_variance=[float(t.var()) for t in tensors])
     return (table, frame) if return_frame else table
+
+
+@dataclass(frozen=True)
+class PlanCheck:
+    """What a cost table predicts for a plan against what the plan does when all its layers are quantized.
+
+    ``predicted``: the sum of the table's per-layer costs (fractional RD-loss increases, the additive model
+    every allocator optimizes); ``measured``: the fractional RD-loss increase of the whole plan at once, on the
+    same images. ``excess = measured - predicted`` is the interaction the table cannot see.
+    """
+
+    predicted: float
+    measured: float
+    loss_fp: float
+    loss_plan: float
+    bpp_fp: float
+    bpp_plan: float
+
+    @property
+    def excess(self) -> float:
+        return self.measured - self.predicted
+
+    def ok(self, tolerance: float = 0.05) -> bool:
+        """True when the plan costs at most ``tolerance`` (fractional RD loss) more than the table predicts."""
+        return self.excess <= tolerance
+
+
+def check_plan(model: nn.Module, plan, table: CostTable, images: Any = None, *, calibration: str = "minmax",
+               lmbda: float | None = None, crop: int = 256, limit: int | None = 4) -> PlanCheck:
+    """Quantize every layer of ``plan`` together and compare the RD loss with the table's additive prediction.
+
+    Use the images, crop and calibration the table was measured with. Per-layer sensitivities assume costs add
+    up; when layers interact (e.g. all of a hyper-synthesis transform at 2 bits) a plan can cost far more than
+    predicted, which :meth:`PlanCheck.ok` reports before any bitstream is written.
+    """
+    from bitalloc.plan import BitPlan
+    from bitalloc.quant import apply_plan
+
+    plan = plan if isinstance(plan, BitPlan) else BitPlan(dict(plan))
+    if len(plan_of(model)):
+        raise ValueError("check_plan needs the float model, but this one is already fake-quantized")
+    predicted = plan.cost(table)  # raises PlanError naming a layer the plan and the table disagree on
+    lm = model_lambda(model, lmbda)
+    x = calibration_batch(images, crop=crop, limit=limit)
+    qmodel = apply_plan(model, plan, calibration=calibration).eval()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+            fp = rd_loss(out["likelihoods"], out["x_hat"], x, lm)
+            out = qmodel(x)
+            q = rd_loss(out["likelihoods"], out["x_hat"], x, lm)
+    finally:
+        model.train(was_training)
+    return PlanCheck(predicted=predicted, measured=(q["loss"] - fp["loss"]) / fp["loss"], loss_fp=fp["loss"],
+                     loss_plan=q["loss"], bpp_fp=fp["bpp"], bpp_plan=q["bpp"])

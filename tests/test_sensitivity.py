@@ -79,3 +79,28 @@ def test_a_non_finite_rd_loss_becomes_a_prohibitive_cost_with_a_warning(hyperpri
     finite = np.delete(table.cost.ravel(), 1)
     assert table.cost[0, 1] == max(1.0, 10 * finite.max())
     assert np.isinf(frame.loc[(frame.layer == "g_a.0") & (frame.bits == 3), "loss"]).all()  # raw kept
+
+
+def test_check_plan_flags_layers_that_interact():
+    """Shipped compact Mean-Scale q4: each hyper-synthesis layer at 2 bits is harmless alone (cost ~0), all three
+    together raise the RD loss by about 14 % -- the additive table misses it and check_plan reports it."""
+    from skimage import data as skdata
+
+    from bitalloc.models import load_model
+    from bitalloc.plan import BitPlan, PlanError
+    from bitalloc.sensitivity import check_plan
+
+    model = load_model("mbt2018-mean", 4)
+    crops = [skdata.astronaut()[:256, :256], skdata.chelsea()[:256, :256]]
+    x = torch.from_numpy(np.stack(crops, 0)).permute(0, 3, 1, 2).float() / 255
+    table = measure_sensitivity(model, x, calibration="mse", hessian_samples=0, progress=False)
+    hs = [n for n in table.layer_names if n.startswith("h_s.")]
+    assert len(hs) == 3 and all(table.cost[table.index(n), 0] < 0.01 for n in hs)  # each alone: ~free
+    u8 = BitPlan.uniform(table.layer_names, 8)
+    ok = check_plan(model, u8, table, x, calibration="mse")
+    assert ok.ok() and abs(ok.excess) < 0.01 and ok.loss_fp > 0
+    bad = check_plan(model, BitPlan({**u8.bits, **{n: 2 for n in hs}}), table, x, calibration="mse")
+    assert bad.predicted < 0.01 and bad.measured > 0.05 and not bad.ok()
+    assert bad.bpp_plan > bad.bpp_fp  # the rate is what breaks
+    with pytest.raises(PlanError, match="no entry for layer 'g_a.0'"):
+        check_plan(model, {"h_s.0": 2}, table, x)
