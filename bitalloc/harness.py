@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -188,10 +189,18 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
                                 "budget_bits": budget_obj.max_size_bits, "avg_bits": alloc.plan.avg_bits(table),
                                 "compression_ratio": table.fp32_size_bits / size},
                         "plan": json.loads(alloc.plan.to_json())}
+                _check_interaction(cell, model, table, calib, spec, where)
             df = pd.DataFrame(outcome["images"])
             cell["images"] = outcome["images"]
             cell["row"].update({k: float(df[k].mean()) for k in ("bpp", "psnr_rgb", "ms_ssim_rgb")})
             cell["row"]["qat_final_loss"] = outcome["qat_final_loss"]
+            cache.put(path, cell)
+        if cell["plan"] is not None and "plan_excess" not in cell["row"]:  # cells cached before the check existed
+            model = loader(spec.model, quality)
+            if quality not in tables:
+                tables[quality] = steps.sensitivity(model, calib, spec, cache.root / "sensitivity", quality)
+            _check_interaction(cell, model, tables[quality], calib, spec,
+                               f"{spec.model} q{quality} allocator '{allocator}' at {spec.budget_kind}={budget:g}")
             cache.put(path, cell)
         key = {"model": spec.model, "quality": quality, "allocator": allocator,
                "budget": budget, "budget_kind": spec.budget_kind, "mode": mode}
@@ -202,6 +211,18 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     results = pd.DataFrame(rows)
     bd = bd_table(results)
     return StudyResult(results, pd.DataFrame(image_rows), bd, rank(bd), plans)
+
+
+def _check_interaction(cell: dict, model, table: CostTable, calib, spec: StudySpec, where: str) -> None:
+    """Record what the plan costs when all its layers are quantized together against the table's prediction."""
+    from . import study_steps as steps
+
+    check = steps.check(model, BitPlan.from_dict(cell["plan"]), table, calib, spec)
+    cell["row"].update(plan_predicted_cost=check.predicted, plan_measured_cost=check.measured,
+                       plan_excess=check.excess)
+    if not check.ok():
+        warnings.warn(f"{where}: quantized together its layers add {check.measured:.1%} RD loss on the calibration "
+                      f"crops, the cost table predicted {check.predicted:.1%} (layers interact)", stacklevel=3)
 
 
 def _dynamic_cell(cache: _Cache, spec: StudySpec, quality: int, budget: float, model, train, evals,
@@ -279,6 +300,8 @@ def bd_table(results: pd.DataFrame) -> pd.DataFrame:
                  "avg_bits": cur.avg_bits.mean(),
                  "max_avg_bits": float(max_bits.fillna(cur.avg_bits).max()) if len(max_bits) else cur.avg_bits.max(), "compression_ratio": cur.compression_ratio.mean(),
                  "size_mbit": cur.size_bits.mean() / 1e6, "solve_time_ms": 1e3 * cur.solve_time_s.mean()}
+        if "plan_excess" in cur:
+            entry["plan_excess_max"] = float(cur.plan_excess.max())
         paired = cur.merge(anchors["fp32"], on="quality", suffixes=("", "_fp32"))
         entry["delta_psnr_db"] = float((paired.psnr_rgb - paired.psnr_rgb_fp32).mean())
         entry["delta_bpp_pct"] = float(100 * (paired.bpp / paired.bpp_fp32 - 1).mean())

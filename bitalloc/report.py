@@ -101,7 +101,7 @@ def write_report(result, out, command: str = "", machine: str = "") -> Path:
         plot_bit_heatmap(result.plans, q, b, m, out / "bits_heatmap.png")
     cols = ["allocator", "budget", "mode", "num_points", "avg_bits", "max_avg_bits", "size_mbit",
             "compression_ratio", "solve_time_ms", "delta_psnr_db", "bd_rate_vs_fp32_pct", "bd_rate_vs_uniform8_pct",
-            "bd_rate_vs_fp32_qat_pct"]
+            "bd_rate_vs_fp32_qat_pct", "plan_excess_max"]
     bd = result.bd[[c for c in cols if c in result.bd]] if not result.bd.empty else result.bd
     md = ["# Allocator comparison", ""]
     if command:
@@ -110,9 +110,11 @@ def write_report(result, out, command: str = "", machine: str = "") -> Path:
         md += [f"Machine: {machine}", ""]
     md += ["BD-rate: PCHIP over PSNR-RGB on real bitstreams; anchors are the FP32 model and uniform 8-bit PTQ of the "
            "same checkpoints; QAT rows also against the FP32 model fine-tuned with the same QAT steps "
-           "(`bd_rate_vs_fp32_qat_pct`: their gain over FP32 includes that extra RD training). Negative is better. `avg_bits`/`max_avg_bits`: mean and largest "
-           "parameter-weighted weight bits over the qualities (for a dynamic model, the largest per-image average); `delta_psnr_db`: mean PSNR "
-           "change against FP32 at equal quality.", "", bd.to_markdown(index=False, floatfmt=".3g"), "",
+           "(`bd_rate_vs_fp32_qat_pct`: their gain over FP32 includes that extra RD training). Negative is better. "
+           "`avg_bits`/`max_avg_bits`: mean and largest parameter-weighted weight bits over the qualities (for a "
+           "dynamic model, the largest per-image average); `delta_psnr_db`: mean PSNR change against FP32 at equal "
+           "quality; `plan_excess_max`: the largest (over qualities) fractional RD loss the plan adds on the "
+           "calibration crops beyond the cost table's additive prediction (`check_plan`).", "", bd.to_markdown(index=False, floatfmt=".3g"), "",
            "Per quality:", "",
            result.results.drop(columns=["model", "budget_kind"], errors="ignore")
            .to_markdown(index=False, floatfmt=".4g"), ""]

@@ -14,7 +14,7 @@ import torch
 from .costs import CostTable
 from .data import ImageFolder, data_root, resolve_images
 
-__all__ = ["calibration", "eval_set", "evaluate_images", "load_float_model", "quantize", "sensitivity",
+__all__ = ["calibration", "check", "eval_set", "evaluate_images", "load_float_model", "quantize", "sensitivity",
            "train_source"]
 
 
@@ -86,3 +86,10 @@ def evaluate_images(model, images: dict) -> pd.DataFrame:
     from .evaluation import evaluate
 
     return evaluate(model, images, progress=False)
+
+
+def check(model, plan, table: CostTable, calib: torch.Tensor, spec):
+    """The plan's joint RD-loss increase against the table's additive prediction, on the calibration crops."""
+    from .sensitivity import check_plan
+
+    return check_plan(model, plan, table, calib, calibration=spec.calibration)

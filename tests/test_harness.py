@@ -135,7 +135,22 @@ def test_cells_are_json_with_their_plan(tmp_path, images):
     _run(spec, tmp_path, images)
     cell = json.loads(next((tmp_path / "cells").glob("*_ilp_*.json")).read_text())
     assert BitPlan.from_dict(cell["plan"]).avg_bits() > 0
-    assert {"bpp", "psnr_rgb", "solve_time_s", "size_bits"} <= set(cell["row"])
+    assert {"bpp", "psnr_rgb", "solve_time_s", "size_bits", "plan_excess", "plan_measured_cost"} <= set(cell["row"])
+    row = cell["row"]
+    assert row["plan_excess"] == pytest.approx(row["plan_measured_cost"] - row["plan_predicted_cost"])
+
+
+def test_cells_cached_before_the_plan_check_get_it_without_rerunning(tmp_path, images):
+    spec = StudySpec(qualities=(1,), allocators=("ilp",), budgets=(5.0,), calib_images=2, calib_crop=64)
+    first = _run(spec, tmp_path, images)
+    path = next((tmp_path / "cells").glob("*_ilp_*.json"))
+    cell = json.loads(path.read_text())
+    excess = cell["row"].pop("plan_excess")
+    path.write_text(json.dumps(cell))
+    again = _run(spec, tmp_path, images)
+    assert json.loads(path.read_text())["row"]["plan_excess"] == pytest.approx(excess)
+    assert again.results.bpp.tolist() == first.results.bpp.tolist()
+    assert again.bd.set_index("allocator").loc["ilp", "plan_excess_max"] == pytest.approx(excess)
 
 
 def test_dynaquant_is_a_cell_of_the_same_study(tmp_path, images):
