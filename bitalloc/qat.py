@@ -13,7 +13,6 @@ The state (model, optimisers, schedule, data RNG, log) is saved atomically to ``
 from __future__ import annotations
 
 import copy
-
 import os
 import time
 from pathlib import Path
@@ -102,8 +101,7 @@ def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: A
 
     ``plan=None`` fine-tunes an already fake-quantized ``model`` as it is (in place); an empty plan (``{}``)
     fine-tunes a float copy with the same loop, the fair anchor for comparing QAT runs (their gain includes
-    the extra RD training). ``data``: an image folder
-    (random ``crop`` crops) or a (N,3,H,W) tensor. The log has one row per step: step, loss, bpp, mse, psnr,
+    the extra RD training). ``data``: an image folder (random ``crop`` crops) or a (N,3,H,W) tensor. The log has one row per step: step, loss, bpp, mse, psnr,
     aux_loss, lr, time_s.
     """
     from bitalloc.models import RateDistortionLoss, split_parameters
