@@ -157,8 +157,10 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     for quality, allocator, budget, mode in bar:
         bar.set_postfix_str(f"q{quality} {allocator} {budget} {mode}")
         path = cache.cell_path(spec, quality, allocator, budget, mode)
-        cell = cache.get(path)
-        if cell is None:
+        cell, model = cache.get(path), None
+        fresh = cell is None
+        where = f"{spec.model} q{quality} allocator '{allocator}' at {spec.budget_kind}={budget or 0:g}"
+        if fresh:
             model = loader(spec.model, quality)
             if allocator == FP_ALLOCATOR:
                 cell = {"row": {"status": "reference", "avg_bits": 32.0}, "plan": None}
@@ -178,7 +180,6 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
                 budget_obj = (Budget.from_avg_bits(table, budget) if spec.budget_kind == "avg_bits"
                               else Budget.from_compression_ratio(table, budget))
                 alloc = build_allocator(allocator).allocate(table, budget_obj)
-                where = f"{spec.model} q{quality} allocator '{allocator}' at {spec.budget_kind}={budget:g}"
                 if alloc.plan is None:
                     raise BudgetError(f"{where}: no plan ({alloc.status}: {alloc.message})")
                 size = _check_within_budget(alloc.plan, table, budget_obj, where)
@@ -189,18 +190,17 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
                                 "budget_bits": budget_obj.max_size_bits, "avg_bits": alloc.plan.avg_bits(table),
                                 "compression_ratio": table.fp32_size_bits / size},
                         "plan": json.loads(alloc.plan.to_json())}
-                _check_interaction(cell, model, table, calib, spec, where)
             df = pd.DataFrame(outcome["images"])
             cell["images"] = outcome["images"]
             cell["row"].update({k: float(df[k].mean()) for k in ("bpp", "psnr_rgb", "ms_ssim_rgb")})
             cell["row"]["qat_final_loss"] = outcome["qat_final_loss"]
-            cache.put(path, cell)
-        if cell["plan"] is not None and "plan_excess" not in cell["row"]:  # cells cached before the check existed
-            model = loader(spec.model, quality)
+        checked = cell["plan"] is None or "plan_excess" in cell["row"]
+        if not checked:  # a new cell, or one cached before the joint plan check existed
+            model = model if model is not None else loader(spec.model, quality)
             if quality not in tables:
                 tables[quality] = steps.sensitivity(model, calib, spec, cache.root / "sensitivity", quality)
-            _check_interaction(cell, model, tables[quality], calib, spec,
-                               f"{spec.model} q{quality} allocator '{allocator}' at {spec.budget_kind}={budget:g}")
+            _check_interaction(cell, model, tables[quality], calib, spec, where)
+        if fresh or not checked:
             cache.put(path, cell)
         key = {"model": spec.model, "quality": quality, "allocator": allocator,
                "budget": budget, "budget_kind": spec.budget_kind, "mode": mode}
@@ -289,8 +289,9 @@ def bd_table(results: pd.DataFrame) -> pd.DataFrame:
     """BD-rate (PCHIP over PSNR-RGB) of each (allocator, budget, mode) curve against FP32 and uniform 8-bit."""
     from .bdrate import bd_rate
 
-    anchors = {"fp32": _curve(results, FP_ALLOCATOR, None, "ptq"), "uniform8": _curve(results, "uniform", 8.0, "ptq")}
-    fp_qat = _curve(results, FP_ALLOCATOR, None, "qat")
+    anchors = {"fp32": _curve(results, FP_ALLOCATOR, None, "ptq"), "uniform8": _curve(results, "uniform", 8.0, "ptq"),
+               # QAT rows also against the float model fine-tuned for the same steps (their gain includes it)
+               "fp32_qat": _curve(results, FP_ALLOCATOR, None, "qat")}
     out = []
     cells = results[results.allocator != FP_ALLOCATOR]
     for (allocator, budget, mode), cur in cells.groupby(["allocator", "budget", "mode"], sort=False):
@@ -306,17 +307,13 @@ def bd_table(results: pd.DataFrame) -> pd.DataFrame:
         entry["delta_psnr_db"] = float((paired.psnr_rgb - paired.psnr_rgb_fp32).mean())
         entry["delta_bpp_pct"] = float(100 * (paired.bpp / paired.bpp_fp32 - 1).mean())
         for name, anchor in anchors.items():
+            if name == "fp32_qat" and (mode != "qat" or anchor.empty):
+                entry[f"bd_rate_vs_{name}_pct"] = float("nan")
+                continue
             try:
                 entry[f"bd_rate_vs_{name}_pct"] = bd_rate(anchor.bpp, anchor.psnr_rgb, cur.bpp, cur.psnr_rgb)
             except ValueError as exc:
                 entry[f"bd_rate_vs_{name}_pct"] = float("nan")
-                entry.setdefault("note", str(exc)[:120])
-        # QAT rows also against the float model fine-tuned for the same steps (their gain includes that training)
-        entry["bd_rate_vs_fp32_qat_pct"] = float("nan")
-        if mode == "qat" and len(fp_qat):
-            try:
-                entry["bd_rate_vs_fp32_qat_pct"] = bd_rate(fp_qat.bpp, fp_qat.psnr_rgb, cur.bpp, cur.psnr_rgb)
-            except ValueError as exc:
                 entry.setdefault("note", str(exc)[:120])
         out.append(entry)
     return pd.DataFrame(out)

@@ -101,8 +101,8 @@ def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: A
 
     ``plan=None`` fine-tunes an already fake-quantized ``model`` as it is (in place); an empty plan (``{}``)
     fine-tunes a float copy with the same loop, the fair anchor for comparing QAT runs (their gain includes
-    the extra RD training). ``data``: an image folder (random ``crop`` crops) or a (N,3,H,W) tensor. The log has one row per step: step, loss, bpp, mse, psnr,
-    aux_loss, lr, time_s.
+    the extra RD training). ``data``: an image folder (random ``crop`` crops) or a (N,3,H,W) tensor. The log
+    has one row per step: step, loss, bpp, mse, psnr, aux_loss, lr, time_s.
     """
     from bitalloc.models import RateDistortionLoss, split_parameters
 
@@ -113,7 +113,7 @@ def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: A
         if not len(plan_of(model)):
             raise ValueError("plan is None but the model is not fake-quantized; pass a plan")
         qmodel = model
-    elif not len(plan.bits if isinstance(plan, BitPlan) else plan):
+    elif not len(plan):
         if len(plan_of(model)):
             raise ValueError("an empty plan fine-tunes a float model, but this model is fake-quantized")
         qmodel = copy.deepcopy(model)

@@ -114,7 +114,8 @@ def write_report(result, out, command: str = "", machine: str = "") -> Path:
            "`avg_bits`/`max_avg_bits`: mean and largest parameter-weighted weight bits over the qualities (for a "
            "dynamic model, the largest per-image average); `delta_psnr_db`: mean PSNR change against FP32 at equal "
            "quality; `plan_excess_max`: the largest (over qualities) fractional RD loss the plan adds on the "
-           "calibration crops beyond the cost table's additive prediction (`check_plan`).", "", bd.to_markdown(index=False, floatfmt=".3g"), "",
+           "calibration crops beyond the cost table's additive prediction (`check_plan`).", "",
+           bd.to_markdown(index=False, floatfmt=".3g"), "",
            "Per quality:", "",
            result.results.drop(columns=["model", "budget_kind"], errors="ignore")
            .to_markdown(index=False, floatfmt=".4g"), ""]

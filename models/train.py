@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint, plain_meta, read_checkpoint, save_checkpoint
+from .checkpoint import atomic_torch_save, load_checkpoint, plain_meta, read_checkpoint, save_checkpoint
 from .losses import RateDistortionLoss, split_parameters
 from .registry import build_model, check_model, check_quality, lambda_of
 
@@ -35,30 +35,22 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int = 200, floor: float
     return base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def _is_checkpoint(path: Path) -> bool:
-    """Probe the file's format (not its name): a shipped checkpoint loads with ``weights_only`` and says so."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a run state holds RNG states that the safe loader refuses
-        return False
-    return isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT
-
-
 def _init_weights(model, init_from):
     if init_from is None:
         return None
     path = Path(init_from)
     if not path.is_file():
         raise FileNotFoundError(f"init_from file not found: {path}")
-    if _is_checkpoint(path):  # a shipped checkpoint: safe loading
+    try:  # a shipped checkpoint, told by its format (not its name): safe loading
         model.load_state_dict(load_checkpoint(path).state_dict())
-    else:  # a run state written by train() (holds RNG states, so not weights_only-loadable)
+    except ValueError as not_checkpoint:  # a run state written by train() (holds RNG states: not weights_only)
         try:
             blob = torch.load(path, map_location="cpu", weights_only=False)
         except Exception:  # torch raises many types for a file that is not its own
             blob = None
         if not isinstance(blob, dict) or "model" not in blob:
-            raise ValueError(f"{path} is neither a bitalloc checkpoint nor a train() run state")
+            raise ValueError(f"{path} is neither a bitalloc checkpoint nor a train() run state "
+                             f"(as a checkpoint: {not_checkpoint})") from None
         model.load_state_dict(blob["model"])
     return str(path)
 

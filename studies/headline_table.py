@@ -37,8 +37,6 @@ def headline(bd: pd.DataFrame) -> str:
     bd = bd.assign(_mode=bd["mode"].map(MODE_ORDER).fillna(9),
                    _bd=bd["bd_rate_vs_fp32_pct"].fillna(float("inf")))
     bd = bd.sort_values(["budget", "_mode", "_bd"], ascending=[False, True, True])
-    if "bd_rate_vs_fp32_qat_pct" not in bd:  # results written before the harness had the QAT anchor
-        bd = bd.assign(bd_rate_vs_fp32_qat_pct=float("nan"))
     lines = ["| budget (avg bits) | mode | allocator | avg bits | size (Mbit) | solve (ms) | d PSNR (dB) "
              "| BD-rate vs FP32 | BD-rate vs uniform 8 | BD-rate vs FP32 + same QAT |",
              "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -50,6 +48,18 @@ def headline(bd: pd.DataFrame) -> str:
                      f"| {_pct(r.bd_rate_vs_uniform8_pct, note)} "
                      f"| {'-' if r.mode != 'qat' else _pct(r.bd_rate_vs_fp32_qat_pct, note)} |")
     return "\n".join(lines)
+
+
+def qat_gain(results: pd.DataFrame) -> str:
+    """What the QAT steps alone do to the float model: bpp and PSNR change per quality (FP32 + QAT vs FP32)."""
+    fp = results[results.allocator == "fp32"].pivot(index="quality", columns="mode", values=["bpp", "psnr_rgb"])
+    if ("bpp", "qat") not in fp:
+        return "(no FP32 + QAT reference in these results)"
+    bpp = 100 * (fp["bpp"]["qat"] / fp["bpp"]["ptq"] - 1)
+    dpsnr = fp["psnr_rgb"]["qat"] - fp["psnr_rgb"]["ptq"]
+    return ("FP32 + the same QAT steps against FP32, per quality: bpp "
+            + ", ".join(f"q{q} {v:+.1f} %" for q, v in bpp.items())
+            + f"; PSNR within {dpsnr.abs().max():.3f} dB")
 
 
 def main(argv=None) -> None:
@@ -69,6 +79,8 @@ def main(argv=None) -> None:
                              f"{folder.name.removeprefix('compare_')}")
         print(f"### {folder.name.removeprefix('compare_')}\n")
         print(headline(pd.read_csv(csv)))
+        print()
+        print(qat_gain(pd.read_csv(folder / "results.csv")))
         print()
 
 

@@ -12,25 +12,23 @@ additive cost model that FMPQ, the ILP and greedy rely on does not hold for that
 from __future__ import annotations
 
 import argparse
+
 import pandas as pd
 import torch
 
+from bitalloc import apply_plan, evaluate
 from bitalloc.data import data_root
 from bitalloc.models import load_model
-from bitalloc import apply_plan
 from bitalloc.sensitivity import calibration_batch, model_lambda, rd_loss
 
 
 def _measure(model, x, lmbda) -> dict:
+    """Estimated bpp and RD loss (what the sensitivity sees) and the real bpp from the bitstreams."""
     with torch.no_grad():
         out = model(x)
-        est = rd_loss(out["likelihoods"], out["x_hat"], x, lmbda)
-    model.update(force=True)
-    with torch.no_grad():
-        strings = model.compress(x)["strings"]
-    num_bytes = sum(len(s) for group in strings for s in group)
-    return {"est_bpp": est["bpp"], "est_rd_loss": est["loss"],
-            "real_bpp": 8 * num_bytes / (x.shape[0] * x.shape[2] * x.shape[3])}
+    est = rd_loss(out["likelihoods"], out["x_hat"], x, lmbda)
+    real = evaluate(model, {f"crop{i}": crop for i, crop in enumerate(x)}, progress=False)
+    return {"est_bpp": est["bpp"], "est_rd_loss": est["loss"], "real_bpp": float(real.bpp.mean())}
 
 
 def main(argv=None) -> pd.DataFrame:
@@ -43,7 +41,6 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--calibration", default="mse")
     p.add_argument("--data", default=None)
     args = p.parse_args(argv)
-    torch.manual_seed(0)
     model = load_model(args.model, args.quality).eval()
     modules = dict(model.named_modules())
     plan = {}
@@ -55,10 +52,11 @@ def main(argv=None) -> pd.DataFrame:
     root = data_root(args.data)
     x = calibration_batch(root / "kodak" if root else None, crop=args.crop, limit=args.crops)
     lmbda = model_lambda(model)
-    rows = [{"quantized": "none (FP32)", **_measure(model, x, lmbda)}]
+
     def quantized(sub: dict) -> torch.nn.Module:  # a copy with only these layers fake-quantized
         return apply_plan(model, sub, keep_float=True, calibration=args.calibration).eval()
 
+    rows = [{"quantized": "none (FP32)", **_measure(model, x, lmbda)}]
     for name, bits in plan.items():
         rows.append({"quantized": f"{name}@{bits}", **_measure(quantized({name: bits}), x, lmbda)})
     rows.append({"quantized": "all together", **_measure(quantized(plan), x, lmbda)})
