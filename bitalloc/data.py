@@ -16,7 +16,9 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "SPLITS",
     "ImageFolder",
+    "split_of",
     "data_root",
     "image_paths",
     "load_image",
@@ -25,6 +27,18 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+#: Deterministic splits of a training folder, by a hash of each file name (stable when photos are added):
+#: 5 % validation (learning-rate decisions, early stopping), 5 % calibration, the rest training.
+SPLITS = ("train", "val", "calib")
+
+
+def split_of(path: str | os.PathLike) -> str:
+    """The split a training photo belongs to: ``"val"``, ``"calib"`` or ``"train"`` (by its file name)."""
+    import zlib
+
+    h = zlib.crc32(Path(path).name.encode("utf-8")) % 100
+    return "val" if h < 5 else "calib" if h < 10 else "train"
 
 
 def data_root(path: str | os.PathLike | None = None) -> Path | None:
@@ -107,10 +121,17 @@ class ImageFolder(Dataset):
     ``crop=None`` gives whole images (evaluation). Images smaller than the crop are padded by reflection.
     """
 
-    def __init__(self, folder, crop: int | None = None, flips: bool = True, seed: int = 0):
+    def __init__(self, folder, crop: int | None = None, flips: bool = True, seed: int = 0,
+                 split: str | None = None):
         from PIL import Image
 
         self.paths = image_paths(folder)
+        if split is not None:
+            if split not in SPLITS:
+                raise ValueError(f"Invalid split {split!r}; valid splits: {', '.join(SPLITS)}")
+            self.paths = [p for p in self.paths if split_of(p) == split]
+            if not self.paths:
+                raise FileNotFoundError(f"Image folder {folder} holds no images of split {split!r}")
         self.crop = crop
         self.flips = flips
         self.rng = np.random.default_rng(seed)
