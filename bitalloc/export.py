@@ -37,6 +37,7 @@ import torch.nn as nn
 
 from bitalloc.graph import quantizable_layers
 from bitalloc.quant import _quantizer, apply_plan, layer_size_bits, plan_of, quantized_tensor_name
+from bitalloc.safe_load import load_torch_file
 
 __all__ = ["export_packed", "load_packed", "pack_bits", "unpack_bits"]
 
@@ -149,7 +150,7 @@ def load_packed(path: str | os.PathLike, model_factory: Callable[[], nn.Module] 
     model = model_factory() if model_factory is not None else _build(header)
     plan = {e["name"]: e["bits"] for e in header["layers"]}
     apply_plan(model, plan, keep_float=True, act_bits=header.get("act_bits"), inplace=True)
-    state = torch.load(path.with_name(header["rest"]), map_location="cpu", weights_only=True)
+    state = load_torch_file(path.with_name(header["rest"]), f"the unquantized rest of packed model {path}")
     for e in header["layers"]:
         n, b, axis = int(np.prod(e["shape"])), e["bits"], e["axis"]
         start = e["offset"]
@@ -162,6 +163,10 @@ def load_packed(path: str | os.PathLike, model_factory: Callable[[], nn.Module] 
         prefix = f"{e['name']}.parametrizations.{e['tensor']}"
         state[f"{prefix}.original"] = q * scales.reshape(shape)
         state[f"{prefix}.0.scale"] = scales
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path.with_name(header['rest'])} does not hold the rest of packed model {path}: "
+                         f"{str(exc).splitlines()[-1].strip()[:300]}") from None
     model.meta = dict(header["meta"])
     return model.eval()

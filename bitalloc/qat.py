@@ -7,7 +7,8 @@ LSQ scales initialised by MSE calibration, Adam with a cosine learning-rate sche
 at 1 (as CompressAI's example trainer).
 
 The state (model, optimisers, schedule, data RNG, log) is saved atomically to ``workdir/qat_state.pt`` every
-``save_every`` steps and at the end; calling :func:`finetune` again with the same workdir and plan resumes.
+``save_every`` steps and at the end, as tensors and plain data (RNG states as a tensor or numpy's state dict)
+so it loads with ``weights_only=True``; calling :func:`finetune` again with the same workdir and plan resumes.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from tqdm.auto import tqdm
 
 from bitalloc.plan import BitPlan
 from bitalloc.quant import apply_plan, plan_of
+from bitalloc.safe_load import load_torch_file
 from bitalloc.sensitivity import model_lambda
 
 __all__ = ["Batches", "finetune", "train_step"]
 
 STATE_FILE = "qat_state.pt"
+STATE_KEYS = ("plan", "step", "model", "optimizer", "aux_optimizer", "schedule", "data_rng", "torch_rng", "log")
 LOG_COLUMNS = ("step", "loss", "bpp", "mse", "psnr", "aux_loss", "lr", "time_s")
 
 
@@ -131,17 +134,25 @@ def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: A
     start = 0
     path = Path(workdir) / STATE_FILE if workdir is not None else None
     if path is not None and path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if BitPlan.from_dict(state["plan"]) != the_plan:
+        state = load_torch_file(path, "a bitalloc QAT run state (written by finetune)", required=STATE_KEYS)
+        try:
+            plan_in_file = BitPlan.from_dict(state["plan"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"{path} is not a bitalloc QAT run state: its plan does not read ({exc})") from None
+        if plan_in_file != the_plan:
             raise ValueError(f"{path} holds a fine-tuning run of a different plan; use another workdir")
-        qmodel.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if aux_optimizer is not None:
-            aux_optimizer.load_state_dict(state["aux_optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        batches.load_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        start, log = int(state["step"]), list(state["log"])
+        try:
+            qmodel.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if aux_optimizer is not None:
+                aux_optimizer.load_state_dict(state["aux_optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            batches.load_state(state["data_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            start, log = int(state["step"]), list(state["log"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path} does not fit this fine-tuning run (model, optimiser or RNG state): "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
     def save(step: int) -> None:
         if path is None:

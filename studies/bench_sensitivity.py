@@ -40,9 +40,15 @@ def load_model_arg(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
     from bitalloc.models import build_model, checkpoint_name, lambda_of, load_checkpoint, shipped_checkpoint_dir
 
     if args.run_state:
-        state = torch.load(args.run_state, map_location="cpu", weights_only=False)
+        from bitalloc.safe_load import load_torch_file
+
+        state = load_torch_file(args.run_state, "a bitalloc train() run state", required=("model",))
         model = build_model(args.model, args.quality)
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise ValueError(f"{args.run_state} does not hold {args.model} q{args.quality} weights: "
+                             f"{str(exc).splitlines()[0]}") from None
         model.meta = {"architecture": args.model, "quality": args.quality, "lambda": lambda_of(args.quality),
                       "N": model.N, "M": model.M, "size": "compact"}
         return model.eval(), f"training run state {args.run_state} (step {state.get('step')}; not shipped)"

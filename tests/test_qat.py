@@ -61,14 +61,14 @@ def test_interrupted_run_resumes_where_it_stopped(hyperprior, images, tmp_path, 
     monkeypatch.setattr(qat, "train_step", crashing)
     with pytest.raises(KeyboardInterrupt):
         finetune(hyperprior, _plan(hyperprior), images, workdir=tmp_path, **kw)
-    assert torch.load(tmp_path / "qat_state.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "qat_state.pt", weights_only=True)["step"] == 2
     monkeypatch.setattr(qat, "train_step", real)
     resumed, log = finetune(hyperprior, _plan(hyperprior), images, workdir=tmp_path, **kw)
     assert list(log["step"]) == [1, 2, 3, 4]
     assert log["loss"].tolist() == pytest.approx(log_full["loss"].tolist(), rel=1e-5)
     for k, v in full.state_dict().items():
         assert torch.allclose(v.float(), resumed.state_dict()[k].float(), atol=1e-6), k
-    assert torch.load(tmp_path / "qat_state.pt", weights_only=False)["step"] == 4
+    assert torch.load(tmp_path / "qat_state.pt", weights_only=True)["step"] == 4
 
 
 def test_resume_refuses_another_plan(hyperprior, images, tmp_path):

@@ -24,24 +24,45 @@ from .train import calibrate_bit_bias, draw_batch, train_dynaquant
 __all__ = ["evaluate_dynamic", "load_dynaquant", "run_dynaquant_cell", "save_dynaquant"]
 
 
+DYNAQUANT_FORMAT = "bitalloc-dynaquant"
+DYNAQUANT_VERSION = 1
+
+
 def save_dynaquant(dq: DynaQuantModel, path, **extra) -> None:
-    from bitalloc.models.checkpoint import atomic_torch_save
+    """Write ``dq`` as tensors and plain data (architecture, config, meta, ``extra``): it loads with
+    ``weights_only=True``."""
+    from bitalloc.models.checkpoint import atomic_torch_save, plain_meta
 
     base = dq.base
     arch = {"class": type(base).__name__, "N": int(base.N), "M": int(base.M)}
-    atomic_torch_save({"format": "bitalloc-dynaquant", "version": 1, "arch": arch, "config": dq.config,
-                       "meta": dq.meta, "state": dq.state_dict(), **extra}, path)
+    atomic_torch_save({"format": DYNAQUANT_FORMAT, "version": DYNAQUANT_VERSION, "arch": arch,
+                       "config": plain_meta(dq.config, "config"), "meta": plain_meta(dq.meta),
+                       "state": dq.state_dict(), **plain_meta(extra, "extra")}, path)
 
 
 def load_dynaquant(path) -> DynaQuantModel:
-    """Re-instantiate a saved dynamic model (architecture from the file, then its state)."""
+    """Re-instantiate a saved dynamic model (architecture from the file, then its state).
+
+    The file loads with ``weights_only=True``; one that is not a saved dynamic model (another format, a
+    pickled object, a truncated file, a state that does not fit its architecture) raises ``ValueError``
+    naming it.
+    """
     import compressai.models as cm
 
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    from bitalloc.safe_load import load_torch_file
+
+    what = f"a bitalloc dynamic model (format {DYNAQUANT_FORMAT!r}, written by save_dynaquant)"
+    blob = load_torch_file(path, what, required=("format", "arch", "config", "state"))
+    if blob["format"] != DYNAQUANT_FORMAT or blob.get("version") != DYNAQUANT_VERSION:
+        raise ValueError(f"{path} is not {what}: format {blob['format']!r} version {blob.get('version')!r}")
     arch = blob["arch"]
-    base = getattr(cm, arch["class"])(arch["N"], arch["M"])
-    dq = DynaQuantModel(base, **blob["config"])
-    dq.load_state_dict(blob["state"])
+    try:
+        base = getattr(cm, arch["class"])(int(arch["N"]), int(arch["M"]))
+        dq = DynaQuantModel(base, **blob["config"])
+        dq.load_state_dict(blob["state"])
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path}: its state does not fit the architecture it names ({arch}): "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     dq.meta = dict(blob.get("meta") or {})
     return dq.eval()
 

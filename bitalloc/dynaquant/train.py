@@ -28,7 +28,8 @@ Optimisers: Adam on the network weights (``lr``), Adam on the selectors and the 
 (``quant_lr``), both with a cosine decay to a tenth, CompressAI's auxiliary loss for the entropy
 bottleneck's quantiles; gradients clipped at 1.
 The Gumbel temperature anneals linearly from ``tau[0]`` to ``tau[1]``. The run state is written atomically to
-``<workdir>/state.pt`` every ``save_every`` steps and at the end; the same call resumes there.
+``<workdir>/state.pt`` every ``save_every`` steps and at the end, as tensors and plain data (it loads with
+``weights_only=True``); the same call resumes there.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from tqdm.auto import tqdm
 from .model import DynaQuantModel
 
 __all__ = ["calibrate_bit_bias", "draw_batch", "train_dynaquant"]
+
+STATE_KEYS = ("model", "opt", "aux_opt", "step", "log", "gamma", "rd0", "gen", "torch_rng")
 
 
 def draw_batch(images, batch_size: int, gen: torch.Generator) -> torch.Tensor:
@@ -139,15 +142,22 @@ def train_dynaquant(dq: DynaQuantModel, train_images, *, lmbda: float, steps: in
     state_path = Path(workdir) / "state.pt" if workdir is not None else None
     step, log, rd0 = 0, [], None
     if state_path is not None and state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
-        dq.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        aux_opt.load_state_dict(st["aux_opt"])
-        step, log, gamma, rd0 = st["step"], st["log"], st["gamma"], st["rd0"]
-        gen.set_state(st["gen"])
-        torch.set_rng_state(st["torch_rng"])
-        if st.get("data_rng") is not None and hasattr(train_images, "rng"):
-            train_images.rng.bit_generator.state = st["data_rng"]
+        from bitalloc.safe_load import load_torch_file
+
+        st = load_torch_file(state_path, "a DynaQuant training run state (written by train_dynaquant)",
+                             required=STATE_KEYS)
+        try:
+            dq.load_state_dict(st["model"])
+            opt.load_state_dict(st["opt"])
+            aux_opt.load_state_dict(st["aux_opt"])
+            step, log, gamma, rd0 = int(st["step"]), list(st["log"]), float(st["gamma"]), st["rd0"]
+            gen.set_state(st["gen"])
+            torch.set_rng_state(st["torch_rng"])
+            if st.get("data_rng") is not None and hasattr(train_images, "rng"):
+                train_images.rng.bit_generator.state = st["data_rng"]
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{state_path} does not fit this DynaQuant training run (model, optimiser or RNG "
+                             f"state): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
     def save():
         if state_path is None:
@@ -158,8 +168,8 @@ def train_dynaquant(dq: DynaQuantModel, train_images, *, lmbda: float, steps: in
         atomic_torch_save({"model": dq.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
                            "step": step, "log": log, "gamma": gamma, "rd0": rd0, "gen": gen.get_state(),
                            "torch_rng": torch.get_rng_state(),
-                           "data_rng": getattr(getattr(train_images, "rng", None), "bit_generator", None)
-                           and train_images.rng.bit_generator.state}, state_path)
+                           "data_rng": train_images.rng.bit_generator.state if hasattr(train_images, "rng")
+                           else None}, state_path)
 
     dq.train()
     top = max(dq.candidate_bits)
