@@ -1,18 +1,28 @@
 """Train an LIC model from the registry with the RD loss, on CPU or GPU, with resume.
 
 Recipe (CompressAI's ``examples/train.py`` in spirit): Adam on the network, a second Adam on the entropy
-bottleneck's quantiles with the auxiliary loss, random crops with flips, gradient clipping, and a
-warm-up + cosine learning-rate schedule (short CPU budgets converge faster with it than with a plateau
-schedule). A run can start from another checkpoint (``init_from``) to reach a new lambda in a fraction
-of the steps: the compact zoo trains one quality from scratch and fine-tunes the others from it.
+bottleneck's quantiles with the auxiliary loss, random crops with flips, gradient clipping. Two learning-rate
+schedules:
 
-The run state (model, both optimizers, step, RNG) is written atomically every ``save_every`` steps to
-``<workdir>/state.pt``; rerunning the same command resumes there. At the end, :func:`finalize` writes
-the float16 checkpoint and measures Kodak on that very file.
+- ``"plateau"`` (the long runs): a short warm-up, then the rate is halved whenever the RD loss on the held-out
+  validation split of the training folder (``bitalloc.data.split_of``: never Kodak, never a training photo)
+  has not improved for ``patience`` validations; the run stops as converged once the rate falls below
+  ``min_lr``. The weights with the best validation loss are kept beside the last ones.
+- ``"cosine"``: warm-up + cosine decay over ``steps`` (short fine-tunes of a known length).
+
+A run can start from another checkpoint (``init_from``) to reach a new lambda in a fraction of the steps.
+
+The run state (model, best model, both optimizers, step, RNG states, history) is written atomically every
+``save_every`` steps to ``<workdir>/state.pt`` and loads with ``weights_only=True``; rerunning the same
+command resumes there. ``<workdir>/history.csv`` holds the learning curve. With ``snapshot=`` the best weights
+so far are also written as a float16 checkpoint every ``snapshot_every_s`` seconds (a file to commit, so a
+replaced machine loses nothing). At the end, :func:`finalize` writes the float16 checkpoint and measures Kodak
+on that very file.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -25,7 +35,12 @@ from .checkpoint import atomic_torch_save, load_checkpoint, plain_meta, read_che
 from .losses import RateDistortionLoss, split_parameters
 from .registry import build_model, check_model, check_quality, lambda_of
 
-__all__ = ["finalize", "lr_at", "train"]
+__all__ = ["SCHEDULES", "finalize", "load_run_state", "lr_at", "train", "validate"]
+
+SCHEDULES = ("cosine", "plateau")
+RUN_STATE_FORMAT = "bitalloc.train-state"
+RUN_STATE_VERSION = 2
+_STATE_KEYS = ("model", "opt", "aux_opt", "step", "history", "config")
 
 
 def lr_at(step: int, total: int, base_lr: float, warmup: int = 200, floor: float = 0.02) -> float:
@@ -35,111 +50,283 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int = 200, floor: float
     return base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def _init_weights(model, init_from):
+def load_run_state(path, map_location="cpu") -> dict:
+    """Read a run state written by :func:`train` (``weights_only=True``); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Run state not found: {path}")
+    try:
+        st = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign (pickled-object) file
+        raise ValueError(f"{path} is not a bitalloc train() run state (it does not load with "
+                         f"weights_only=True: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                         ) from None
+    if not isinstance(st, dict) or (st.get("format") not in (None, RUN_STATE_FORMAT)):
+        raise ValueError(f"{path} is not a bitalloc train() run state (format {RUN_STATE_FORMAT!r} expected)")
+    missing = [k for k in _STATE_KEYS if k not in st]
+    if missing:
+        raise ValueError(f"{path} is not a complete train() run state: missing {', '.join(missing)}")
+    return st
+
+
+def _init_weights(model, init_from) -> tuple[str | None, int]:
+    """Load ``init_from`` (a shipped checkpoint or a run state) into ``model``; (source, its training steps)."""
     if init_from is None:
-        return None
+        return None, 0
     path = Path(init_from)
     if not path.is_file():
         raise FileNotFoundError(f"init_from file not found: {path}")
-    try:  # a shipped checkpoint, told by its format (not its name): safe loading
-        model.load_state_dict(load_checkpoint(path).state_dict())
-    except ValueError as not_checkpoint:  # a run state written by train() (holds RNG states: not weights_only)
+    try:  # a checkpoint, told by its format (not its name)
+        ckpt = load_checkpoint(path)
+        model.load_state_dict(ckpt.state_dict())
+        return str(path), int(ckpt.meta.get("training_steps") or 0)
+    except ValueError as not_checkpoint:
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:  # torch raises many types for a file that is not its own
-            blob = None
-        if not isinstance(blob, dict) or "model" not in blob:
-            raise ValueError(f"{path} is neither a bitalloc checkpoint nor a train() run state "
-                             f"(as a checkpoint: {not_checkpoint})") from None
-        model.load_state_dict(blob["model"])
-    return str(path)
+            st = load_run_state(path)
+        except ValueError as not_state:
+            raise ValueError(f"init_from {path} is neither a bitalloc checkpoint nor a train() run state "
+                             f"(as a checkpoint: {not_checkpoint}; as a run state: {not_state})") from None
+        model.load_state_dict(st["model"])
+        return str(path), int(st["step"]) + int(st.get("steps_before", 0))
+
+
+def _training_images(train_dir, crop: int, seed: int):
+    """The ``train`` split of ``train_dir`` (validation and calibration photos held out); all photos, with a
+    warning, when the folder is too small to have a training split."""
+    import warnings
+
+    from bitalloc.data import ImageFolder
+
+    try:
+        return ImageFolder(train_dir, crop=crop, seed=seed, split="train")
+    except FileNotFoundError:
+        warnings.warn(f"{train_dir} has no photo in the 'train' split (see bitalloc.data.split_of): training on "
+                      f"all of its photos, validation photos included", stacklevel=3)
+        return ImageFolder(train_dir, crop=crop, seed=seed)
+
+
+def _val_crops(train_dir, crop: int, limit: int | None = None) -> torch.Tensor:
+    """Fixed centre crops of the validation photos: the same tensor on every call."""
+    from bitalloc.data import ImageFolder
+
+    folder = ImageFolder(train_dir, crop=None, split="val")
+    crops = []
+    for i in range(len(folder) if limit is None else min(limit, len(folder))):
+        img = folder[i]
+        _, h, w = img.shape
+        c = min(crop, h, w) // 64 * 64
+        top, left = (h - c) // 2, (w - c) // 2
+        crops.append(img[:, top:top + c, left:left + c])
+    return crops
+
+
+@torch.no_grad()
+def validate(model, crops, criterion, device="cpu") -> dict[str, float]:
+    """Mean RD loss, bpp and PSNR over ``crops`` (eval mode: rounded latents, as the codec sees them)."""
+    was_training = model.training
+    model.eval()
+    sums = np.zeros(3)
+    for x in crops:
+        x = x[None].to(device)
+        t = criterion(model(x), x)
+        sums += [t["loss"].item(), t["bpp"].item(), t["psnr"].item()]
+    model.train(was_training)
+    return dict(zip(("val_loss", "val_bpp", "val_psnr"), (sums / max(1, len(crops))).tolist()))
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    import pandas as pd
+
+    from bitalloc.costs import atomic_write_text
+
+    atomic_write_text(path, pd.DataFrame(history).to_csv(index=False))
+
+
+def _rng_state(data) -> dict:
+    return {"data_rng": data.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+
+
+def _check_positive(**values):
+    for name, v in values.items():
+        if v is not None and not v > 0:
+            raise ValueError(f"train(): {name} must be positive, got {v!r}")
 
 
 def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, size: str = "compact",
           batch_size: int = 8, crop: int = 128, lr: float = 5e-4, aux_lr: float = 1e-3, clip: float = 1.0,
-          init_from=None, seed: int = 0, save_every: int = 200, device: str = "cpu", progress: bool = True):
-    """Train (or resume) one model; returns the path of the run state. See the module docstring."""
+          init_from=None, seed: int = 0, save_every: int = 200, device: str = "cpu", progress: bool = True,
+          schedule: str = "cosine", warmup: int = 200, val_every: int = 500, val_crop: int = 256,
+          patience: int = 4, lr_factor: float = 0.5, min_lr: float = 5e-6, channels_last: bool = False,
+          snapshot=None, snapshot_every_s: float = 3600.0, monitor_dir=None, monitor_every: int = 5000):
+    """Train (or resume) one model; returns the path of the run state. See the module docstring.
+
+    ``steps`` is the length of a cosine run and the most steps of a plateau run. ``snapshot`` (a file path)
+    receives the best weights so far as a float16 checkpoint every ``snapshot_every_s`` seconds and at the end.
+    ``monitor_dir`` (e.g. Kodak) is forwarded every ``monitor_every`` steps for the learning curve only
+    (estimated bpp and PSNR); it never steers training.
+    """
     from bitalloc.data import ImageFolder
 
     check_model(name)
     check_quality(name, quality, size)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"Invalid schedule {schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"train(): steps must be a positive integer, got {steps!r}")
+    _check_positive(batch_size=batch_size, crop=crop, lr=lr, aux_lr=aux_lr, save_every=save_every,
+                    val_every=val_every, patience=patience, monitor_every=monitor_every)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     state_path = workdir / "state.pt"
     torch.manual_seed(seed)
     model = build_model(name, quality, size).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     main_params, aux_params = split_parameters(model)
     opt = torch.optim.Adam(main_params, lr=lr)
     aux_opt = torch.optim.Adam(aux_params, lr=aux_lr)
-    data = ImageFolder(train_dir, crop=crop, seed=seed)
+    data = _training_images(train_dir, crop, seed)
     criterion = RateDistortionLoss(lambda_of(quality))
-    step, history, init_src = 0, [], None
+    config = dict(name=name, quality=quality, size=size, steps=steps, batch_size=batch_size, crop=crop, lr=lr,
+                  schedule=schedule, train_dir=str(train_dir), num_train_images=len(data), seed=seed)
+    step, history, init_src, steps_before = 0, [], None, 0
+    plateau = {"lr": lr, "best": math.inf, "best_step": 0, "bad": 0, "converged": False}
+    best_state = None
     if state_path.exists():
-        st = torch.load(state_path, map_location=device, weights_only=False)
+        st = load_run_state(state_path, map_location=device)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         aux_opt.load_state_dict(st["aux_opt"])
-        step, history, init_src = st["step"], st["history"], st.get("init_from")
-        data.rng.bit_generator.state = st["data_rng"]
-        torch.set_rng_state(st["torch_rng"])
+        step, history, init_src = st["step"], list(st["history"]), st.get("init_from")
+        steps_before = int(st.get("steps_before", 0))
+        plateau.update(st.get("plateau", {}))
+        best_state = st.get("best_model")
+        if "data_rng" in st:
+            data.rng.bit_generator.state = st["data_rng"]
+            torch.set_rng_state(st["torch_rng"])
     else:
-        init_src = _init_weights(model, init_from)
+        init_src, steps_before = _init_weights(model, init_from)
+    val = _val_crops(train_dir, val_crop) if schedule == "plateau" else None
+    monitor = None
+    if monitor_dir is not None:
+        from bitalloc.data import resolve_images
+
+        monitor = [x[..., : x.shape[-2] // 64 * 64, : x.shape[-1] // 64 * 64]
+                   for x in resolve_images(monitor_dir).values()]
+    last_snapshot = time.time()
 
     def save():
         atomic_torch_save({
-            "model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
-            "step": step, "history": history, "data_rng": data.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(), "init_from": init_src,
-            "config": dict(name=name, quality=quality, size=size, steps=steps, batch_size=batch_size, crop=crop,
-                           lr=lr, train_dir=str(train_dir), num_train_images=len(data), seed=seed),
+            "format": RUN_STATE_FORMAT, "version": RUN_STATE_VERSION,
+            "model": model.state_dict(), "best_model": best_state, "opt": opt.state_dict(),
+            "aux_opt": aux_opt.state_dict(), "step": step, "steps_before": steps_before,
+            "history": plain_meta(history), "plateau": plain_meta(plateau), **_rng_state(data),
+            "init_from": init_src, "config": plain_meta(config),
         }, state_path)
 
+    def write_snapshot():
+        if snapshot is None:
+            return
+        snap = build_model(name, quality, size)
+        snap.load_state_dict(best_state if best_state is not None else model.state_dict())
+        meta = _meta(name, quality, size, config, steps_before + (plateau["best_step"] if best_state else step),
+                     init_src, history)
+        meta.update(snapshot=True, run_step=step, best_val_loss=plateau["best"])
+        save_checkpoint(snap, snapshot, meta)
+
     model.train()
-    bar = tqdm(total=steps, initial=step, disable=not progress, desc=f"{name} q{quality}", mininterval=5)
+    bar = tqdm(total=steps, initial=step, disable=not progress, desc=f"{name} q{quality}", mininterval=10)
     ema = None
-    while step < steps:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr)
-        x = data.batch(batch_size).to(device)
-        out = model(x)
-        terms = criterion(out, x)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(main_params, clip)
-        opt.step()
-        aux_loss = model.aux_loss()
-        aux_opt.zero_grad(set_to_none=True)
-        aux_loss.backward()
-        aux_opt.step()
-        step += 1
-        cur = np.array([terms["loss"].item(), terms["bpp"].item(), terms["psnr"].item(), aux_loss.item()])
-        ema = cur if ema is None else 0.98 * ema + 0.02 * cur
-        if step % 50 == 0:
-            history.append({"step": step, "loss": float(ema[0]), "bpp": float(ema[1]), "psnr": float(ema[2]),
-                            "aux": float(ema[3]),
-                            "lr": opt.param_groups[0]["lr"], "time": time.time()})
-        bar.set_postfix(bpp=f"{ema[1]:.3f}", psnr=f"{ema[2]:.2f}", aux=f"{ema[3]:.1f}", refresh=False)
-        bar.update(1)
-        if step % save_every == 0 or step == steps:
-            save()
-    bar.close()
-    if not state_path.exists():
+    try:
+        while step < steps and not plateau["converged"]:
+            rate = (lr_at(step, steps, lr, warmup) if schedule == "cosine"
+                    else plateau["lr"] * min(1.0, (step + 1) / warmup))
+            for g in opt.param_groups:
+                g["lr"] = rate
+            x = data.batch(batch_size).to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = model(x)
+            terms = criterion(out, x)
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(main_params, clip)
+            opt.step()
+            aux_loss = model.aux_loss()
+            aux_opt.zero_grad(set_to_none=True)
+            aux_loss.backward()
+            aux_opt.step()
+            step += 1
+            cur = np.array([terms["loss"].item(), terms["bpp"].item(), terms["psnr"].item(), aux_loss.item()])
+            ema = cur if ema is None else 0.98 * ema + 0.02 * cur
+            if step % 50 == 0:
+                history.append({"step": step, "loss": float(ema[0]), "bpp": float(ema[1]),
+                                "psnr": float(ema[2]), "aux": float(ema[3]), "lr": rate, "time": time.time()})
+            if val is not None and step % val_every == 0:
+                v = validate(model, val, criterion, device)
+                if v["val_loss"] < plateau["best"] * (1 - 1e-3):
+                    plateau.update(best=v["val_loss"], best_step=step, bad=0)
+                    best_state = copy.deepcopy({k: t.detach().cpu() for k, t in model.state_dict().items()})
+                else:
+                    plateau["bad"] += 1
+                    if plateau["bad"] >= patience:
+                        plateau.update(lr=plateau["lr"] * lr_factor, bad=0)
+                        plateau["converged"] = plateau["lr"] < min_lr
+                history.append({"step": step, **v, "lr": rate, "time": time.time()})
+            if monitor is not None and step % monitor_every == 0:
+                m = validate(model, monitor, criterion, device)
+                history.append({"step": step, **{k.replace("val_", "monitor_"): x for k, x in m.items()},
+                                "time": time.time()})
+            bar.set_postfix(bpp=f"{ema[1]:.3f}", psnr=f"{ema[2]:.2f}", lr=f"{rate:.1e}", refresh=False)
+            bar.update(1)
+            if step % save_every == 0 or step == steps or plateau["converged"]:
+                save()
+                _write_history(history, workdir / "history.csv")
+                if time.time() - last_snapshot >= snapshot_every_s:
+                    write_snapshot()
+                    last_snapshot = time.time()
+    except KeyboardInterrupt:
         save()
+        raise
+    bar.close()
+    save()
+    _write_history(history, workdir / "history.csv")
+    write_snapshot()
     return state_path
 
 
-def finalize(state_path, out_path, *, eval_dir=None, aux_steps: int = 2000, progress: bool = True) -> dict:
+def _meta(name, quality, size, cfg, training_steps, init_src, history) -> dict:
+    channels = check_model(name).channels(quality, size)
+    train_rows = [h for h in history if "bpp" in h]
+    return {
+        "architecture": name, "quality": quality, "size": size,
+        **dict(zip(("N", "M"), channels)), "lambda": lambda_of(quality),
+        "training_steps": int(training_steps), "batch_size": cfg["batch_size"], "crop": cfg["crop"],
+        "schedule": cfg.get("schedule", "cosine"),
+        "training_data": f"{Path(cfg['train_dir']).name}/ ({cfg['num_train_images']} images: BSDS500 + CID22)",
+        "init_from": Path(init_src).name if init_src else None,
+        "final_train_bpp": train_rows[-1]["bpp"] if train_rows else None,
+        "final_train_psnr": train_rows[-1]["psnr"] if train_rows else None,
+    }
+
+
+def finalize(state_path, out_path, *, eval_dir=None, aux_steps: int = 2000, progress: bool = True,
+             weights: str = "best") -> dict:
     """Turn a run state into a shipped float16 checkpoint and measure Kodak on the file that ships.
 
+    ``weights="best"`` ships the weights with the best validation loss (plateau runs; the last ones otherwise).
     The auxiliary loss is polished first (it only moves the entropy bottleneck's quantiles, which bound
     the CDF tables), then ``update(force=True)`` builds the entropy coder's tables from the float16 weights.
     """
     from bitalloc.evaluation import evaluate
 
-    st = torch.load(state_path, map_location="cpu", weights_only=False)
+    if weights not in ("best", "last"):
+        raise ValueError(f"weights must be 'best' or 'last', got {weights!r}")
+    st = load_run_state(state_path)
     cfg = st["config"]
     model = build_model(cfg["name"], cfg["quality"], cfg["size"])
-    model.load_state_dict(st["model"])
+    use_best = weights == "best" and st.get("best_model") is not None
+    model.load_state_dict(st["best_model"] if use_best else st["model"])
     _, aux_params = split_parameters(model)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-2)
     for _ in range(aux_steps):
@@ -152,17 +339,9 @@ def finalize(state_path, out_path, *, eval_dir=None, aux_steps: int = 2000, prog
         for p in model.parameters():
             p.copy_(p.half().float())
     model.update(force=True)
-    spec = check_model(cfg["name"])
-    channels = spec.channels(cfg["quality"], cfg["size"])
-    meta = {
-        "architecture": cfg["name"], "quality": cfg["quality"], "size": cfg["size"],
-        **dict(zip(("N", "M"), channels)), "lambda": lambda_of(cfg["quality"]),
-        "training_steps": st["step"], "batch_size": cfg["batch_size"], "crop": cfg["crop"],
-        "training_data": f"{Path(cfg['train_dir']).name}/ ({cfg['num_train_images']} images: BSDS500 + CID22)",
-        "init_from": Path(st["init_from"]).name if st.get("init_from") else None,
-        "final_train_bpp": st["history"][-1]["bpp"] if st["history"] else None,
-        "final_train_psnr": st["history"][-1]["psnr"] if st["history"] else None,
-    }
+    run_steps = st.get("plateau", {}).get("best_step", st["step"]) if use_best else st["step"]
+    meta = _meta(cfg["name"], cfg["quality"], cfg["size"], cfg, int(st.get("steps_before", 0)) + run_steps,
+                 st.get("init_from"), st["history"])
     save_checkpoint(model, out_path, meta)
     if eval_dir is not None:
         shipped = load_checkpoint(out_path)

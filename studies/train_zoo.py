@@ -12,6 +12,14 @@ run (lr 2e-4); quality 8 gets twice the steps, as its rate was still rising afte
 
     BITALLOC_DATA=../shared/data python studies/train_zoo.py --model bmshj2018-hyperprior
 
+Long runs (the converging recipe): a plateau-scheduled base run that continues from a shipped checkpoint, decays
+its learning rate on the held-out validation split of train/ and writes its best weights as a float16 snapshot
+every hour (``--snapshot-dir``, committed so a replaced machine loses nothing); ``--base-only`` stops after it:
+
+    BITALLOC_DATA=../shared/data nice python studies/train_zoo.py --model bmshj2018-hyperprior --base-only \
+        --schedule plateau --base-init models/checkpoints/bmshj2018-hyperprior-compact-q4.pt --base-lr 2e-4 \
+        --crop 256 --batch-size 4 --base-steps 400000 --workdir /work/runs/zoo --snapshot-dir models/snapshots
+
 Machine used for the shipped files: see each checkpoint's metadata and the README's table.
 """
 
@@ -42,6 +50,18 @@ def main(argv=None):
     p.add_argument("--workdir", default="runs/zoo")
     p.add_argument("--out", default=None, help="checkpoint folder (default: the package's shipped folder)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--schedule", choices=("cosine", "plateau"), default="cosine",
+                   help="learning-rate schedule of the base run (fine-tunes stay cosine)")
+    p.add_argument("--base-init", default=None, help="start the base run from this checkpoint")
+    p.add_argument("--base-lr", type=float, default=5e-4)
+    p.add_argument("--base-only", action="store_true", help="train the base run only (no fine-tunes)")
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--val-every", type=int, default=1000)
+    p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--snapshot-dir", default=None,
+                   help="write the base run's best weights here (float16) every --snapshot-hours")
+    p.add_argument("--snapshot-hours", type=float, default=1.0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     root = data_root(args.data)
@@ -56,8 +76,15 @@ def main(argv=None):
         qualities = sorted(set(args.qualities))
     else:
         base_state = work / f"q{args.base_quality}" / "state.pt"
+        snap = None if args.snapshot_dir is None else (
+            Path(args.snapshot_dir) / checkpoint_name(args.model, args.base_quality).replace(".pt", "-base.pt"))
         train(args.model, args.base_quality, root / "train", work / f"q{args.base_quality}",
-              device=args.device, steps=args.base_steps, lr=5e-4)
+              device=args.device, steps=args.base_steps, lr=args.base_lr, schedule=args.schedule,
+              init_from=args.base_init, crop=args.crop, batch_size=args.batch_size, val_every=args.val_every,
+              patience=args.patience, channels_last=args.device == "cpu", snapshot=snap,
+              snapshot_every_s=args.snapshot_hours * 3600, monitor_dir=root / "kodak")
+        if args.base_only:
+            return
         qualities = sorted({args.base_quality, *args.qualities})
     for q in qualities:
         # every shipped quality, the base's own included, is the same fine-tune from the base run, so the

@@ -1,6 +1,7 @@
 """Model registry, checkpoints and real-bitstream evaluation (issue #3)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -150,6 +151,40 @@ def test_load_model_accepts_a_compressai_state_dict(tmp_path, tiny_model):
     assert torch.equal(loaded.g_a[0].weight, tiny_model.g_a[0].weight)
 
 
+@pytest.mark.parametrize(
+    "request_,match",
+    [(("bmshj2018-hyperprior", 3, "compact"), r"architecture 'bmshj2018-hyperprior' requested, 'mbt2018-mean' in"),
+     (("mbt2018-mean", 6, "compact"), r"quality 6 requested, 3 in the file"),
+     (("mbt2018-mean", 3, "paper"), r"size 'paper' requested, 'compact' in the file")],
+    ids=["architecture", "quality", "size"],
+)
+def test_load_model_checks_the_file_against_the_request(tmp_path, tiny_model, request_, match):
+    path = tmp_path / "mine.pt"
+    meta = {"architecture": "mbt2018-mean", "quality": 3, "size": "compact", "N": 48, "M": 64}
+    save_checkpoint(tiny_model, path, meta)
+    assert type(load_model("mbt2018-mean", 3, pretrained=path)) is MeanScaleHyperprior  # the right request loads
+    name, quality, size = request_
+    with pytest.raises(ValueError, match=rf"Checkpoint {re.escape(str(tmp_path))}.mine\.pt is not .*{match}"):
+        load_model(name, quality, pretrained=path, size=size)
+
+
+def test_load_model_refuses_a_file_that_does_not_record_its_quality(tmp_path, tiny_model):
+    path = tmp_path / "anon.pt"
+    save_checkpoint(tiny_model, path, {"architecture": "mbt2018-mean", "N": 48, "M": 64})
+    with pytest.raises(ValueError, match=r"anon\.pt .*quality 3 requested, 'not recorded' in the file"):
+        load_model("mbt2018-mean", 3, pretrained=path)
+
+
+def test_load_model_checks_a_plain_state_dict_by_its_channels(tmp_path, tiny_model):
+    path = tmp_path / "downloaded.pth.tar"
+    torch.save(tiny_model.state_dict(), path)
+    with pytest.raises(ValueError, match=r"downloaded\.pth\.tar .*channels \(128, 192\) requested \(paper size\), "
+                                         r"\(48, 64\) in the file \(the compact size: pass size='compact'\)"):
+        load_model("mbt2018-mean", 3, pretrained=path, size="paper")
+    with pytest.raises(ValueError, match=r"downloaded\.pth\.tar does not hold bmshj2018-hyperprior weights"):
+        load_model("bmshj2018-hyperprior", 3, pretrained=path)
+
+
 def test_compressai_download_failure_says_how_to_proceed(monkeypatch):
     import compressai.zoo
 
@@ -184,7 +219,7 @@ def test_train_resume_finetune_and_finalize_ship_a_loadable_file(tmp_path):
     kw = dict(batch_size=2, crop=64, save_every=2, progress=False)
     state = train("bmshj2018-hyperprior", 2, tmp_path, tmp_path / "base", steps=2, **kw)
     state = train("bmshj2018-hyperprior", 2, tmp_path, tmp_path / "base", steps=4, **kw)  # resumes at 2
-    assert torch.load(state, weights_only=False)["step"] == 4
+    assert torch.load(state, weights_only=True)["step"] == 4
     tuned = train("bmshj2018-hyperprior", 3, tmp_path, tmp_path / "q3", steps=1, init_from=state, **kw)
     out = tmp_path / "ship.pt"
     meta = finalize(tuned, out, eval_dir=tmp_path, aux_steps=2, progress=False)
@@ -192,13 +227,13 @@ def test_train_resume_finetune_and_finalize_ship_a_loadable_file(tmp_path):
     shipped = torch.load(out, weights_only=True)  # the format's promise
     assert shipped["meta"]["quality"] == 3 and shipped["meta"]["kodak"]["bpp"] > 0
     model = load_checkpoint(out)
-    assert model.meta["training_steps"] == 1
+    assert model.meta["training_steps"] == 5  # cumulative: the 4 steps of the run it started from + 1
     # a shipped checkpoint renamed like a run state still starts a fine-tune (the format decides, not the name)
     renamed = tmp_path / "ckpt" / "state.pt"
     renamed.parent.mkdir()
     renamed.write_bytes(out.read_bytes())
     again = train("bmshj2018-hyperprior", 3, tmp_path, tmp_path / "q3b", steps=1, init_from=renamed, **kw)
-    assert torch.load(again, weights_only=False)["init_from"] == str(renamed)
+    assert torch.load(again, weights_only=True)["init_from"] == str(renamed)
     with pytest.raises(ValueError, match="neither a bitalloc checkpoint nor a train"):
         train("bmshj2018-hyperprior", 3, tmp_path, tmp_path / "q3c", steps=1, init_from=tmp_path / "im0.png",
               **kw)
