@@ -20,6 +20,7 @@ __all__ = [
     "ImageFolder",
     "split_of",
     "data_root",
+    "decode_image",
     "image_paths",
     "load_image",
     "sample_images",
@@ -62,16 +63,51 @@ def image_paths(folder: str | os.PathLike) -> list[Path]:
     return paths
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """An RGB image as a float tensor (3, H, W) in [0, 1]."""
+#: Pillow modes holding 8-bit samples; :func:`decode_image` converts them to RGB (alpha is dropped).
+_EIGHT_BIT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
+#: Pillow's 16-bit grayscale modes (a 16-bit grayscale PNG opens as ``I;16``).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def decode_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+    """Decode an image file into ``(pixels, full_scale)``: a (3, H, W) integer tensor and its white level.
+
+    8-bit modes give ``uint8`` pixels and 255; 16-bit grayscale (``I;16``, and ``I`` from a PNG or from a
+    TIFF of 8 or 16 bits per sample) gives ``int32`` pixels and ``2**bits - 1``. Grayscale becomes three equal
+    channels. Other modes (floating point, 32-bit integers, LAB, ...) raise a ValueError naming the file and
+    the mode, rather than being clipped into a wrong image. The one decoder of :func:`load_image` and
+    :class:`ImageFolder`.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            mode = im.mode
+            if mode in _EIGHT_BIT_MODES:
+                return torch.from_numpy(np.array(im.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1), 255
+            if mode in _SIXTEEN_BIT_MODES:
+                bits = 16
+            elif mode == "I" and im.format == "PNG":  # PNG samples are at most 16 bits
+                bits = 16
+            elif mode == "I" and tuple(getattr(im, "tag_v2", {}).get(258, ())) in ((8,), (16,)):
+                bits = im.tag_v2[258][0]  # TIFF BitsPerSample
+            else:
+                raise ValueError(f"Cannot read image {path}: Pillow mode {mode!r} is not supported "
+                                 f"(use 8-bit RGB/grayscale or 16-bit grayscale)")
+            gray = np.asarray(im).astype(np.int32)
     except OSError as exc:
         raise ValueError(f"Cannot read image {path}: {exc}") from exc
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+    full = 2 ** bits - 1
+    if gray.ndim != 2 or gray.min(initial=0) < 0 or gray.max(initial=0) > full:
+        raise ValueError(f"Cannot read image {path}: mode {mode!r} samples {gray.shape} outside the "
+                         f"{bits}-bit range 0..{full}")
+    return torch.from_numpy(gray).expand(3, *gray.shape).contiguous(), full
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """An RGB image as a float tensor (3, H, W) in [0, 1] (scaled from the file's bit depth)."""
+    pixels, full = decode_image(path)
+    return pixels.float().div_(full)
 
 
 def sample_images() -> dict[str, torch.Tensor]:
@@ -87,35 +123,41 @@ def sample_images() -> dict[str, torch.Tensor]:
 
 def resolve_images(images=None, *, subset: str = "kodak", root=None, limit: int | None = None,
                    ) -> dict[str, torch.Tensor]:
-    """Turn ``images`` into ``{name: (3,H,W) tensor}``.
+    """Turn ``images`` into ``{name: (3,H,W) tensor}``; a file's name is its stem (``kodim01``).
 
-    ``images`` may be a folder, a list of paths, a dict of tensors, or None: then ``<data root>/<subset>``,
-    or scikit-image's photos when no data root is set.
+    ``images`` may be a folder, a list of paths (or tensors), a dict of tensors, or None: then
+    ``<data root>/<subset>``, or scikit-image's photos when no data root is set. ``limit`` keeps the first
+    ``limit`` images (a positive integer). Two files with one stem (``x.png`` and ``x.jpg``) are an error
+    naming both: results are keyed by image name, and such a pair is almost always one picture in two formats.
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive number of images or None, got {limit!r}")
     if isinstance(images, dict):
-        out = dict(images)
-    elif images is None:
-        base = data_root(root)
-        out = sample_images() if base is None else {p.stem: load_image(p)
-                                                    for p in image_paths(base / subset)[:limit]}
-    elif isinstance(images, (str, os.PathLike)):
-        out = {p.stem: load_image(p) for p in image_paths(images)[:limit]}
+        items = list(images.items())
+    elif images is None and data_root(root) is None:
+        items = list(sample_images().items())
     else:
-        out = {}
-        for item in images:
-            if isinstance(item, torch.Tensor):
-                out[f"image{len(out):03d}"] = item
-            else:
-                out[Path(item).stem] = load_image(item)
-    if limit is not None:
-        out = dict(list(out.items())[:limit])
+        if images is None:
+            images = data_root(root) / subset
+        sources = image_paths(images) if isinstance(images, (str, os.PathLike)) else list(images)
+        items, owner = [], {}
+        for item in sources:
+            is_tensor = isinstance(item, torch.Tensor)
+            name, what = (f"image{len(items):03d}", "a tensor") if is_tensor else (Path(item).stem, str(item))
+            if name in owner:
+                raise ValueError(f"Images {owner[name]} and {what} share the name {name!r}; results are keyed "
+                                 f"by image name, so rename or remove one")
+            owner[name] = what
+            items.append((name, item))
+        items = [(n, x if isinstance(x, torch.Tensor) else load_image(x)) for n, x in items[:limit]]
+    out = dict(items[:limit])
     if not out:
         raise ValueError("No images given")
     return out
 
 
 class ImageFolder(Dataset):
-    """Images of a folder, decoded once into memory as uint8.
+    """Images of a folder, decoded once into memory as integers (uint8; int32 for 16-bit files).
 
     ``crop`` gives random ``crop x crop`` patches with random horizontal/vertical flips (training);
     ``crop=None`` gives whole images (evaluation). Images smaller than the crop are padded by reflection.
@@ -123,8 +165,6 @@ class ImageFolder(Dataset):
 
     def __init__(self, folder, crop: int | None = None, flips: bool = True, seed: int = 0,
                  split: str | None = None):
-        from PIL import Image
-
         self.paths = image_paths(folder)
         if split is not None:
             if split not in SPLITS:
@@ -135,25 +175,24 @@ class ImageFolder(Dataset):
         self.crop = crop
         self.flips = flips
         self.rng = np.random.default_rng(seed)
-        self.images = []
+        # integer pixels (uint8, or int32 for 16-bit files) and each image's white level
+        self.images, self.full_scale = [], []
         for p in self.paths:
-            try:
-                with Image.open(p) as im:
-                    self.images.append(torch.from_numpy(np.asarray(im.convert("RGB"), np.uint8).copy()))
-            except OSError as exc:
-                raise ValueError(f"Cannot read training image {p}: {exc}") from exc
+            pixels, full = decode_image(p)
+            self.images.append(pixels)
+            self.full_scale.append(full)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        img = self.images[index].permute(2, 0, 1)
+        img = self.images[index]
         if self.crop is not None:
             c = self.crop
             _, h, w = img.shape
             if h < c or w < c:
                 img = torch.nn.functional.pad(img[None].float(), (0, max(0, c - w), 0, max(0, c - h)),
-                                              mode="reflect")[0].to(torch.uint8)
+                                              mode="reflect")[0].to(img.dtype)
                 _, h, w = img.shape
             i = int(self.rng.integers(0, h - c + 1))
             j = int(self.rng.integers(0, w - c + 1))
@@ -162,7 +201,7 @@ class ImageFolder(Dataset):
                 img = img.flip(2)
             if self.flips and self.rng.random() < 0.5:
                 img = img.flip(1)
-        return img.float().div(255.0)
+        return img.float().div(self.full_scale[index])
 
     def batch(self, batch_size: int) -> torch.Tensor:
         idx = self.rng.integers(0, len(self), size=batch_size)

@@ -148,7 +148,8 @@ def load_model(name: str, quality: int, pretrained: str | os.PathLike | bool = "
 
     ``pretrained="bitalloc"``: the checkpoint this project trained and ships (compact size);
     ``"compressai"``: CompressAI's published weights (paper size; needs internet on first use);
-    a path: that checkpoint file; ``False``: an untrained model.
+    a path: that checkpoint file; ``False``: an untrained model. A checkpoint (shipped or a path) must hold
+    the requested architecture, quality and size: a ValueError names the file and what differs.
     """
     # CompressAI's weights exist for its own qualities only (no bitalloc quality 0)
     check_quality(name, quality, "paper" if pretrained == "compressai" else size)
@@ -162,10 +163,44 @@ def load_model(name: str, quality: int, pretrained: str | os.PathLike | bool = "
                 f"No shipped bitalloc checkpoint for {name} quality {quality} ({size}); shipped: "
                 f"{', '.join(ships) or 'none'}. Train one with `bitalloc train` or pass a file path."
             )
-        return load_checkpoint(path)
-    if pretrained == "compressai":
+        model = load_checkpoint(path)
+    elif pretrained == "compressai":
         return _load_compressai(name, quality)
-    return _load_file(name, pretrained)
+    else:
+        path = Path(pretrained)
+        model = _load_file(name, path)
+    _check_request(model, path, name, quality, size)
+    return model
+
+
+def _check_request(model: nn.Module, path: Path, name: str, quality: int, size: str) -> None:
+    """Raise a ValueError naming ``path`` when the loaded model is not the ``name``/``quality``/``size`` asked for.
+
+    A bitalloc checkpoint's metadata must record the requested architecture and quality (and size, when it
+    records one); every file's channel sizes must be those of ``name`` at ``quality`` and ``size``. A plain
+    CompressAI state dict has no metadata: its architecture is checked by loading and its size by channels.
+    """
+    wrong = []
+    meta = getattr(model, "meta", None)
+    if meta is not None:
+        asked = {"architecture": name, "quality": quality, "size": size}
+        for key, want in asked.items():
+            if key == "size" and key not in meta:
+                continue  # older files: the channel check below covers the size
+            found = meta.get(key, "not recorded")
+            if found != want:
+                wrong.append(f"{key} {want!r} requested, {found!r} in the file")
+    spec = check_model(name)
+    want = spec.channels(quality, size)
+    found = tuple(int(getattr(model, k)) for k in ("N", "M"))[:len(want)]
+    if found != want and not wrong:
+        fits = [s for s in ("compact", "paper")
+                if quality in spec.qualities_for(s) and spec.channels(quality, s) == found]
+        wrong.append(f"channels {want} requested ({size} size), {found} in the file"
+                     + (f" (the {fits[0]} size: pass size={fits[0]!r})" if fits else ""))
+    if wrong:
+        raise ValueError(f"Checkpoint {path} is not {name} quality {quality} ({size}): {'; '.join(wrong)}. "
+                         f"Load the file that was meant, or use load_checkpoint(path) to take it as it is")
 
 
 def _load_file(name: str, path) -> nn.Module:
