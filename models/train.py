@@ -52,20 +52,12 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int = 200, floor: float
 
 def load_run_state(path, map_location="cpu") -> dict:
     """Read a run state written by :func:`train` (``weights_only=True``); errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Run state not found: {path}")
-    try:
-        st = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged or foreign (pickled-object) file
-        raise ValueError(f"{path} is not a bitalloc train() run state (it does not load with "
-                         f"weights_only=True: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-                         ) from None
-    if not isinstance(st, dict) or (st.get("format") not in (None, RUN_STATE_FORMAT)):
-        raise ValueError(f"{path} is not a bitalloc train() run state (format {RUN_STATE_FORMAT!r} expected)")
-    missing = [k for k in _STATE_KEYS if k not in st]
-    if missing:
-        raise ValueError(f"{path} is not a complete train() run state: missing {', '.join(missing)}")
+    from bitalloc.safe_load import load_torch_file
+
+    st = load_torch_file(path, "a bitalloc train() run state", required=_STATE_KEYS, map_location=map_location)
+    if st.get("format") not in (None, RUN_STATE_FORMAT):
+        raise ValueError(f"{path} is not a bitalloc train() run state (format {st.get('format')!r}, "
+                         f"expected {RUN_STATE_FORMAT!r})")
     return st
 
 
