@@ -1,0 +1,126 @@
+"""Learning curves of the long training runs: validation RD loss and Kodak rate against JPEG, by step.
+
+Each run of ``studies/train_zoo.py --schedule plateau`` writes ``history.csv`` into its work folder: training
+EMAs every 50 steps, the RD loss on the held-out validation split of ``train/`` (``val_*``, which steers the
+learning rate) and, for the curve only, Kodak forwarded with rounded latents (``monitor_*``: estimated bpp from
+the likelihoods, PSNR). ``--collect`` copies those files into ``studies/results/training/`` (so the committed
+figure can be redrawn anywhere); the figure and a markdown table are drawn from the copies:
+
+    python studies/learning_curves.py --collect /work/runs/zoo
+    python studies/learning_curves.py
+
+The Kodak column is the single-point rate difference against JPEG at equal PSNR: ``bpp / bpp_JPEG(PSNR) - 1``,
+with JPEG's published Kodak curve (``bitalloc.reference_curve("jpeg")``) interpolated by PCHIP in log-rate. It
+is the one-quality analogue of a BD-rate (the BD-rate of the whole ladder is in the zoo table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bitalloc.reference import reference_curve
+
+RESULTS = Path(__file__).resolve().parent / "results" / "training"
+
+
+def rate_vs_jpeg(bpp, psnr) -> np.ndarray:
+    """Percent rate difference of (bpp, psnr) points against JPEG's Kodak curve at equal PSNR."""
+    from scipy.interpolate import PchipInterpolator
+
+    jpeg = reference_curve("jpeg").sort_values("psnr_rgb")
+    log_rate = PchipInterpolator(jpeg.psnr_rgb.to_numpy(), np.log(jpeg.bpp.to_numpy()), extrapolate=False)
+    return (np.asarray(bpp, float) / np.exp(log_rate(np.asarray(psnr, float))) - 1.0) * 100.0
+
+
+def collect(runs: Path, results: Path = RESULTS) -> list[Path]:
+    """Copy ``<runs>/<family>/q<N>/history.csv`` to ``studies/results/training/<family>-q<N>.csv``."""
+    from bitalloc.costs import atomic_write_text
+
+    out = []
+    for hist in sorted(runs.glob("*/q*/history.csv")):
+        target = results / f"{hist.parent.parent.name}-{hist.parent.name}.csv"
+        atomic_write_text(target, hist.read_text())
+        out.append(target)
+    if not out:
+        raise SystemExit(f"no <family>/q<N>/history.csv under {runs}")
+    return out
+
+
+def load(path: Path, steps_before: int = 0) -> pd.DataFrame:
+    df = pd.read_csv(path)
+    df["total_step"] = df["step"] + steps_before
+    return df
+
+
+def summary(name: str, df: pd.DataFrame) -> dict:
+    val = df.dropna(subset=["val_loss"]) if "val_loss" in df else df.iloc[:0]
+    mon = df.dropna(subset=["monitor_bpp"]) if "monitor_bpp" in df else df.iloc[:0]
+    row = {"run": name, "steps": int(df.step.max())}
+    if len(val):
+        best = val.loc[val.val_loss.idxmin()]
+        row.update(first_val_loss=float(val.val_loss.iloc[0]), best_val_loss=float(best.val_loss),
+                   best_step=int(best.step), lr_now=float(val.lr.iloc[-1]))
+    if len(mon):
+        vs = rate_vs_jpeg(mon.monitor_bpp, mon.monitor_psnr)
+        row.update(kodak_bpp=float(mon.monitor_bpp.iloc[-1]), kodak_psnr=float(mon.monitor_psnr.iloc[-1]),
+                   first_vs_jpeg_pct=float(vs[0]), last_vs_jpeg_pct=float(vs[-1]))
+    return row
+
+
+def figure(runs: dict[str, pd.DataFrame], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, df in runs.items():
+        if "val_loss" in df:
+            val = df.dropna(subset=["val_loss"])
+            ax1.plot(val.step, val.val_loss, marker=".", label=name)
+        if "monitor_bpp" in df:
+            mon = df.dropna(subset=["monitor_bpp"])
+            ax2.plot(mon.step, rate_vs_jpeg(mon.monitor_bpp, mon.monitor_psnr), marker="o", label=name)
+    ax1.set(xlabel="step of this run", ylabel="validation RD loss (bpp + lambda 255^2 MSE)",
+            title="Held-out validation split of train/ (lower is better)")
+    ax2.set(xlabel="step of this run", ylabel="rate vs JPEG at equal PSNR (%)",
+            title="Kodak, one quality, estimated bpp (lower is better)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--collect", type=Path, default=None, help="copy history.csv files from this runs folder first")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    if args.collect is not None:
+        for path in collect(args.collect, args.results):
+            print("collected", path)
+    files = sorted(args.results.glob("*.csv"))
+    if not files:
+        raise SystemExit(f"no learning-curve CSVs in {args.results}")
+    runs = {f.stem: load(f) for f in files}
+    table = pd.DataFrame([summary(name, df) for name, df in runs.items()])
+    md = table.to_markdown(index=False, floatfmt=".4g")
+    from bitalloc.costs import atomic_write_text
+
+    atomic_write_text(args.results / "learning_curves.md",
+        "# Learning curves of the long runs\n\n`python studies/learning_curves.py` (from the CSVs here).\n\n"
+        + md + "\n")
+    figure(runs, args.results / "learning_curves.png")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
