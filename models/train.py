@@ -82,6 +82,12 @@ def _init_weights(model, init_from) -> tuple[str | None, int]:
         return str(path), int(st["step"]) + int(st.get("steps_before", 0))
 
 
+def _has_context_model(model) -> bool:
+    from compressai.layers import MaskedConv2d
+
+    return any(isinstance(m, MaskedConv2d) for m in model.modules())
+
+
 def _training_images(train_dir, crop: int, seed: int):
     """The ``train`` split of ``train_dir`` (validation and calibration photos held out); all photos, with a
     warning, when the folder is too small to have a training split."""
@@ -172,6 +178,12 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
     state_path = workdir / "state.pt"
     torch.manual_seed(seed)
     model = build_model(name, quality, size).to(device)
+    if channels_last and _has_context_model(model):
+        import warnings
+
+        warnings.warn(f"channels_last is off for {name}: torch {torch.__version__} crashed (segmentation fault) "
+                      f"training a context model in channels_last on CPU", stacklevel=2)
+        channels_last = False
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     main_params, aux_params = split_parameters(model)
