@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .costs import atomic_write_text
 from .data import resolve_images
 
 __all__ = ["compress_image", "evaluate", "psnr", "summarize", "to_compressai_json"]
@@ -98,10 +98,8 @@ def to_compressai_json(results: list[pd.DataFrame], name: str, description: str 
     out = {"name": name, "description": description,
            "results": {k: [float(df[c].mean()) for df in results] for k, c in keys.items()}}
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(out, f, indent=2)
-        os.replace(tmp, path)
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"to_compressai_json: {path} is a folder; pass a file path such as "
+                                    f"{Path(path) / (name + '.json')}")
+        atomic_write_text(path, json.dumps(out, indent=2))
     return out
