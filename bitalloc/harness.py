@@ -11,8 +11,13 @@ the same QAT settings for every allocator, and entropy-codes the evaluation imag
 Every cell is written atomically to ``<out>/cells/*.json`` as soon as it is done, so an interrupted study
 resumes where it stopped. Quantizing, fine-tuning and evaluating a plan is cached by the plan's content
 (``<out>/outcomes``): allocators that agree on a plan (all of them at the 8-bit budget, say) share one
-evaluation, and the comparison stays fair because the outcome depends on the plan alone. Reference cells: ``fp32`` (the float model) per quality, and ``uniform`` at 8 bits
-in PTQ mode, the two anchors of the BD-rates.
+evaluation, and the comparison stays fair because the outcome depends on the plan alone. Every cached file is
+keyed by everything that changes its numbers (:mod:`bitalloc.study_cache`: weights, images, calibration, QAT
+settings, candidate bits, budget kind, library version), so a rerun with other settings recomputes instead of
+mixing; a cached file that does not read back is set aside and recomputed, and a cached plan is re-checked
+against its budget. ``<out>/spec.json`` records the settings and input fingerprints of the last run; the
+result's ``cached`` column says which rows came from the cache. Reference cells: ``fp32`` (the float model)
+per quality, and ``uniform`` at 8 bits in PTQ mode, the two anchors of the BD-rates.
 
 ``dynaquant`` is accepted as an allocator name in QAT mode: it is not a static plan but a dynamic model
 (:mod:`bitalloc.dynaquant`) trained from the same float model, for ``qat_steps``, to an average of ``budget``
@@ -23,9 +28,8 @@ average (``max_avg_bits``) and the bit-operations; its size is the average bits 
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +42,8 @@ from .allocation import build_allocator
 from .costs import Budget, CostTable, atomic_write_text
 from .errors import BudgetError
 from .plan import BitPlan
+from .study_cache import (COST_MODEL_VERSION, ROW_FIELDS, STATIC_ROW_FIELDS, StudyCache, images_digest, set_aside,
+                          source_digest, weights_digest)
 
 __all__ = ["PlanOverBudgetError", "StudySpec", "StudyResult", "bd_table", "merge_results", "rank", "run_study"]
 
@@ -84,11 +90,6 @@ class StudySpec:
             if self.budget_kind != "avg_bits":
                 raise ValueError("allocator 'dynaquant' takes average-bit budgets (budget_kind='avg_bits')")
 
-    def sensitivity_key(self, quality: int) -> str:
-        cfg = (self.model, quality, self.pretrained, self.candidate_bits, self.calibration, self.calib_images,
-               self.calib_crop)
-        return hashlib.sha1(repr(cfg).encode()).hexdigest()[:10]
-
 
 @dataclass
 class StudyResult:
@@ -97,24 +98,7 @@ class StudyResult:
     bd: pd.DataFrame               # BD-rate of each (allocator, budget, mode) curve vs FP32 and vs uniform 8-bit
     ranking: pd.DataFrame          # allocators ranked per (budget, mode)
     plans: dict = field(default_factory=dict)  # (quality, allocator, budget, mode) -> BitPlan
-
-
-class _Cache:
-    def __init__(self, root: Path):
-        self.root = root
-        (root / "cells").mkdir(parents=True, exist_ok=True)
-        (root / "sensitivity").mkdir(parents=True, exist_ok=True)
-        (root / "outcomes").mkdir(parents=True, exist_ok=True)
-
-    def cell_path(self, spec: StudySpec, quality, allocator, budget, mode) -> Path:
-        b = "ref" if budget is None else f"{spec.budget_kind}{budget:g}"
-        return self.root / "cells" / f"{spec.model}_q{quality}_{allocator}_{b}_{mode}.json"
-
-    def get(self, path: Path):
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def put(self, path: Path, value) -> None:
-        atomic_write_text(path, json.dumps(value, indent=1, default=float))
+    settings: dict = field(default_factory=dict)  # what spec.json records: the spec and its input fingerprints
 
 
 def _check_within_budget(plan: BitPlan, table: CostTable, budget: Budget, where: str) -> float:
@@ -126,24 +110,65 @@ def _check_within_budget(plan: BitPlan, table: CostTable, budget: Budget, where:
     return size
 
 
+def _cached_plan_problem(cell: dict, table: CostTable, budget: Budget, where: str) -> str | None:
+    """Why a cached static cell's plan cannot stand (None when it fits its table and budget as recorded)."""
+    try:
+        plan = BitPlan.from_dict(cell["plan"])
+        size = _check_within_budget(plan, table, budget, where)
+    except (TypeError, ValueError, KeyError) as exc:  # PlanOverBudgetError is a ValueError too
+        return f"holds a plan that does not stand: {str(exc).splitlines()[0]}"
+    if set(plan.bits) != set(table.layer_names):
+        return "holds a plan of other layers than its cost table"
+    if not abs(size - float(cell["row"]["size_bits"])) <= 1e-9 * max(1.0, size):
+        return f"records size_bits {cell['row']['size_bits']} for a plan of {size:.10g} bits"
+    return None
+
+
+def _budget(spec: StudySpec, table: CostTable, budget: float) -> Budget:
+    return (Budget.from_avg_bits(table, budget) if spec.budget_kind == "avg_bits"
+            else Budget.from_compression_ratio(table, budget))
+
+
 def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, calib_images=None,
               eval_images=None, train_images=None, data=None, progress: bool = True) -> StudyResult:
     """Run (or resume) a study; see the module docstring.
 
     ``model_loader(name, quality)`` returns the float model (default: :func:`bitalloc.models.load_model` with
-    ``spec.pretrained``). ``calib_images`` feed the sensitivity, ``train_images`` the QAT, ``eval_images`` the
-    real-bitstream evaluation (dicts of (3,H,W) tensors or folders); by default they come from the data root
-    ``data`` (or ``$BITALLOC_DATA``): crops of ``train/`` for calibration and QAT, ``kodak/`` for evaluation,
-    and scikit-image's photos when no data root is set.
+    ``spec.pretrained``); it is called once per quality. ``calib_images`` feed the sensitivity,
+    ``train_images`` the QAT, ``eval_images`` the real-bitstream evaluation (dicts of (3,H,W) tensors or
+    folders); by default they come from the data root ``data`` (or ``$BITALLOC_DATA``): crops of ``train/``
+    for calibration and QAT, ``kodak/`` for evaluation, and scikit-image's photos when no data root is set.
     """
     from . import study_steps as steps
 
-    cache = _Cache(Path(out))
-    atomic_write_text(cache.root / "spec.json", json.dumps(asdict(spec), indent=1))
     loader = model_loader or (lambda name, q: steps.load_float_model(name, q, spec.pretrained))
     calib = steps.calibration(calib_images, spec.calib_images, spec.calib_crop, data)
     evals = steps.eval_set(eval_images, spec.eval_limit, data)
     train = steps.train_source(train_images, spec.calib_crop, data, spec.seed) if "qat" in spec.modes else None
+    inputs = {"eval_images": images_digest(evals), "calib_images": images_digest({"calib": calib}),
+              "train_images": source_digest(train) if train is not None else None}
+    cache = StudyCache(Path(out), spec, inputs)
+    settings = {**asdict(spec), "cost_model_version": COST_MODEL_VERSION,
+                "inputs": {**inputs, "eval_image_names": list(evals), "calib_shape": list(calib.shape)},
+                "weights": cache.weights}
+    atomic_write_text(cache.root / "spec.json", json.dumps(settings, indent=1))
+    models: dict = {}  # quality -> float model, loaded once
+
+    def float_model(quality: int):
+        if quality not in models:
+            models[quality] = loader(spec.model, quality)
+            cache.set_weights(quality, weights_digest(models[quality]))
+        return models[quality]
+
+    tables: dict[int, CostTable] = {}
+
+    def table_of(quality: int) -> CostTable:
+        if quality not in tables:
+            path = cache.path("sensitivity", f"{spec.model}_q{quality}", cache.sensitivity_key(quality))
+            tables[quality] = cache.read_table(path, spec.candidate_bits) or steps.cost_table(
+                float_model(quality), calib, spec, path)
+        return tables[quality]
+
     rows, image_rows, plans = [], [], {}
     cells = [(q, a, b, m) for q in spec.qualities for m in spec.modes for b in spec.budgets for a in spec.allocators
              if not (a == DYNAMIC_ALLOCATOR and m != "qat")]
@@ -153,32 +178,38 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     refs += [(q, "uniform", 8.0, "ptq") for q in spec.qualities
              if spec.budget_kind == "avg_bits" and (q, "uniform", 8.0, "ptq") not in cells]
     bar = tqdm(refs + cells, disable=not progress, desc=f"study {spec.model}")
-    tables: dict[int, CostTable] = {}
     for quality, allocator, budget, mode in bar:
         bar.set_postfix_str(f"q{quality} {allocator} {budget} {mode}")
-        path = cache.cell_path(spec, quality, allocator, budget, mode)
-        cell, model = cache.get(path), None
-        fresh = cell is None
+        float_model(quality)
+        static = allocator not in (FP_ALLOCATOR, DYNAMIC_ALLOCATOR)
+        key = cache.cell_key(quality, allocator, budget, mode, static)
+        path = cache.cell_path(quality, allocator, budget, mode, key)
         where = f"{spec.model} q{quality} allocator '{allocator}' at {spec.budget_kind}={budget or 0:g}"
+        cell = cache.read(path, key, list(evals), ROW_FIELDS + (STATIC_ROW_FIELDS if static else ()))
+        if static:
+            table = table_of(quality)
+            budget_obj = _budget(spec, table, budget)
+            problem = cell and _cached_plan_problem(cell, table, budget_obj, where)
+            if problem:
+                set_aside(path, problem)
+                cell = None
+        fresh = cell is None
         if fresh:
-            model = loader(spec.model, quality)
+            model = copy.deepcopy(models[quality])
             if allocator == FP_ALLOCATOR:
                 cell = {"row": {"status": "reference", "avg_bits": 32.0}, "plan": None}
                 if mode == "qat":
-                    workdir = cache.root / "qat" / f"{spec.model}_q{quality}_fp32_{spec.qat_steps}steps"
+                    workdir = cache.workdir("qat", f"{spec.model}_q{quality}_fp32_{spec.qat_steps}steps", key)
                     model, loss = steps.quantize(model, {}, mode, spec, train, workdir)
                 else:
                     loss = None
                 outcome = {"images": steps.evaluate_images(model, evals).to_dict(orient="records"),
                            "qat_final_loss": loss}
             elif allocator == DYNAMIC_ALLOCATOR:
-                cell, outcome = _dynamic_cell(cache, spec, quality, budget, model, train, evals, progress)
+                workdir = cache.workdir("dynaquant", f"{spec.model}_q{quality}_avg{budget:g}_{spec.qat_steps}steps",
+                                        key)
+                cell, outcome = _dynamic_cell(workdir, spec, quality, budget, model, train, evals, progress)
             else:
-                if quality not in tables:
-                    tables[quality] = steps.sensitivity(model, calib, spec, cache.root / "sensitivity", quality)
-                table = tables[quality]
-                budget_obj = (Budget.from_avg_bits(table, budget) if spec.budget_kind == "avg_bits"
-                              else Budget.from_compression_ratio(table, budget))
                 alloc = build_allocator(allocator).allocate(table, budget_obj)
                 if alloc.plan is None:
                     raise BudgetError(f"{where}: no plan ({alloc.status}: {alloc.message})")
@@ -195,22 +226,20 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
             cell["row"].update({k: float(df[k].mean()) for k in ("bpp", "psnr_rgb", "ms_ssim_rgb")})
             cell["row"]["qat_final_loss"] = outcome["qat_final_loss"]
         checked = cell["plan"] is None or "plan_excess" in cell["row"]
-        if not checked:  # a new cell, or one cached before the joint plan check existed
-            model = model if model is not None else loader(spec.model, quality)
-            if quality not in tables:
-                tables[quality] = steps.sensitivity(model, calib, spec, cache.root / "sensitivity", quality)
-            _check_interaction(cell, model, tables[quality], calib, spec, where)
+        if not checked:  # a new cell, or one whose joint plan check is missing
+            _check_interaction(cell, copy.deepcopy(models[quality]), table_of(quality), calib, spec, where)
         if fresh or not checked:
-            cache.put(path, cell)
-        key = {"model": spec.model, "quality": quality, "allocator": allocator,
-               "budget": budget, "budget_kind": spec.budget_kind, "mode": mode}
-        rows.append({**key, **cell["row"]})
-        image_rows += [{**key, **r} for r in cell["images"]]
+            cache.write(path, key, cell)
+        cols = {"model": spec.model, "quality": quality, "allocator": allocator,
+                "budget": budget, "budget_kind": spec.budget_kind, "mode": mode}
+        rows.append({**cols, **cell["row"], "cached": not fresh})
+        image_rows += [{**cols, **r} for r in cell["images"]]
         if cell["plan"] is not None:
             plans[(quality, allocator, budget, mode)] = BitPlan.from_dict(cell["plan"])
+    atomic_write_text(cache.root / "spec.json", json.dumps(settings, indent=1))  # now with every weights digest
     results = pd.DataFrame(rows)
     bd = bd_table(results)
-    return StudyResult(results, pd.DataFrame(image_rows), bd, rank(bd), plans)
+    return StudyResult(results, pd.DataFrame(image_rows), bd, rank(bd), plans, json.loads(json.dumps(settings)))
 
 
 def _check_interaction(cell: dict, model, table: CostTable, calib, spec: StudySpec, where: str) -> None:
@@ -225,13 +254,12 @@ def _check_interaction(cell: dict, model, table: CostTable, calib, spec: StudySp
                       f"crops, the cost table predicted {check.predicted:.1%} (layers interact)", stacklevel=3)
 
 
-def _dynamic_cell(cache: _Cache, spec: StudySpec, quality: int, budget: float, model, train, evals,
+def _dynamic_cell(workdir: Path, spec: StudySpec, quality: int, budget: float, model, train, evals,
                   progress: bool) -> tuple[dict, dict]:
-    """Train and evaluate DynaQuant at ``budget`` average bits (resumes from its own work folder)."""
+    """Train and evaluate DynaQuant at ``budget`` average bits (resumes from ``workdir``, its own work folder)."""
     from .dynaquant import run_dynaquant_cell
     from .sensitivity import model_lambda
 
-    workdir = cache.root / "dynaquant" / f"{spec.model}_q{quality}_avg{budget:g}_{spec.qat_steps}steps"
     try:  # DynaQuant's own candidates (4, 6, 8): its selectors pick among them per image
         frame, summary = run_dynaquant_cell(model, target_avg_bits=budget, lmbda=model_lambda(model),
                                             steps=spec.qat_steps, train_images=train, eval_images=evals,
@@ -260,22 +288,23 @@ def merge_results(*parts: StudyResult) -> StudyResult:
     images = pd.concat([p.images for p in parts]).drop_duplicates(subset=[*cell, "image"]).reset_index(drop=True)
     bd = bd_table(results)
     plans = {k: v for p in parts for k, v in p.plans.items()}
-    return StudyResult(results, images, bd, rank(bd), plans)
+    return StudyResult(results, images, bd, rank(bd), plans, {"parts": [p.settings for p in parts]})
 
 
-def _outcome(cache: _Cache, spec: StudySpec, quality: int, mode: str, plan: BitPlan, model, train, evals) -> dict:
+def _outcome(cache: StudyCache, spec: StudySpec, quality: int, mode: str, plan: BitPlan, model, train,
+             evals) -> dict:
     """Quantize (+ QAT) and evaluate ``plan``; allocators that return the same plan share one outcome."""
     from . import study_steps as steps
 
-    digest = hashlib.sha1(json.dumps(sorted(plan.bits.items())).encode()).hexdigest()[:12]
-    path = cache.root / "outcomes" / f"{spec.model}_q{quality}_{mode}_{digest}.json"
-    found = cache.get(path)
+    key = cache.outcome_key(quality, mode, plan.bits)
+    path = cache.path("outcomes", f"{spec.model}_q{quality}_{mode}", key)
+    found = cache.read(path, key, list(evals))
     if found is not None:
         return found
     evaluated, qat_loss = steps.quantize(model, plan, mode, spec, train, cache.root / "qat" / path.stem)
     found = {"images": steps.evaluate_images(evaluated, evals).to_dict(orient="records"),
              "qat_final_loss": qat_loss}
-    cache.put(path, found)
+    cache.write(path, key, found)
     return found
 
 

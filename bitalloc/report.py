@@ -10,7 +10,7 @@ import pandas as pd
 
 from .costs import atomic_write_text
 
-__all__ = ["write_report", "plot_rd_curves", "plot_bd_vs_size", "plot_bit_heatmap"]
+__all__ = ["write_report", "plot_rd_curves", "plot_bd_vs_size", "plot_bit_heatmap", "settings_line"]
 
 
 def _savefig(fig, path: Path) -> None:
@@ -86,6 +86,24 @@ def plot_bit_heatmap(plans: dict, quality: int, budget: float, mode: str, path: 
     plt.close(fig)
 
 
+def settings_line(settings: dict) -> str:
+    """One line of what a study ran on: images, calibration, candidates, QAT and the weights' fingerprints."""
+    inputs = settings.get("inputs", {})
+    names = inputs.get("eval_image_names", [])
+    shown = ", ".join(names[:3]) + (f", ... {names[-1]}" if len(names) > 3 else "")
+    line = (f"Settings: {settings.get('model')} qualities {settings.get('qualities')}, modes {settings.get('modes')}; "
+            f"{len(names)} evaluation images ({shown}; sha256 {str(inputs.get('eval_images'))[:12]}); "
+            f"{settings.get('calib_images')} calibration crops of {settings.get('calib_crop')} px "
+            f"({settings.get('calibration')}); candidate bits {settings.get('candidate_bits')}; "
+            f"budgets {settings.get('budgets')} ({settings.get('budget_kind')})")
+    if "qat" in settings.get("modes", ()):
+        line += f"; QAT {settings.get('qat_steps')} steps at lr {settings.get('qat_lr')}, seed {settings.get('seed')}"
+    weights = settings.get("weights") or {}
+    if weights:
+        line += "; weights sha256 " + ", ".join(f"q{q} {d[:12]}" for q, d in weights.items())
+    return line + f"; cache version {settings.get('cost_model_version')}."
+
+
 def write_report(result, out, command: str = "", machine: str = "") -> Path:
     """Write results.csv, images.csv, bd_rate.csv, ranking.csv, report.md and figures under ``out``."""
     out = Path(out)
@@ -108,6 +126,10 @@ def write_report(result, out, command: str = "", machine: str = "") -> Path:
         md += [f"Command: `{command}`", ""]
     if machine:
         md += [f"Machine: {machine}", ""]
+    settings = getattr(result, "settings", None) or {}
+    for part in settings.get("parts", [settings]):
+        if part:
+            md += [settings_line(part), ""]
     md += ["BD-rate: PCHIP over PSNR-RGB on real bitstreams; anchors are the FP32 model and uniform 8-bit PTQ of the "
            "same checkpoints; QAT rows also against the FP32 model fine-tuned with the same QAT steps "
            "(`bd_rate_vs_fp32_qat_pct`: their gain over FP32 includes that extra RD training). Negative is better. "
@@ -117,7 +139,7 @@ def write_report(result, out, command: str = "", machine: str = "") -> Path:
            "calibration crops beyond the cost table's additive prediction (`check_plan`).", "",
            bd.to_markdown(index=False, floatfmt=".3g"), "",
            "Per quality:", "",
-           result.results.drop(columns=["model", "budget_kind"], errors="ignore")
+           result.results.drop(columns=["model", "budget_kind", "cached"], errors="ignore")
            .to_markdown(index=False, floatfmt=".4g"), ""]
     atomic_write_text(out / "report.md", "\n".join(md))
     return out / "report.md"

@@ -14,7 +14,7 @@ import torch
 from .costs import CostTable
 from .data import ImageFolder, data_root, resolve_images
 
-__all__ = ["calibration", "check", "eval_set", "evaluate_images", "load_float_model", "quantize", "sensitivity",
+__all__ = ["calibration", "check", "cost_table", "eval_set", "evaluate_images", "load_float_model", "quantize",
            "train_source"]
 
 
@@ -51,13 +51,11 @@ def train_source(images, crop: int, data=None, seed: int = 0):
     return photos
 
 
-def sensitivity(model, calib: torch.Tensor, spec, cache_dir: Path, quality: int) -> CostTable:
-    """The cost table of ``model`` (cached on disk under a key of everything that changes it)."""
+def cost_table(model, calib: torch.Tensor, spec, path: Path) -> CostTable:
+    """Measure the cost table of ``model`` on the calibration crops and write it to ``path`` (the harness
+    names ``path`` by a key of everything that changes the table and reads it back from there)."""
     from .sensitivity import measure_sensitivity
 
-    path = Path(cache_dir) / f"{spec.model}_q{quality}_{spec.sensitivity_key(quality)}.json"
-    if path.exists():
-        return CostTable.from_json(path)
     table = measure_sensitivity(model, calib, bits=spec.candidate_bits, calibration=spec.calibration,
                                 progress=False)
     table.to_json(path)

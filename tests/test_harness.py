@@ -1,6 +1,7 @@
 """Comparison harness (issue #5): quick study on a tiny model, budget checks, resume from the cache."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -82,28 +83,186 @@ def test_a_plan_over_budget_fails_loudly(tmp_path, images, over_budget_allocator
         _run(spec, tmp_path, images)
 
 
-def test_interrupted_run_resumes_from_its_cache(tmp_path, images):
+def test_interrupted_run_resumes_from_its_cache(tmp_path, images, monkeypatch):
+    from bitalloc import study_steps
+
     spec = StudySpec(qualities=(1, 2), allocators=("greedy", "uniform"), budgets=(6.0,), calib_images=2,
                      calib_crop=64)
-    calls = []
-    load = tiny_loader(calls)
+    real, evaluated = study_steps.evaluate_images, []
 
-    def flaky(name, quality):
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # the user stops the study in the middle of a cell
-        return load(name, quality)
+    def flaky(model, imgs):
+        if len(evaluated) == 3:
+            raise KeyboardInterrupt  # the user stops the study in the 4th cell's evaluation
+        evaluated.append(1)
+        return real(model, imgs)
 
+    monkeypatch.setattr(study_steps, "evaluate_images", flaky)
     with pytest.raises(KeyboardInterrupt):
-        _run(spec, tmp_path, images, loader=flaky)
+        _run(spec, tmp_path, images)
     done = sorted(p.name for p in (tmp_path / "cells").glob("*.json"))
     assert len(done) == 3
     before = {p: (tmp_path / "cells" / p).read_text() for p in done}
-    calls.clear()
-    res = _run(spec, tmp_path, images, loader=load)
+    monkeypatch.setattr(study_steps, "evaluate_images", real)
+    calls = []
+    res = _run(spec, tmp_path, images, loader=tiny_loader(calls))
+    assert calls == [1, 2]  # each float model is loaded once (its weights are part of every cell's key)
     # 2 fp32 + 2 uniform-8 anchors + 2 allocators x 2 qualities = 8 cells, 3 of them done before
-    assert len(calls) == 8 - 3  # only the missing cells ran
+    assert len(res.results) == 8 and res.results.cached.sum() == 3  # only the missing cells ran
     assert all((tmp_path / "cells" / p).read_text() == t for p, t in before.items())
-    assert len(res.results) == 8
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 8
+
+
+# ------------------------------------------------------------------------------------- the cache's key
+# A small PTQ + QAT study: cells fp32/ptq, fp32/qat, uniform 8/ptq, greedy 6/ptq, greedy 6/qat.
+BASE = dict(qualities=(1,), allocators=("greedy",), budgets=(6.0,), modes=("ptq", "qat"), qat_steps=1,
+            calib_images=2, calib_crop=64)
+CELLS = {("fp32", "ptq"), ("fp32", "qat"), ("uniform", "ptq"), ("greedy", "ptq"), ("greedy", "qat")}
+STATIC = {("uniform", "ptq"), ("greedy", "ptq"), ("greedy", "qat")}
+QAT = {("fp32", "qat"), ("greedy", "qat")}
+
+
+@pytest.fixture(scope="module")
+def train_crops():
+    return torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def base_study(tmp_path_factory, images, train_crops):
+    out = tmp_path_factory.mktemp("base")
+    res = _run(StudySpec(**BASE), out, images, train_images=train_crops)
+    assert not res.results.cached.any()
+    return out, res
+
+
+def _copy_of(base_study, tmp_path):
+    import shutil
+
+    shutil.copytree(base_study[0], tmp_path / "out")
+    return tmp_path / "out"
+
+
+def _fresh(res) -> set:
+    return {(r.allocator, r.mode) for r in res.results.itertuples() if not r.cached}
+
+
+def _nudged(x: torch.Tensor) -> torch.Tensor:
+    y = x.clone()
+    y.view(-1)[0] = 1.0 - y.view(-1)[0]  # one value changed, names and shapes as before
+    return y
+
+
+CHANGES = {  # what changes -> the cells that must be recomputed
+    "eval_limit": (dict(spec={"eval_limit": 1}), CELLS),
+    "eval_pixels": (dict(eval=lambda ev: {k: _nudged(v) if k == "img1" else v for k, v in ev.items()}), CELLS),
+    "weights": (dict(loader_seed=7), CELLS),
+    "qat_steps": (dict(spec={"qat_steps": 2}), QAT),
+    "qat_lr": (dict(spec={"qat_lr": 1e-3}), QAT),
+    "train_images": (dict(train=_nudged), QAT),
+    "calibration_method": (dict(spec={"calibration": "minmax"}), STATIC),
+    "candidate_bits": (dict(spec={"candidate_bits": (2, 4, 6, 8)}), STATIC),
+    "calibration_crops": (dict(calib=_nudged), STATIC),
+}
+
+
+SLOW_CHANGES = {"eval_pixels", "qat_lr", "train_images", "candidate_bits", "calibration_crops"}  # same key paths
+
+
+@pytest.mark.parametrize("change", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CHANGES else c
+                                    for c in CHANGES])
+def test_a_rerun_with_one_setting_changed_recomputes_the_cells_it_affects(change, base_study, tmp_path, images,
+                                                                        train_crops):
+    how, affected = CHANGES[change]
+    out = _copy_of(base_study, tmp_path)
+    spec = StudySpec(**{**BASE, **how.get("spec", {})})
+    imgs = {"calib": how.get("calib", lambda x: x)(images["calib"]),
+            "eval": how.get("eval", lambda e: e)(images["eval"])}
+
+    def loader(name, quality):
+        model = tiny_loader()(name, quality)
+        if "loader_seed" in how:  # the same architecture with other weights (another checkpoint file)
+            torch.manual_seed(how["loader_seed"])
+            model.g_s[0].weight.data.add_(0.01 * torch.randn_like(model.g_s[0].weight))
+        return model
+
+    res = _run(spec, out, images=imgs, loader=loader, train_images=how.get("train", lambda x: x)(train_crops))
+    assert _fresh(res) == affected
+    kept = res.results[res.results.cached].set_index(["allocator", "mode"])
+    first = base_study[1].results.set_index(["allocator", "mode"])
+    assert kept.bpp.equals(first.loc[kept.index].bpp)  # what was reused is what the first run computed
+    settings = json.loads((out / "spec.json").read_text())
+    assert settings == res.settings and set(settings["weights"]) == {"1"}
+    for field, value in how.get("spec", {}).items():
+        assert settings[field] == (list(value) if isinstance(value, tuple) else value)
+    if change == "eval_limit":  # the issue's reproducer: never 2-image numbers under a 1-image setting
+        assert set(res.images.image) == {"img0"} and len(res.images) == len(res.results)
+        assert settings["inputs"]["eval_image_names"] == ["img0"]
+        report = write_report(res, out / "report").read_text()
+        assert "1 evaluation images (img0;" in report
+    again = _run(StudySpec(**BASE), out, images, train_images=train_crops)  # the first settings' cells remain
+    assert again.results.cached.all() and again.results.bpp.tolist() == base_study[1].results.bpp.tolist()
+
+
+def _greedy_ptq_cell(out):
+    return next((out / "cells").glob("bmshj2018-hyperprior_q1_greedy_avg_bits6_ptq_*.json"))
+
+
+def _edit(path, fn):
+    cell = json.loads(path.read_text())
+    fn(cell)
+    path.write_text(json.dumps(cell))
+
+
+def _plan_over_budget(cell):
+    cell["plan"]["bits"] = dict.fromkeys(cell["plan"]["bits"], 8)  # what an 8-bit plan would need ...
+    cell["row"]["size_bits"] *= 1.5  # ... with a matching (hand-edited) size
+
+
+CORRUPTIONS = {
+    "bad_json": (lambda p: p.write_text(p.read_text()[:50]), "is not valid JSON"),
+    "missing_field": (lambda p: _edit(p, lambda c: c.pop("images")), "has no per-image rows"),
+    "missing_row_field": (lambda p: _edit(p, lambda c: c["row"].pop("size_bits")), "row without size_bits"),
+    "key_mismatch": (lambda p: _edit(p, lambda c: c["key"].update(eval_limit=1)), "has a key other than"),
+    "edited_number": (lambda p: _edit(p, lambda c: c["row"].update(bpp=c["row"]["bpp"] / 2)),
+                      "bpp is not the mean of its per-image rows"),
+    "plan_over_budget": (lambda p: _edit(p, _plan_over_budget), "plan size .* exceeds the budget"),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_a_corrupt_cached_cell_is_named_set_aside_and_recomputed(corruption, base_study, tmp_path, images,
+                                                                train_crops):
+    from bitalloc.study_cache import CorruptCacheWarning
+
+    out = _copy_of(base_study, tmp_path)
+    path = _greedy_ptq_cell(out)
+    damage, reason = CORRUPTIONS[corruption]
+    damage(path)
+    with pytest.warns(CorruptCacheWarning, match=rf"{re.escape(str(path))} .*{reason}"):
+        res = _run(StudySpec(**BASE), out, images, train_images=train_crops)
+    assert _fresh(res) == {("greedy", "ptq")}
+    assert path.with_name(path.name + ".corrupt").exists()  # kept for a look, out of the cache's way
+    assert json.loads(path.read_text())["row"] == json.loads(_greedy_ptq_cell(base_study[0]).read_text())["row"] | {
+        "solve_time_s": pytest.approx(json.loads(path.read_text())["row"]["solve_time_s"])}
+    assert res.results.bpp.tolist() == base_study[1].results.bpp.tolist()
+
+
+def test_a_corrupt_cost_table_or_outcome_is_set_aside(base_study, tmp_path, images, train_crops):
+    from bitalloc.study_cache import CorruptCacheWarning
+
+    out = _copy_of(base_study, tmp_path)
+    table = next((out / "sensitivity").glob("*.json"))
+    table.write_text("{\"layers\": [")
+    _greedy_ptq_cell(out).unlink()  # so its outcome is read again
+    plan = [list(item) for item in sorted(base_study[1].plans[(1, "greedy", 6.0, "ptq")].bits.items())]
+    outcome = next(p for p in (out / "outcomes").glob("*_ptq_*.json")
+                   if json.loads(p.read_text())["key"]["plan"] == plan)
+    outcome.write_text("not json")
+    with pytest.warns(CorruptCacheWarning) as record:
+        res = _run(StudySpec(**BASE), out, images, train_images=train_crops)
+    named = " ".join(str(w.message) for w in record)
+    assert str(table) in named and str(outcome) in named
+    assert _fresh(res) == {("greedy", "ptq")}  # the re-measured table is the same: the other plans stand
+    assert res.results.bpp.tolist() == base_study[1].results.bpp.tolist()
 
 
 def _curve(allocator, budget, bpp, psnr):

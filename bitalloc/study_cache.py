@@ -1,0 +1,248 @@
+"""The harness's cache on disk: every cell, outcome and cost table keyed by everything that changes its numbers.
+
+A cached result is reused only under the settings that produced it. Each file's name ends in a hash of its key,
+and the file holds the key itself; the key lists what the result depends on::
+
+    every result      COST_MODEL_VERSION, model name, quality, digest of the float model's weights and metadata
+    cost table        + calibration crops (content digest, count, crop size), candidate bits, calibration method
+    evaluation        + evaluation images (names, shapes and pixels), eval limit
+    QAT, DynaQuant    + training source (names and sizes of the photos, or the tensor's content), steps,
+                        learning rate, seed, crop size
+    cell              + allocator, budget, budget kind, mode (a static cell: its cost table's key too)
+
+so a rerun with other settings computes new cells beside the old ones and never mixes them. A file that does
+not read back (bad JSON, missing fields, a key other than its name says, numbers that disagree with its own
+per-image rows) is named in a :class:`CorruptCacheWarning`, renamed to ``*.corrupt`` and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .costs import CostTable, atomic_write_text
+
+__all__ = ["COST_MODEL_VERSION", "CorruptCacheWarning", "StudyCache", "images_digest", "source_digest",
+           "weights_digest"]
+
+#: Bump when a change of the library changes the numbers a cached result holds (sensitivity measurement, size
+#: model, quantizers, QAT loop, evaluation): every result computed before is then recomputed.
+COST_MODEL_VERSION = 2
+
+ROW_FIELDS = ("status", "avg_bits", "bpp", "psnr_rgb", "ms_ssim_rgb")
+STATIC_ROW_FIELDS = ("objective", "solve_time_s", "iterations", "size_bits", "budget_bits", "compression_ratio")
+IMAGE_FIELDS = ("image", "bpp", "psnr_rgb")
+
+
+class CorruptCacheWarning(UserWarning):
+    """A cached file did not read back; it was set aside (``*.corrupt``) and its result is recomputed."""
+
+
+def _sha(parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else str(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _tensor_parts(name: str, t: torch.Tensor):
+    yield name
+    yield f"{t.dtype}{tuple(t.shape)}"
+    yield _tensor_bytes(t)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's state dict (names, dtypes, shapes, values) and its ``meta`` (lambda, architecture)."""
+    parts = [p for k, v in model.state_dict().items() for p in _tensor_parts(k, v)]
+    meta = json.dumps(getattr(model, "meta", None) or {}, sort_keys=True, default=str)
+    return _sha([*parts, meta])
+
+
+def images_digest(images: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of named images (names in order, shapes and pixels)."""
+    return _sha([p for name, x in images.items() for p in _tensor_parts(name, x)])
+
+
+def source_digest(source: Any) -> str:
+    """Fingerprint of a training source: a tensor by content, a folder (or ImageFolder) by its photos' names and
+    byte sizes, a dict of images by content."""
+    from .data import ImageFolder, image_paths
+
+    if isinstance(source, torch.Tensor):
+        return _sha(_tensor_parts("tensor", source))
+    if isinstance(source, Mapping):
+        return images_digest(source)
+    if isinstance(source, ImageFolder):
+        paths, extra = source.paths, f"crop={source.crop} flips={source.flips}"
+    elif isinstance(source, (str, os.PathLike)):
+        paths, extra = image_paths(source), "folder"
+    else:
+        raise TypeError(f"cannot key the study cache by a training source of type {type(source).__name__}; "
+                        "pass a tensor, a dict of images, an image folder or an ImageFolder")
+    return _sha([extra, *(f"{p.name}:{p.stat().st_size}" for p in paths)])
+
+
+def _key_hash(key: Mapping) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _plain(key: Mapping) -> dict:
+    """The key as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(key, sort_keys=True))
+
+
+def set_aside(path: Path, reason: str) -> Path:
+    """Rename a cached file that does not read back to ``*.corrupt`` (numbered if taken) and warn, naming it."""
+    target = path.with_name(path.name + ".corrupt")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt{n}")
+    os.replace(path, target)
+    warnings.warn(f"cached {path} {reason}; set aside as {target.name} and recomputed", CorruptCacheWarning,
+                  stacklevel=3)
+    return target
+
+
+def _mean_disagrees(row: Mapping, images: list, field: str) -> bool:
+    vals = [float(r[field]) for r in images if r.get(field) is not None]
+    if not vals or any(math.isnan(v) for v in vals):
+        return False
+    return not math.isclose(float(row[field]), sum(vals) / len(vals), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def result_problem(found: Any, key: Mapping, eval_names: list[str], row_fields=()) -> str | None:
+    """Why a cached cell or outcome cannot be reused (None when it can)."""
+    if not isinstance(found, dict):
+        return "is not a JSON object"
+    if found.get("key") != _plain(key):
+        return "has a key other than the settings its name stands for (hand-edited or copied)"
+    images = found.get("images")
+    if not isinstance(images, list) or not all(isinstance(r, dict) for r in images):
+        return "has no per-image rows"
+    missing = sorted({f for r in images for f in IMAGE_FIELDS if f not in r})
+    if missing:
+        return f"has per-image rows without {', '.join(missing)}"
+    if [r["image"] for r in images] != list(eval_names):
+        return "holds other images than this run evaluates"
+    if not row_fields:
+        return None if "qat_final_loss" in found else "has no qat_final_loss"
+    row = found.get("row")
+    if not isinstance(row, dict) or "plan" not in found:
+        return "has no row or no plan"
+    missing = [f for f in row_fields if f not in row]
+    if missing:
+        return f"has a row without {', '.join(missing)}"
+    bad = [f for f in ("bpp", "psnr_rgb") if _mean_disagrees(row, images, f)]
+    if bad:
+        return f"has a row whose {', '.join(bad)} is not the mean of its per-image rows"
+    return None
+
+
+class StudyCache:
+    """Cells, outcomes, cost tables and QAT/DynaQuant work folders of one study under ``root``.
+
+    ``settings`` are the study's key parts (see the module docstring) apart from the weights, which are
+    added per quality with :meth:`set_weights` once the model is loaded.
+    """
+
+    def __init__(self, root: Path, spec, inputs: Mapping[str, Any]):
+        self.root = Path(root)
+        for sub in ("cells", "sensitivity", "outcomes"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.spec = spec
+        self.inputs = dict(inputs)
+        self.weights: dict[int, str] = {}
+
+    def set_weights(self, quality: int, digest: str) -> None:
+        self.weights[quality] = digest
+
+    # keys ------------------------------------------------------------------------------------------------
+    def _common(self, quality: int) -> dict:
+        return {"version": COST_MODEL_VERSION, "model": self.spec.model, "quality": quality,
+                "weights": self.weights[quality]}
+
+    def _eval(self) -> dict:
+        return {"eval_images": self.inputs["eval_images"], "eval_limit": self.spec.eval_limit}
+
+    def _qat(self) -> dict:
+        s = self.spec
+        return {"train_images": self.inputs["train_images"], "qat_steps": s.qat_steps, "qat_lr": s.qat_lr,
+                "seed": s.seed, "train_crop": s.calib_crop}
+
+    def sensitivity_key(self, quality: int) -> dict:
+        s = self.spec
+        return {**self._common(quality), "calib_images": self.inputs["calib_images"], "calib_count": s.calib_images,
+                "calib_crop": s.calib_crop, "candidate_bits": list(s.candidate_bits), "calibration": s.calibration}
+
+    def cell_key(self, quality: int, allocator: str, budget, mode: str, static: bool) -> dict:
+        base = self.sensitivity_key(quality) if static else self._common(quality)
+        key = {**base, **self._eval(), "allocator": allocator, "budget": budget, "mode": mode}
+        if static:
+            key["budget_kind"] = self.spec.budget_kind
+        if mode == "qat":
+            key.update(self._qat())
+        return key
+
+    def outcome_key(self, quality: int, mode: str, plan_bits: Mapping[str, int]) -> dict:
+        key = {**self._common(quality), **self._eval(), "mode": mode, "calibration": self.spec.calibration,
+               "plan": sorted(plan_bits.items())}
+        if mode == "qat":
+            key.update(self._qat())
+        return key
+
+    # paths -----------------------------------------------------------------------------------------------
+    def path(self, kind: str, stem: str, key: Mapping, suffix: str = ".json") -> Path:
+        return self.root / kind / f"{stem}_{_key_hash(key)}{suffix}"
+
+    def cell_path(self, quality, allocator, budget, mode, key) -> Path:
+        b = "ref" if budget is None else f"{self.spec.budget_kind}{budget:g}"
+        return self.path("cells", f"{self.spec.model}_q{quality}_{allocator}_{b}_{mode}", key)
+
+    def workdir(self, kind: str, stem: str, key: Mapping) -> Path:
+        """A work folder (QAT or DynaQuant run state) that belongs to ``key`` only."""
+        return self.path(kind, stem, key, suffix="")
+
+    # reading and writing -----------------------------------------------------------------------------------
+    def read(self, path: Path, key: Mapping, eval_names: list[str], row_fields=()) -> dict | None:
+        """The cached cell or outcome at ``path``, or None (absent, or set aside because it does not read back)."""
+        if not path.exists():
+            return None
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            set_aside(path, f"is not valid JSON ({exc})")
+            return None
+        problem = result_problem(found, key, eval_names, row_fields)
+        if problem:
+            set_aside(path, problem)
+            return None
+        return found
+
+    def write(self, path: Path, key: Mapping, value: dict) -> None:
+        atomic_write_text(path, json.dumps({**value, "key": _plain(key)}, indent=1, default=float))
+
+    def read_table(self, path: Path, candidate_bits) -> CostTable | None:
+        if not path.exists():
+            return None
+        try:
+            table = CostTable.from_json(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            set_aside(path, f"is not a cost table ({exc})")
+            return None
+        if tuple(table.bits) != tuple(candidate_bits):
+            set_aside(path, f"has candidate bits {table.bits}, this run {tuple(candidate_bits)}")
+            return None
+        return table
