@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from bitalloc.graph import quantizable_layers
-from bitalloc.quant import _quantizer, apply_plan, layer_size_bits, plan_of, quantized_tensor_name
+from bitalloc.quant import apply_plan, layer_size_bits, plan_of, quantized_tensor_name, weight_quantizer
 from bitalloc.safe_load import load_torch_file
 
 __all__ = ["export_packed", "load_packed", "pack_bits", "unpack_bits"]
@@ -88,7 +88,7 @@ def export_packed(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     entries, blobs, offset, plan_size = [], [], 0, 0
     for name in plan:
         m = layers[name]
-        q = _quantizer(m)
+        q = weight_quantizer(m)
         t = quantized_tensor_name(m)
         w = getattr(m.parametrizations, t).original.detach()
         codes = q.integers(w).numpy()

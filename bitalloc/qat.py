@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from bitalloc.plan import BitPlan
 from bitalloc.quant import apply_plan, plan_of
 from bitalloc.safe_load import load_torch_file
-from bitalloc.sensitivity import model_lambda
+from bitalloc.objective import Loss, loss_parts, model_device, resolve_loss, to_device
 
 __all__ = ["Batches", "finetune", "train_step"]
 
@@ -38,47 +38,78 @@ LOG_COLUMNS = ("step", "loss", "bpp", "mse", "psnr", "aux_loss", "lr", "time_s")
 
 
 class Batches:
-    """Random training batches from an image folder (random crops, flips) or from a (N,3,H,W) tensor."""
+    """Training batches: random crops (and flips) of an image folder, random rows of a (N,3,H,W) tensor, or the
+    batches of any other iterable (a DataLoader, a list of ``(input, target)`` tuples), restarted when it ends.
+    An iterable's state is the number of batches drawn; resuming replays them (the same batches when the
+    iterable is deterministic)."""
 
     def __init__(self, data: Any, batch_size: int = 8, crop: int = 128, seed: int = 0):
+        from bitalloc.data import ImageFolder
+
         self.batch_size = batch_size
+        self.tensor = self.folder = self.iterable = None
         if isinstance(data, torch.Tensor):
-            self.tensor, self.folder = data, None
+            self.tensor = data
             self.gen = torch.Generator().manual_seed(seed)
+        elif isinstance(data, (str, os.PathLike, ImageFolder)):
+            self.folder = data if isinstance(data, ImageFolder) else ImageFolder(data, crop=crop, seed=seed)
+        elif hasattr(data, "__iter__"):
+            self.iterable, self.drawn, self._it = data, 0, None
         else:
-            from bitalloc.data import ImageFolder
+            raise TypeError(f"training data must be an image folder, a tensor or an iterable of batches, got "
+                            f"{type(data).__name__}")
 
-            folder = data if isinstance(data, ImageFolder) else ImageFolder(data, crop=crop, seed=seed)
-            self.tensor, self.folder = None, folder
+    def _next_of_iterable(self) -> Any:
+        for _ in range(2):
+            if self._it is None:
+                self._it = iter(self.iterable)
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self._it = None
+                continue
+            self.drawn += 1
+            return batch
+        raise ValueError(f"the training data ({type(self.iterable).__name__}) yielded no batch after "
+                         f"{self.drawn} and does not restart (a generator?); pass a DataLoader or a list")
 
-    def next(self) -> torch.Tensor:
+    def next(self) -> Any:
+        if self.iterable is not None:
+            return self._next_of_iterable()
         if self.folder is not None:
             return self.folder.batch(self.batch_size)
         idx = torch.randint(0, self.tensor.shape[0], (self.batch_size,), generator=self.gen)
         return self.tensor[idx]
 
     def state(self) -> Any:
+        if self.iterable is not None:
+            return {"batches_drawn": self.drawn}
         return self.folder.rng.bit_generator.state if self.folder is not None else self.gen.get_state()
 
     def load_state(self, state: Any) -> None:
-        if self.folder is not None:
+        if self.iterable is not None:
+            self.drawn, self._it = 0, None
+            for _ in range(int(state["batches_drawn"])):
+                self._next_of_iterable()
+        elif self.folder is not None:
             self.folder.rng.bit_generator.state = state
         else:
             self.gen.set_state(state)
 
 
-def train_step(model: nn.Module, x: torch.Tensor, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+def train_step(model: nn.Module, batch: Any, loss: Loss, optimizer: torch.optim.Optimizer,
                aux_optimizer: torch.optim.Optimizer | None = None, clip_norm: float | None = 1.0,
                ) -> dict[str, float]:
-    """One step of CompressAI-style training: RD loss on the main parameters, aux loss on the quantiles."""
+    """One step of CompressAI-style training: ``loss(model, batch)`` (e.g. the RD loss) on the main parameters,
+    the aux loss on the entropy bottleneck's quantiles (when ``aux_optimizer``); returns the loss's parts."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    out = criterion(model(x), x)
+    out = loss_parts(loss(model, batch), loss)
     out["loss"].backward()
     if clip_norm:
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_norm)
     optimizer.step()
-    row = {k: float(v.detach()) for k, v in out.items()}
+    row = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in out.items()}
     if aux_optimizer is not None:
         aux_optimizer.zero_grad(set_to_none=True)
         aux = model.aux_loss()
@@ -96,7 +127,7 @@ def _save(state: dict, path: Path) -> None:
 
 def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: Any, *, steps: int = 500,
              batch_size: int = 8, crop: int = 128, lr: float = 1e-4, aux_lr: float = 1e-3,
-             lmbda: float | None = None, estimator: str = "leaky_clip", calibration: str = "mse",
+             lmbda: float | None = None, loss: Loss | None = None, estimator: str = "leaky_clip", calibration: str = "mse",
              learn_scale: bool = True, alpha: float = 0.01, beta: float = 2.0, workdir: str | os.PathLike | None = None,
              save_every: int = 50, clip_norm: float | None = 1.0, seed: int = 0, progress: bool = True,
              ) -> tuple[nn.Module, pd.DataFrame]:
@@ -104,14 +135,18 @@ def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: A
 
     ``plan=None`` fine-tunes an already fake-quantized ``model`` as it is (in place); an empty plan (``{}``)
     fine-tunes a float copy with the same loop, the fair anchor for comparing QAT runs (their gain includes
-    the extra RD training). ``data``: an image folder (random ``crop`` crops) or a (N,3,H,W) tensor. The log
-    has one row per step: step, loss, bpp, mse, psnr, aux_loss, lr, time_s.
+    the extra RD training). ``data``: an image folder (random ``crop`` crops), a (N,3,H,W) tensor (random
+    rows) or any iterable of batches (a DataLoader, also of ``(input, target)`` tuples; cycled); batches move
+    to the model's device. ``loss``: ``loss(model, batch)`` -> scalar tensor or dict with ``"loss"`` and named
+    parts (:mod:`bitalloc.objective`); default: the RD loss at ``lmbda`` or the model's lambda (CompressAI
+    models). The log has one row per step: step, the loss's parts (RD: loss, bpp, mse, psnr), aux_loss, lr,
+    time_s.
     """
-    from bitalloc.models import RateDistortionLoss, split_parameters
+    from bitalloc.models import split_parameters
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    lm = model_lambda(model, lmbda)
+    objective = resolve_loss(model, loss, lmbda)
     if plan is None:
         if not len(plan_of(model)):
             raise ValueError("plan is None but the model is not fake-quantized; pass a plan")
@@ -129,7 +164,7 @@ def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: A
     aux_optimizer = torch.optim.Adam(aux, lr=aux_lr) if aux else None
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     batches = Batches(data, batch_size, crop, seed)
-    criterion = RateDistortionLoss(lm)
+    device = model_device(qmodel)
     log: list[dict] = []
     start = 0
     path = Path(workdir) / STATE_FILE if workdir is not None else None
@@ -161,7 +196,7 @@ def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: A
                "optimizer": optimizer.state_dict(),
                "aux_optimizer": aux_optimizer.state_dict() if aux_optimizer is not None else None,
                "schedule": schedule.state_dict(), "data_rng": batches.state(), "torch_rng": torch.get_rng_state(),
-               "log": log, "lmbda": lm}, path)
+               "log": log, "lmbda": getattr(objective, "lmbda", None)}, path)
 
     if start == 0:
         torch.manual_seed(seed)
@@ -169,11 +204,11 @@ def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: A
     for step in range(start, steps):
         t0 = time.perf_counter()
         cur_lr = optimizer.param_groups[0]["lr"]
-        row = train_step(qmodel, batches.next(), criterion, optimizer, aux_optimizer, clip_norm)
+        row = train_step(qmodel, to_device(batches.next(), device), objective, optimizer, aux_optimizer, clip_norm)
         schedule.step()
         log.append({"step": step + 1, **row, "lr": cur_lr, "time_s": time.perf_counter() - t0})
         bar.update()
-        bar.set_postfix(loss=f"{row['loss']:.4f}", bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
+        bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "bpp", "psnr") if k in row})
         if (step + 1) % save_every == 0 and step + 1 < steps:
             save(step + 1)
     bar.close()
@@ -183,4 +218,5 @@ def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: A
     if hasattr(qmodel, "update"):
         qmodel.update(force=True)
     frame = pd.DataFrame(log)
-    return qmodel, frame.reindex(columns=[c for c in LOG_COLUMNS if c in frame or frame.empty])
+    columns = [c for c in LOG_COLUMNS if c in frame or frame.empty]
+    return qmodel, frame.reindex(columns=columns + [c for c in frame if c not in columns])

@@ -1,229 +1,43 @@
-"""Fake quantizers, gradient estimators, and applying a bit plan to a model.
+"""Applying a bit plan to a model: fake-quantized layers by ``torch.nn.utils.parametrize``.
 
-Weights are quantized per output channel, symmetric and signed, on the *restricted* grid::
+A plan ({layer: bits}) is applied with ``torch.nn.utils.parametrize``: the layer's ``weight`` (GDN: ``gamma``)
+becomes ``WeightQuantizer(original)``, which works for every layer type (ConvTranspose2d included) without
+re-implementing their forward passes. The quantizers themselves (grid, calibration, gradient estimators, LSQ)
+are in :mod:`bitalloc.fake_quant` and re-exported here.
 
-    q = clamp(round(w / s), -Q, Q),   Q = 2^(b-1) - 1,   w_hat = s * q
-
-so a b-bit channel has at most 2^b - 1 levels, zero is exact, and the grid is symmetric (the one code
-2^(b-1) of the full two's-complement range is left unused: it would make the grid asymmetric, and for a weight
-distribution that is symmetric about zero it buys nothing). b is 2..16; 1 bit would leave only {0} on this grid
-and is rejected (a sign binarizer is a different quantizer). The scale s is one float32 per output channel:
-axis 0 for Conv2d/Linear weights and GDN's gamma, axis 1 for ConvTranspose2d (its weight is in x out x kh x kw).
-
-Calibration picks the clipping range r per channel (s = r / Q): ``"minmax"`` (r = max|w|), ``"percentile"``
-(r = the 99.9th percentile of |w|), ``"mse"`` (r = t * max|w|, t on a grid in [0.3, 1] minimising the channel's
-squared quantization error).
-
-Gradient estimators (the backward pass of the rounding, with u = w / s), selectable by name:
-
-* ``"ste"``: the straight-through estimator with clipping, dq/du = 1 on [-Q, Q], 0 beyond (the baseline).
-* ``"leaky_clip"``: FMPQ's leaky clip (Hossain et al., arXiv 2506.01221): dq/du = 1 inside, ``alpha`` (0.01)
-  beyond the clipping range, so clipped weights keep a gradient. The forward pass still clips hard, so the
-  quantized weights stay on the b-bit grid (a leaky forward would create values beyond 2^b levels).
-* ``"dgm"``: DynaQuant's distance-aware gradient modulator (Bao et al., arXiv 2511.07903): the backward
-  follows the soft rounding g(u) = 1/2 tanh(beta (u - floor(u) - 1/2)) / tanh(beta/2) + 1/2 + floor(u), i.e.
-  dq/du = g'(u) = beta / (2 tanh(beta/2)) * (1 - tanh^2(beta (u - floor(u) - 1/2))) inside the clipping range
-  (largest, beta / (2 tanh(beta/2)), halfway between levels; smallest at a level; mean 1 over a step) and 0
-  beyond. beta = 2 by default (our reading: moderate sharpness; beta -> 0 is the STE).
-
-The scale is learnable when ``learn_scale`` (LSQ, Esser et al., arXiv 1902.08153): autograd through
-w_hat = s * q(w / s) gives LSQ's dw_hat/ds = q - u inside, +-Q (leaky: +-Q - alpha u) outside, and the
-scale's gradient is multiplied by LSQ's g = 1 / sqrt(n_c * Q) (n_c weights per channel).
-
-A plan is applied with ``torch.nn.utils.parametrize``: the layer's ``weight`` (GDN: ``gamma``) becomes
-``quantizer(original)``, which works for every layer type (ConvTranspose2d included) without re-implementing
-their forward passes.
+A layer that masks its weight in its own forward by writing ``self.weight.data`` (CompressAI's
+``MaskedConv2d``, the causal context model of ``mbt2018`` and ``cheng2020-*``) would lose its mask once the
+weight is parametrized (the write lands on a temporary), and the forward pass would see future latents while
+``compress()`` masks. :func:`weight_mask` finds such a mask and the quantizer applies it, so the quantized
+weight is masked in every forward pass, before and after fine-tuning.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any, Collection, Mapping
 
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from bitalloc.fake_quant import (CALIBRATIONS, ESTIMATORS, MAX_BITS, MIN_BITS, ActQuantizer, RoundClamp,
+                                 WeightQuantizer, calibrate_range, check_bits, check_choice, dgm_grad,
+                                 fake_quantize)
 from bitalloc.graph import channel_axis, is_gdn, quantizable_layers
 from bitalloc.plan import BitPlan
 
 __all__ = [
-    "CALIBRATIONS", "ESTIMATORS", "ActQuantizer", "WeightQuantizer", "apply_plan", "check_bits", "dgm_grad",
-    "fake_quantize", "layer_size_bits", "plan_of", "quantized_tensor_name", "remove_plan",
+    "CALIBRATIONS", "ESTIMATORS", "MAX_BITS", "MIN_BITS", "ActQuantizer", "RoundClamp", "WeightQuantizer",
+    "apply_plan", "calibrate_range", "check_bits", "dgm_grad", "fake_quantize", "layer_size_bits", "plan_of",
+    "quant_axis", "quantize_weight", "quantized_tensor_name", "remove_plan", "weight_mask", "weight_quantizer",
 ]
-
-ESTIMATORS = ("ste", "leaky_clip", "dgm")
-CALIBRATIONS = ("minmax", "percentile", "mse")
-MIN_BITS, MAX_BITS = 2, 16
-
-
-def check_bits(bits: Any, layer: str | None = None) -> int:
-    """Validate a weight bit-width: an int in 2..16 (1 is named separately: it is a valid plan width elsewhere
-    but this symmetric grid cannot represent it)."""
-    where = f"layer '{layer}'" if layer else "quantizer"
-    if isinstance(bits, bool) or not hasattr(bits, "__index__"):
-        raise ValueError(f"bits of {where} must be an int, got {bits!r}")
-    b = int(bits)
-    if b == 1:
-        raise ValueError(f"bits of {where} is 1; the symmetric per-channel quantizer needs 2..16 bits "
-                         "(1 bit would leave only the level 0)")
-    if not 1 <= b <= MAX_BITS:
-        raise ValueError(f"bits of {where} is {b}; bit-widths must be in 1..16 ({MIN_BITS}..{MAX_BITS} for "
-                         "weight quantizers)")
-    return b
-
-
-def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}")
-    return value
-
-
-# gradient estimators ------------------------------------------------------------------------------------------
-def dgm_grad(u: torch.Tensor, beta: float) -> torch.Tensor:
-    """g'(u) of DynaQuant's soft rounding (see module docstring)."""
-    t = torch.tanh(beta * (u - torch.floor(u) - 0.5))
-    return (beta / (2.0 * math.tanh(beta / 2.0))) * (1.0 - t * t)
-
-
-class _Round(torch.autograd.Function):
-    """q = clamp(round(u), -Q, Q) with a selectable backward."""
-
-    @staticmethod
-    def forward(ctx, u, qmax: int, estimator: str, alpha: float, beta: float):
-        ctx.save_for_backward(u)
-        ctx.qmax, ctx.estimator, ctx.alpha, ctx.beta = qmax, estimator, alpha, beta
-        return torch.clamp(torch.round(u), -qmax, qmax)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (u,) = ctx.saved_tensors
-        inside = (u >= -ctx.qmax) & (u <= ctx.qmax)
-        if ctx.estimator == "dgm":
-            slope = torch.where(inside, dgm_grad(u, ctx.beta), torch.zeros_like(u))
-        elif ctx.estimator == "leaky_clip":
-            slope = torch.where(inside, torch.ones_like(u), torch.full_like(u, ctx.alpha))
-        else:
-            slope = inside.to(u.dtype)
-        return grad * slope, None, None, None, None
-
-
-def _grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
-    """Identity forward, gradient times ``g`` (LSQ's scale-gradient scaling)."""
-    xg = x * g
-    return x.detach() + (xg - xg.detach())  # exactly x in the forward pass (export relies on it)
-
-
-def fake_quantize(w: torch.Tensor, scale: torch.Tensor, bits: int, axis: int = 0, *, estimator: str = "ste",
-                  alpha: float = 0.01, beta: float = 2.0) -> torch.Tensor:
-    """s * clamp(round(w / s), -Q, Q) with ``scale`` (C,) broadcast along ``axis``."""
-    shape = [1] * w.dim()
-    shape[axis] = -1
-    s = scale.reshape(shape)
-    q = _Round.apply(w / s, 2 ** (bits - 1) - 1, estimator, alpha, beta)
-    return q * s
-
-
-def _channels_first(w: torch.Tensor, axis: int) -> torch.Tensor:
-    return w.detach().transpose(0, axis).reshape(w.shape[axis], -1)
-
-
-def calibrate_range(w: torch.Tensor, bits: int, axis: int = 0, method: str = "minmax",
-                    percentile: float = 99.9) -> torch.Tensor:
-    """Clipping range r (C,) per output channel (see module docstring); never zero."""
-    _check_choice(method, CALIBRATIONS, "calibration")
-    a = _channels_first(w, axis).abs().float()
-    amax = a.amax(dim=1)
-    if method == "minmax":
-        r = amax
-    elif method == "percentile":
-        r = torch.quantile(a, percentile / 100.0, dim=1) if a.shape[1] > 1 else amax
-    else:
-        qmax = 2 ** (bits - 1) - 1
-        ts = torch.linspace(0.3, 1.0, 36, dtype=a.dtype)
-        errs = []
-        for t in ts:  # 36 vectorised passes over the tensor, once per calibration
-            s = (amax * t / qmax).clamp_min(1e-12)[:, None]
-            errs.append(((torch.clamp(torch.round(a / s), 0, qmax) * s - a) ** 2).sum(dim=1))
-        r = amax * ts[torch.stack(errs).argmin(dim=0)]
-    tiny = torch.finfo(torch.float32).tiny
-    return torch.where(r > 0, r, torch.where(amax > 0, amax, torch.full_like(amax, 1.0))).clamp_min(tiny)
-
-
-class WeightQuantizer(nn.Module):
-    """Per-channel symmetric fake quantizer of one weight tensor (a parametrization of ``weight``)."""
-
-    def __init__(self, weight: torch.Tensor, bits: int, axis: int = 0, *, estimator: str = "ste",
-                 calibration: str = "minmax", learn_scale: bool = False, alpha: float = 0.01, beta: float = 2.0,
-                 layer: str | None = None):
-        super().__init__()
-        self.bits = check_bits(bits, layer)
-        self.axis = int(axis)
-        self.estimator = _check_choice(estimator, ESTIMATORS, "gradient estimator")
-        self.calibration = calibration
-        self.alpha, self.beta = float(alpha), float(beta)
-        r = calibrate_range(weight, self.bits, self.axis, calibration)
-        self.scale = nn.Parameter((r / self.qmax).to(torch.float32), requires_grad=learn_scale)
-        self.grad_scale = 1.0 / math.sqrt(max(1, weight.numel() // weight.shape[self.axis]) * self.qmax)
-
-    @property
-    def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1
-
-    def effective_scale(self) -> torch.Tensor:
-        """The scale the forward pass uses: |s| (clamped away from 0) when learnable, else s."""
-        return self.scale.abs().clamp_min(1e-12) if self.scale.requires_grad else self.scale
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        s = self.effective_scale()
-        if s.requires_grad:
-            s = _grad_scale(s, self.grad_scale)
-        return fake_quantize(w, s, self.bits, self.axis, estimator=self.estimator, alpha=self.alpha,
-                             beta=self.beta)
-
-    @torch.no_grad()
-    def integers(self, w: torch.Tensor) -> torch.Tensor:
-        """The integer codes q in [-Q, Q] (int32), as the forward pass uses them."""
-        shape = [1] * w.dim()
-        shape[self.axis] = -1
-        s = self.effective_scale()
-        return torch.clamp(torch.round(w / s.reshape(shape)), -self.qmax, self.qmax).to(torch.int32)
-
-    def extra_repr(self) -> str:
-        return f"bits={self.bits}, axis={self.axis}, estimator={self.estimator}, calibration={self.calibration}"
-
-
-class ActQuantizer(nn.Module):
-    """Per-tensor asymmetric fake quantizer of a layer's input, range from the first batch it sees (min-max),
-    straight-through gradient; optional (``apply_plan(..., act_bits=8)``)."""
-
-    def __init__(self, bits: int = 8):
-        super().__init__()
-        self.bits = check_bits(bits)
-        self.register_buffer("lo", torch.tensor(0.0))
-        self.register_buffer("hi", torch.tensor(0.0))
-        self.register_buffer("calibrated", torch.tensor(False))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not bool(self.calibrated):
-            with torch.no_grad():
-                self.lo.copy_(x.min().clamp_max(0))
-                self.hi.copy_(x.max().clamp_min(0))
-                self.calibrated.fill_(True)
-        levels = 2 ** self.bits - 1
-        s = ((self.hi - self.lo) / levels).clamp_min(1e-12)
-        z = torch.round(-self.lo / s)
-        u = x / s + z
-        q = u + (torch.clamp(torch.round(u), 0, levels) - u).detach()
-        return (q - z) * s
 
 
 def _quantize_input(module: nn.Module, args: tuple) -> tuple:
     return (module.input_quantizer(args[0]),) + tuple(args[1:])
 
 
-# plans --------------------------------------------------------------------------------------------------------
 def quantized_tensor_name(module: nn.Module) -> str:
     """``"gamma"`` for GDN, else ``"weight"``."""
     return "gamma" if is_gdn(module) else "weight"
@@ -236,10 +50,12 @@ def layer_size_bits(module: nn.Module, bits: int) -> int:
     and entropy tables are not part of a plan.
     """
     w = _original(module)
-    return int(w.numel()) * int(bits) + int(w.shape[_axis(module)]) * 32
+    return int(w.numel()) * int(bits) + int(w.shape[quant_axis(module)]) * 32
 
 
-def _axis(module: nn.Module) -> int:
+def quant_axis(module: nn.Module) -> int:
+    """The axis of a layer's quantized tensor that holds one scale per channel: 0 for GDN's gamma, else the
+    output-channel axis (:func:`bitalloc.graph.channel_axis`: 1 for ConvTranspose, 0 otherwise)."""
     return 0 if is_gdn(module) else channel_axis(module)
 
 
@@ -250,7 +66,8 @@ def _original(module: nn.Module) -> torch.Tensor:
     return getattr(module, name)
 
 
-def _quantizer(module: nn.Module) -> WeightQuantizer | None:
+def weight_quantizer(module: nn.Module) -> WeightQuantizer | None:
+    """The :class:`WeightQuantizer` parametrizing a layer's quantized tensor, or None for a float layer."""
     name = quantized_tensor_name(module)
     if parametrize.is_parametrized(module, name):
         for p in getattr(module.parametrizations, name):
@@ -285,8 +102,8 @@ def apply_plan(model: nn.Module, plan: BitPlan | Mapping[str, int], *, keep_floa
     from its original weights.
     """
     bits = dict(plan.bits if isinstance(plan, BitPlan) else plan)
-    _check_choice(estimator, ESTIMATORS, "gradient estimator")
-    _check_choice(calibration, CALIBRATIONS, "calibration")
+    check_choice(estimator, ESTIMATORS, "gradient estimator")
+    check_choice(calibration, CALIBRATIONS, "calibration")
     out = model if inplace else copy.deepcopy(model)
     remove_plan(out)
     required = quantizable_layers(out)
@@ -308,8 +125,8 @@ def apply_plan(model: nn.Module, plan: BitPlan | Mapping[str, int], *, keep_floa
     for name, b in bits.items():
         m = candidates[name]
         tname = quantized_tensor_name(m)
-        q = WeightQuantizer(getattr(m, tname), b, _axis(m), estimator=estimator, calibration=calibration,
-                            learn_scale=learn_scale, alpha=alpha, beta=beta, layer=name)
+        q = WeightQuantizer(getattr(m, tname), b, quant_axis(m), estimator=estimator, calibration=calibration,
+                            learn_scale=learn_scale, alpha=alpha, beta=beta, layer=name, mask=weight_mask(m))
         parametrize.register_parametrization(m, tname, q)
         if act_bits is not None and not is_gdn(m):
             m.input_quantizer = ActQuantizer(act_bits)
@@ -321,25 +138,27 @@ def plan_of(model: nn.Module, **meta: Any) -> BitPlan:
     """The bit plan a fake-quantized model carries (layers kept in float are absent)."""
     bits = {}
     for name, m in quantizable_layers(model, gdn=True).items():
-        q = _quantizer(m)
+        q = weight_quantizer(m)
         if q is not None:
             bits[name] = q.bits
     return BitPlan(bits, meta)
 
 
-def set_estimator(model: nn.Module, estimator: str, *, alpha: float | None = None,
-                  beta: float | None = None, learn_scale: bool | None = None) -> nn.Module:
-    """Change every quantizer's gradient estimator (and LSQ switch) in place."""
-    _check_choice(estimator, ESTIMATORS, "gradient estimator")
-    for m in quantizable_layers(model, gdn=True).values():
-        q = _quantizer(m)
-        if q is None:
-            continue
-        q.estimator = estimator
-        if alpha is not None:
-            q.alpha = float(alpha)
-        if beta is not None:
-            q.beta = float(beta)
-        if learn_scale is not None:
-            q.scale.requires_grad_(learn_scale)
-    return model
+def weight_mask(module: nn.Module) -> torch.Tensor | None:
+    """The mask a layer multiplies its weight by in its forward pass, or None.
+
+    A tensor attribute ``mask`` of the weight's shape, as CompressAI's ``MaskedConv2d`` registers (its causal
+    mask: zero at the current and every later position of the raster scan).
+    """
+    mask = getattr(module, "mask", None)
+    w = _original(module)
+    return mask if isinstance(mask, torch.Tensor) and mask.shape == w.shape else None
+
+
+def quantize_weight(module: nn.Module, bits: int, calibration: str = "minmax") -> torch.Tensor:
+    """The float layer's quantized tensor fake-quantized to ``bits`` (minmax/percentile/mse calibration, masked
+    like :func:`apply_plan` does), detached: what a plan at ``bits`` computes for this layer alone."""
+    w = _original(module).detach()
+    q = WeightQuantizer(w, bits, quant_axis(module), calibration=calibration, mask=weight_mask(module))
+    with torch.no_grad():
+        return q(w)

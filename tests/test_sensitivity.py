@@ -61,21 +61,21 @@ def test_calibration_batch_centre_crops():
         calibration_batch({"a": torch.rand(3, 100, 100)}, crop=100)
 
 
-def test_a_non_finite_rd_loss_becomes_a_prohibitive_cost_with_a_warning(hyperprior, images, monkeypatch):
-    import bitalloc.sensitivity as sens
+def test_a_non_finite_rd_loss_becomes_a_prohibitive_cost_with_a_warning(hyperprior, images):
+    from bitalloc.models.losses import rd_loss_fn
 
-    real = sens.rd_loss
+    real = rd_loss_fn(hyperprior.meta["lambda"])
     calls = {"n": 0}
 
-    def overflowing(lik, x_hat, x, lmbda):  # the second quantized evaluation overflows, as a 0 likelihood does
+    def overflowing(model, batch):  # the second quantized evaluation overflows, as a 0 likelihood does
         calls["n"] += 1
-        r = real(lik, x_hat, x, lmbda)
-        return {**r, "loss": float("inf"), "bpp": float("inf")} if calls["n"] == 3 else r
+        r = real(model, batch)
+        inf = torch.tensor(float("inf"))
+        return {**r, "loss": inf, "bpp": inf} if calls["n"] == 3 else r
 
-    monkeypatch.setattr(sens, "rd_loss", overflowing)
     with pytest.warns(RuntimeWarning, match=r"not finite with g_a\.0@3b quantized"):
         table, frame = measure_sensitivity(hyperprior, images, bits=(2, 3, 4), hessian_samples=0,
-                                           progress=False, return_frame=True, method="naive")
+                                           progress=False, return_frame=True, loss=overflowing)
     finite = np.delete(table.cost.ravel(), 1)
     assert table.cost[0, 1] == max(1.0, 10 * finite.max())
     assert np.isinf(frame.loc[(frame.layer == "g_a.0") & (frame.bits == 3), "loss"]).all()  # raw kept

@@ -1,6 +1,6 @@
 """Content-aware activation quantizers and weights stored once at the highest precision.
 
-Rounding goes through :class:`bitalloc.quant._Round`, so the gradient estimators ("ste", "dgm", "leaky_clip")
+Rounding goes through :class:`bitalloc.quant.RoundClamp`, so the gradient estimators ("ste", "dgm", "leaky_clip")
 are exactly those of the static backend; :func:`round_with` is the small public door to it.
 
 Content-aware activation quantizer (DynaQuant, Bao et al., arXiv 2511.07903, "learnable per-channel scale and
@@ -31,7 +31,7 @@ import math
 import torch
 import torch.nn as nn
 
-from bitalloc.quant import _Round, _axis, calibrate_range, check_bits, quantized_tensor_name
+from bitalloc.quant import RoundClamp, calibrate_range, check_bits, quant_axis, quantized_tensor_name
 
 __all__ = ["ContentAwareActQuantizer", "NestedWeight", "round_with"]
 
@@ -39,7 +39,7 @@ __all__ = ["ContentAwareActQuantizer", "NestedWeight", "round_with"]
 def round_with(u: torch.Tensor, qmax: int, estimator: str = "dgm", beta: float = 2.0,
                alpha: float = 0.01) -> torch.Tensor:
     """``clamp(round(u), -qmax, qmax)`` with the backward of ``estimator`` (see :mod:`bitalloc.quant`)."""
-    return _Round.apply(u, int(qmax), estimator, float(alpha), float(beta))
+    return RoundClamp.apply(u, int(qmax), estimator, float(alpha), float(beta))
 
 
 class ContentAwareActQuantizer(nn.Module):
@@ -78,7 +78,7 @@ class NestedWeight(nn.Module):
                  calibration: str = "minmax"):
         super().__init__()
         self.max_bits = check_bits(max_bits)
-        self.axis = _axis(module)
+        self.axis = quant_axis(module)
         self.estimator, self.beta = estimator, float(beta)
         w = getattr(module, quantized_tensor_name(module)).detach()
         # learnable in the log domain: an optimiser step changes the scale by a relative amount (a plain
