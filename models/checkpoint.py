@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from bitalloc.safe_load import load_torch_file
+
 from .registry import build_model, check_model, check_quality
 
 __all__ = [
@@ -98,29 +100,36 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict, half:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Read and validate a checkpoint file; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint file not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise ValueError(f"Checkpoint {path} is corrupt or not a torch file: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    """Read (``weights_only=True``) and validate a checkpoint file; errors name the file."""
+    return _validated(Path(path), load_torch_file(path, "a bitalloc checkpoint"))
+
+
+def _validated(path: Path, ckpt: dict) -> dict:
+    """``ckpt`` (the dict loaded from ``path``) if it has the checkpoint format, else a ValueError naming it."""
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a bitalloc checkpoint (missing format {CHECKPOINT_FORMAT!r})")
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: unsupported checkpoint version {ckpt.get('version')!r}")
     for key in ("meta", "state_dict"):
         if not isinstance(ckpt.get(key), dict):
             raise ValueError(f"{path}: checkpoint has no {key!r} dict")
+    odd = [k for k, v in ckpt["state_dict"].items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise ValueError(f"{path}: checkpoint state_dict entry {odd[0]!r} is not a tensor")
     return ckpt
 
 
 def load_checkpoint(path: str | os.PathLike) -> nn.Module:
     """Build the architecture named in the file's metadata and load its weights (float32, eval mode)."""
-    ckpt = read_checkpoint(path)
+    return _build(Path(path), read_checkpoint(path))
+
+
+def _build(path: Path, ckpt: dict) -> nn.Module:
     meta = ckpt["meta"]
-    spec = check_model(meta.get("architecture", "?"))
+    try:
+        spec = check_model(meta.get("architecture", "not recorded"))
+    except ValueError as exc:
+        raise ValueError(f"Checkpoint {path}: {exc}") from None
     channels = tuple(int(meta[k]) for k in ("N", "M") if k in meta)
     model = spec.cls(*channels)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
@@ -206,12 +215,10 @@ def _check_request(model: nn.Module, path: Path, name: str, quality: int, size: 
 def _load_file(name: str, path) -> nn.Module:
     """A bitalloc checkpoint, or a plain CompressAI state dict (e.g. a downloaded ``*.pth.tar``)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint file not found: {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT:
-        return load_checkpoint(path)
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    blob = load_torch_file(path, "a bitalloc checkpoint or a CompressAI state dict")
+    if blob.get("format") == CHECKPOINT_FORMAT:
+        return _build(path, _validated(path, blob))
+    state = blob.get("state_dict", blob)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} is neither a bitalloc checkpoint nor a CompressAI state dict")
     state = {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}

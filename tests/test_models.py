@@ -111,12 +111,24 @@ def test_missing_checkpoint_names_the_file(tmp_path):
 def test_corrupt_checkpoint_names_the_file(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a torch file at all")
-    with pytest.raises(ValueError, match="bad.pt is corrupt"):
+    with pytest.raises(ValueError, match="bad.pt is not a bitalloc checkpoint: it does not load"):
         load_checkpoint(bad)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
     with pytest.raises(ValueError, match="not a bitalloc checkpoint"):
         load_checkpoint(foreign)
+
+
+def test_hand_edited_checkpoint_names_the_file_and_field(tmp_path):
+    path = tmp_path / "edited.pt"
+    blob = {"format": "bitalloc.checkpoint", "version": 1, "meta": {"architecture": "foo"},
+            "state_dict": {"w": torch.zeros(2)}}
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match=r"edited\.pt: Unknown model 'foo'"):
+        load_checkpoint(path)
+    torch.save({**blob, "state_dict": {"w": [0.0, 1.0]}}, path)
+    with pytest.raises(ValueError, match=r"edited\.pt: checkpoint state_dict entry 'w' is not a tensor"):
+        load_checkpoint(path)
 
 
 def test_compress_decompress_matches_forward_and_counts_bytes(tiny_model):
