@@ -8,6 +8,8 @@ ones (``fmpq``, ``ilp``, ``convex``, ``greedy``, ``uniform``, ``exact``) with :f
 from __future__ import annotations
 
 import enum
+import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Protocol, TypeVar, runtime_checkable
@@ -17,13 +19,15 @@ import numpy as np
 from bitalloc.costs import Budget, CostTable
 from bitalloc.plan import BitPlan
 
-__all__ = ["AllocStatus", "Allocation", "Allocator", "BaseAllocator", "register_allocator", "build_allocator",
-           "available_allocators"]
+__all__ = ["AllocStatus", "Allocation", "Allocator", "BaseAllocator", "Solution", "register_allocator",
+           "build_allocator", "available_allocators", "bool_option", "int_option", "float_option"]
 
 
 class AllocStatus(str, enum.Enum):
-    """``optimal``: proven optimal; ``feasible``: fits the budget, optimality not proven (heuristics, time
-    limits); ``infeasible``: no plan fits; ``error``: the solver failed."""
+    """``optimal``: proven optimal, gap 0 (no plan that fits the budget costs less, up to float rounding of the
+    sums, 1e-9 relative); ``feasible``: fits the budget, optimality not proven (heuristics, time limits, a
+    solver's gap; :attr:`Allocation.gap` says how far at most when known); ``infeasible``: no plan fits;
+    ``error``: the solver failed."""
 
     OPTIMAL = "optimal"
     FEASIBLE = "feasible"
@@ -36,7 +40,13 @@ class AllocStatus(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Allocation:
-    """Result of one allocation; ``extra`` carries solver details (e.g. ``gap``, ``front``)."""
+    """Result of one allocation.
+
+    ``objective`` and ``size_bits`` are :meth:`CostTable.plan_cost` and :meth:`CostTable.plan_size` of the plan.
+    ``gap``: proven bound on ``(objective - optimum) / objective``; 0.0 when ``optimal``, ``None`` when unknown
+    (heuristics). ``extra`` carries solver details (e.g. ``lp_bound``, ``beta``; ``extra["gap"]`` repeats ``gap``
+    for readers of older results).
+    """
 
     plan: BitPlan | None
     status: AllocStatus
@@ -46,6 +56,7 @@ class Allocation:
     iterations: int
     message: str
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    gap: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -61,13 +72,19 @@ class Allocator(Protocol):
 
 @dataclass
 class Solution:
-    """What a solver's ``_solve`` hands back to :class:`BaseAllocator` (choices are column indices)."""
+    """What a solver's ``_solve`` hands back to :class:`BaseAllocator` (choices are column indices).
+
+    ``gap``: see :attr:`Allocation.gap` (``optimal`` implies 0.0). ``allow_over_budget``: the solver was asked to
+    accept a plan over the budget (FMPQ's non-strict mode); otherwise such a plan is an ``error``.
+    """
 
     choice: np.ndarray | None
     status: AllocStatus
     iterations: int = 0
     message: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    gap: float | None = None
+    allow_over_budget: bool = False
 
 
 class BaseAllocator:
@@ -85,18 +102,27 @@ class BaseAllocator:
         t0 = time.perf_counter()
         sol = self._solve(table, budget)
         dt = time.perf_counter() - t0
+        gap = 0.0 if sol.status == AllocStatus.OPTIMAL else sol.gap
+        extra = dict(sol.extra)
+        if gap is not None:
+            extra["gap"] = gap
         if sol.choice is None:
-            return Allocation(None, sol.status, None, None, dt, sol.iterations, sol.message, sol.extra)
+            return Allocation(None, sol.status, None, None, dt, sol.iterations, sol.message, extra, gap)
         choice = np.asarray(sol.choice, dtype=np.int64)
-        rows = np.arange(table.num_layers)
-        size = float(table.size_bits[rows, choice].sum())
-        objective = float(table.cost[rows, choice].sum())
+        size = table.plan_size(choice)
+        objective = table.plan_cost(choice)
         status, message = sol.status, sol.message
-        if size > budget.max_size_bits and not sol.extra.get("allow_over_budget", False):
-            status = AllocStatus.ERROR
-            message = f"plan of {size:.6g} bits exceeds the budget {budget.max_size_bits:.6g} bits; {message}"
+        over = budget.exceeded(table, choice)
+        if over is not None and not sol.allow_over_budget:
+            status, gap = AllocStatus.ERROR, None
+            message = f"{over}; {message}"
+        elif not math.isfinite(objective):
+            status, gap = AllocStatus.ERROR, None
+            message = f"objective is {objective} (costs too large to add up); {message}"
+        if gap is None:
+            extra.pop("gap", None)
         plan = BitPlan.from_choices(table, choice, allocator=self.name)
-        return Allocation(plan, status, objective, size, dt, sol.iterations, message, sol.extra)
+        return Allocation(plan, status, objective, size, dt, sol.iterations, message, extra, gap)
 
     def _solve(self, table: CostTable, budget: Budget) -> Solution:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -104,6 +130,36 @@ class BaseAllocator:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({opts})"
+
+
+def bool_option(owner: str, name: str, value: Any) -> bool:
+    """A True/False option, else a ValueError naming the allocator and option."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{owner}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def int_option(owner: str, name: str, value: Any, minimum: int = 1) -> int:
+    """An integer option ``>= minimum`` (bools refused), else a ValueError naming the allocator and option."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def float_option(owner: str, name: str, value: Any, low: float = -math.inf, high: float = math.inf, *,
+                 low_open: bool = False, high_open: bool = False, allow_none: bool = False) -> float | None:
+    """A finite real option in the interval ``[low, high]`` (ends open if asked), else a ValueError naming it."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        v = float(value)
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
+        none = " or None" if allow_none else ""
+        raise ValueError(f"{owner}: {name} must be a finite number in {lo}, {hi}{none}, got {value!r}")
+    return float(value)
 
 
 _REGISTRY: dict[str, type] = {}

@@ -14,6 +14,13 @@ Allocators solve the multiple-choice knapsack over this table::
                 x_l in {0, ..., B-1}
 
 (HAWQ-V3, arXiv 2011.10680; Hubara et al., arXiv 2006.10518).
+
+**When a plan fits.** A plan's size and objective are sums over layers, and float sums depend on their order.
+Every sum here is :func:`exact_sum` (``math.fsum``: the correctly rounded sum, the same in every order), and a
+plan fits iff that sum is at most the budget (:meth:`Budget.fits`), with no tolerance. So a budget built from a
+plan's size (``Budget.from_avg_bits`` at a candidate, ``min_size_bits``, ``max_size_bits``) is met by that plan
+exactly, and nothing above the budget is ever accepted. Allocators may search with a small slack internally but
+accept a plan only under this rule (:meth:`CostTable.plan_size`, :meth:`CostTable.plan_cost`).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import pandas as pd
 
 from bitalloc.errors import BudgetError, CostTableError
 
-__all__ = ["LayerSpec", "CostTable", "Budget", "LinearConstraint", "atomic_write_text"]
+__all__ = ["LayerSpec", "CostTable", "Budget", "LinearConstraint", "atomic_write_text", "exact_sum"]
 
 TABLE_FORMAT = "bitalloc.costtable"
 TABLE_VERSION = 1
@@ -50,6 +57,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def exact_sum(values: Any) -> float:
+    """The correctly rounded sum of ``values`` (``math.fsum``), independent of their order; ``inf`` on overflow.
+
+    The one way bitalloc adds up sizes and costs, so a plan's size compares with a budget the same way everywhere.
+    """
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    try:
+        return math.fsum(arr.tolist())
+    except OverflowError:  # an intermediate sum left the float range: the plain sum says +-inf (or nan)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return float(arr.sum())
 
 
 @dataclass(frozen=True)
@@ -140,6 +160,12 @@ class CostTable:
                 raise CostTableError(
                     f"{what} of layer '{layers[l].name}' at {bits[j]} bits is {arr[l, j]}; "
                     "it must be finite and non-negative")
+            worst = arr.max(axis=1)
+            if not math.isfinite(exact_sum(worst)):
+                l = int(np.argmax(worst))
+                raise CostTableError(
+                    f"field '{fname}' adds up to more than the float range (largest entry: layer "
+                    f"'{layers[l].name}', {arr[l].max():.6g}): a plan's total would be inf; rescale the table")
             arrays[fname] = arr
         size = arrays["size_bits"]
         if len(bits) > 1:
@@ -199,12 +225,30 @@ class CostTable:
     @property
     def min_size_bits(self) -> float:
         """Smallest achievable size: every layer at its lowest candidate."""
-        return float(self.size_bits[:, 0].sum())
+        return exact_sum(self.size_bits[:, 0])
 
     @property
     def max_size_bits(self) -> float:
         """Largest size: every layer at its highest candidate."""
-        return float(self.size_bits[:, -1].sum())
+        return exact_sum(self.size_bits[:, -1])
+
+    def _rows(self, choice: Any) -> np.ndarray:
+        choice = np.asarray(choice, dtype=np.int64)
+        if choice.shape != (self.num_layers,):
+            raise CostTableError(f"a plan needs one choice per layer ({self.num_layers}), got shape {choice.shape}")
+        if choice.size and (choice.min() < 0 or choice.max() >= len(self.bits)):
+            l = int(np.argmax((choice < 0) | (choice >= len(self.bits))))
+            raise CostTableError(f"choice {int(choice[l])} of layer '{self.layers[l].name}' is not a column of "
+                                 f"bits {self.bits}")
+        return choice
+
+    def plan_size(self, choice: Any) -> float:
+        """Size in bits of the plan with column ``choice[l]`` for layer l (:func:`exact_sum`)."""
+        return exact_sum(self.size_bits[np.arange(self.num_layers), self._rows(choice)])
+
+    def plan_cost(self, choice: Any) -> float:
+        """The objective: summed cost of the plan with column ``choice[l]`` for layer l (:func:`exact_sum`)."""
+        return exact_sum(self.cost[np.arange(self.num_layers), self._rows(choice)])
 
     @property
     def fp32_size_bits(self) -> float:
@@ -230,17 +274,17 @@ class CostTable:
             raise BudgetError(f"avg_bits must be finite, got {avg_bits}")
         bits = np.asarray(self.bits, dtype=np.float64)
         if a in self.bits:
-            return float(self.size_bits[:, self.bits.index(int(a))].sum())
+            return exact_sum(self.size_bits[:, self.bits.index(int(a))])
         if len(bits) == 1:
             raise BudgetError(f"avg_bits {a} is not the table's only candidate {self.bits[0]}")
         k = int(np.clip(np.searchsorted(bits, a) - 1, 0, len(bits) - 2))
         t = (a - bits[k]) / (bits[k + 1] - bits[k])
         col = self.size_bits[:, k] + t * (self.size_bits[:, k + 1] - self.size_bits[:, k])
-        return float(col.sum())
+        return exact_sum(col)
 
     def size_to_avg_bits(self, size_bits: float) -> float:
         """Inverse of :meth:`uniform_size_bits`: the uniform bit-width whose (interpolated) size is ``size_bits``."""
-        sizes = self.size_bits.sum(axis=0)
+        sizes = np.array([exact_sum(c) for c in self.size_bits.T])
         bits = np.asarray(self.bits, dtype=np.float64)
         if len(bits) == 1:
             return float(bits[0] * size_bits / sizes[0]) if sizes[0] > 0 else float(bits[0])
@@ -302,41 +346,18 @@ class CostTable:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> "CostTable":
-        """Inverse of :meth:`to_frame` (layer order = first appearance)."""
-        for col in ("layer", "bits", "cost", "size_bits"):
-            if col not in frame.columns:
-                raise CostTableError(f"cost-table frame lacks the column '{col}'")
-        names = list(dict.fromkeys(frame["layer"].astype(str)))
-        bits = sorted({int(b) for b in frame["bits"]})
-        dup = frame.duplicated(subset=["layer", "bits"])
-        if dup.any():
-            row = frame[dup].iloc[0]
-            raise CostTableError(f"layer '{row['layer']}' has two rows at {int(row['bits'])} bits")
-        if len(frame) != len(names) * len(bits):
-            raise CostTableError("cost-table frame is not complete: every layer needs a row for every bit-width")
-        first = frame.drop_duplicates("layer").set_index(frame.drop_duplicates("layer")["layer"].astype(str))
-        f = frame.assign(layer=frame["layer"].astype(str), bits=frame["bits"].astype(int))
-        cost = f.pivot(index="layer", columns="bits", values="cost").loc[names, bits].to_numpy()
-        size = f.pivot(index="layer", columns="bits", values="size_bits").loc[names, bits].to_numpy()
-        def col(name: str, default: Any) -> list[Any]:
-            if name not in first.columns:
-                return [default] * len(names)
-            return [default if pd.isna(v) else v for v in first.loc[names, name]]
-        extra = {k: (np.asarray(col(k, np.nan), dtype=np.float64) if k in first.columns else None)
-                 for k in ("hessian_trace", "weight_variance")}
-        return cls.from_arrays(names, bits, cost, size, num_params=[int(p) for p in col("num_params", 0)],
-                               kinds=[str(k) for k in col("kind", "")],
-                               branches=[str(b) for b in col("branch", "")], **extra)
+        """Inverse of :meth:`to_frame` (layer order = first appearance); errors name the row and field."""
+        from bitalloc.tableio import table_from_frame
+        return table_from_frame(frame)
 
     def to_csv(self, path: str | os.PathLike) -> None:
         atomic_write_text(path, self.to_frame().to_csv(index=False))
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> "CostTable":
-        frame = pd.read_csv(path, dtype={"layer": str, "kind": str, "branch": str}, keep_default_na=False,
-                            float_precision="round_trip",
-                            na_values={"cost": ["nan", "NaN"], "size_bits": ["nan", "NaN"]})
-        return cls.from_frame(frame)
+        """Read :meth:`to_csv`'s file; a truncated or hand-edited one raises naming the file, line and field."""
+        from bitalloc.tableio import read_table_csv
+        return read_table_csv(path)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format": TABLE_FORMAT, "version": TABLE_VERSION, "bits": list(self.bits),
@@ -354,21 +375,9 @@ class CostTable:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CostTable":
-        if data.get("format") != TABLE_FORMAT:
-            raise CostTableError(f"not a cost table: field 'format' is {data.get('format')!r}, "
-                                 f"expected {TABLE_FORMAT!r}")
-        if data.get("version") != TABLE_VERSION:
-            raise CostTableError(f"unsupported cost-table version {data.get('version')!r} "
-                                 f"(this bitalloc reads version {TABLE_VERSION})")
-        rows = data["layers"]
-        def opt(key: str) -> np.ndarray | None:
-            return np.array([r[key] for r in rows], dtype=np.float64) if rows and key in rows[0] else None
-        return cls.from_arrays([r["name"] for r in rows], data["bits"],
-                               np.array([r["cost"] for r in rows], dtype=np.float64).reshape(len(rows), -1),
-                               np.array([r["size_bits"] for r in rows], dtype=np.float64).reshape(len(rows), -1),
-                               num_params=[r.get("num_params", 0) for r in rows],
-                               kinds=[r.get("kind", "") for r in rows], branches=[r.get("branch", "") for r in rows],
-                               hessian_trace=opt("hessian_trace"), weight_variance=opt("weight_variance"))
+        """Inverse of :meth:`to_dict`; errors name the layer and field."""
+        from bitalloc.tableio import table_from_dict
+        return table_from_dict(data)
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=1)
@@ -378,9 +387,10 @@ class CostTable:
 
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike) -> "CostTable":
-        s = os.fspath(path_or_text)
-        text = s if s.lstrip().startswith("{") else open(s, encoding="utf-8").read()
-        return cls.from_dict(json.loads(text))
+        """Read JSON text or :meth:`to_json`'s file; a truncated or hand-edited one raises naming the file,
+        the layer and the field."""
+        from bitalloc.tableio import read_table_json
+        return read_table_json(path_or_text)
 
 
 @dataclass(frozen=True)
@@ -424,6 +434,11 @@ class LinearConstraint:
             raise BudgetError(f"constraint '{self.name}' has non-finite coefficients")
         return out
 
+    def value(self, table: CostTable, choice: Any) -> float:
+        """The constraint's left-hand side for the plan with column ``choice[l]`` per layer (:func:`exact_sum`)."""
+        m = self.matrix(table)
+        return exact_sum(m[np.arange(table.num_layers), np.asarray(choice, dtype=np.int64)])
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -465,10 +480,31 @@ class Budget:
         budget.check(table)
         return budget
 
+    def fits(self, size_bits: float) -> bool:
+        """Whether a plan of ``size_bits`` (as :meth:`CostTable.plan_size` sums it) meets the budget.
+
+        The one rule every allocator, :meth:`check` and the harness use: ``size_bits <= max_size_bits``, with no
+        tolerance; sizes are :func:`exact_sum` totals, so a plan exactly at the budget fits in every code path.
+        """
+        return float(size_bits) <= self.max_size_bits
+
+    def exceeded(self, table: CostTable, choice: Any) -> str | None:
+        """``None`` if the plan (column ``choice[l]`` per layer) meets the size and every extra constraint under
+        :meth:`fits`'s rule, else a sentence naming what it exceeds and by how much."""
+        size = table.plan_size(choice)
+        if not self.fits(size):
+            return (f"plan of {size:.10g} bits exceeds the budget of {self.max_size_bits:.10g} bits by "
+                    f"{size - self.max_size_bits:.6g} bits")
+        for c in self.extra:
+            v = c.value(table, choice)
+            if not v <= c.max_value:
+                return f"plan's '{c.name}' of {v:.10g} exceeds its limit {c.max_value:.10g} by {v - c.max_value:.6g}"
+        return None
+
     def check(self, table: CostTable) -> None:
         """Raise :class:`BudgetError` if no plan of ``table`` can fit (stating the smallest size)."""
         smallest = table.min_size_bits
-        if self.max_size_bits < smallest:
+        if not self.fits(smallest):
             raise BudgetError(
                 f"budget of {self.max_size_bits:.6g} bits ({table.size_to_avg_bits(self.max_size_bits):.4g} "
                 f"avg bits) is below the smallest achievable size {smallest:.6g} bits "
@@ -476,7 +512,7 @@ class Budget:
                 f"{table.bits[0]} bits)")
         for c in self.extra:
             m = c.matrix(table)
-            low = float(m.min(axis=1).sum())
-            if c.max_value < low:
+            low = exact_sum(m.min(axis=1))
+            if not low <= c.max_value:
                 raise BudgetError(f"constraint '{c.name}' limit {c.max_value:.6g} is below its smallest "
                                   f"achievable value {low:.6g}")

@@ -91,14 +91,22 @@ class BitPlan:
         return f"BitPlan({dict(self.bits)!r})"
 
     # measures ---------------------------------------------------------------------------------------------
+    def check_layers(self, table: "CostTable") -> None:
+        """Raise :class:`PlanError` naming every layer the plan and the table do not share."""
+        names = set(table.layer_names)
+        missing = [n for n in table.layer_names if n not in self.bits]
+        unknown = [n for n in self.bits if n not in names]
+        problems = []
+        if missing:
+            problems.append(f"no entry for {_names(missing)} of the cost table")
+        if unknown:
+            problems.append(f"{_names(unknown)} which the cost table lacks")
+        if problems:
+            raise PlanError("bit plan has " + "; and has ".join(problems))
+
     def choices(self, table: "CostTable") -> np.ndarray:
         """Column index into ``table.bits`` per table layer; raises if the plan does not cover the table."""
-        missing = [n for n in table.layer_names if n not in self.bits]
-        if missing:
-            raise PlanError(f"bit plan has no entry for layer '{missing[0]}' of the cost table")
-        extra = [n for n in self.bits if n not in set(table.layer_names)]
-        if extra:
-            raise PlanError(f"bit plan has layer '{extra[0]}' which the cost table lacks")
+        self.check_layers(table)
         col = {b: j for j, b in enumerate(table.bits)}
         out = np.empty(table.num_layers, dtype=np.int64)
         for i, n in enumerate(table.layer_names):
@@ -109,23 +117,27 @@ class BitPlan:
         return out
 
     def avg_bits(self, table: "CostTable | None" = None) -> float:
-        """Parameter-weighted mean bit-width with a table (that has num_params), else the plain mean."""
+        """Parameter-weighted mean bit-width with a table (that has num_params), else the plain mean.
+
+        With a table the plan must cover exactly its layers (else :class:`PlanError` naming them).
+        """
         if not self.bits:
             raise PlanError("average bits of an empty plan is undefined")
         if table is not None:
+            self.check_layers(table)
             params = dict(zip(table.layer_names, table.num_params.tolist()))
-            total = sum(params.get(n, 0) for n in self.bits)
+            total = sum(params.values())
             if total > 0:
-                return float(sum(params.get(n, 0) * b for n, b in self.bits.items()) / total)
+                return float(sum(params[n] * b for n, b in self.bits.items()) / total)
         return float(np.mean(list(self.bits.values())))
 
     def size_bits(self, table: "CostTable") -> float:
-        j = self.choices(table)
-        return float(table.size_bits[np.arange(table.num_layers), j].sum())
+        """The plan's size, summed as :meth:`CostTable.plan_size` does (the rule of :meth:`Budget.fits`)."""
+        return table.plan_size(self.choices(table))
 
     def cost(self, table: "CostTable") -> float:
-        j = self.choices(table)
-        return float(table.cost[np.arange(table.num_layers), j].sum())
+        """The plan's objective, :meth:`CostTable.plan_cost`."""
+        return table.plan_cost(self.choices(table))
 
     # JSON -------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -162,6 +174,13 @@ class BitPlan:
         except json.JSONDecodeError as exc:
             raise PlanError(f"bit plan is not valid JSON: {exc}") from None
         return cls.from_dict(data)
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    """``layer 'a'`` or ``layers 'a', 'b'``: at most ``limit`` names, then how many more."""
+    shown = ", ".join(f"'{n}'" for n in names[:limit])
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"layer {shown}" if len(names) == 1 else f"layers {shown}{more}"
 
 
 def _json_default(o: Any) -> Any:

@@ -18,15 +18,35 @@ Pferschy & Pisinger, *Knapsack Problems*, ch. 11):
   ``cost(x) = LB + sum_l rc[l, x_l] + lam * (W - size(x)) >= LB + sum_l rc[l, x_l]``, so a choice with
   ``rc > UB - LB`` cannot be in a plan better than an incumbent of cost ``UB`` (reduced-cost fixing), and a
   partial plan whose reduced costs already exceed ``UB - LB`` can be pruned.
+
+**Budget boundaries.** A plan fits iff its :func:`~bitalloc.costs.exact_sum` size is at most the capacity
+(:meth:`bitalloc.costs.Budget.fits`). The searches here keep running float sums, whose rounding could reject a plan
+that fits exactly (a budget equal to a plan's size) or accept one a hair over. So they search with a slack of
+``SLACK`` (relative) and decide every plan within that slack of the capacity by its exact sum (:func:`exact_size`).
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
+from bitalloc.costs import exact_sum
+
 INF = np.inf
+SLACK = 1e-9  # relative margin around the capacity inside which a running sum is re-added exactly
+
+
+def exact_size(size: np.ndarray, choice: np.ndarray) -> float:
+    """The plan's size by the budget rule (:func:`~bitalloc.costs.exact_sum` of its chosen sizes)."""
+    return exact_sum(size[np.arange(size.shape[0]), choice])
+
+
+def margin(capacity: float, size: np.ndarray) -> float:
+    """Absolute slack for running sums near ``capacity``: ``SLACK`` times the larger of it and the largest plan."""
+    return SLACK * max(abs(float(capacity)), float(np.abs(size).max(axis=1).sum()), 1e-300)
 
 
 def dominance_mask(cost: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
@@ -141,43 +161,120 @@ def lagrangian(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, lam: float,
     return float(u.sum() - lam * capacity), rc
 
 
+def _best_move(cost: np.ndarray, size: np.ndarray, keep: np.ndarray | None, l: int, j: int) -> tuple[float, int]:
+    """The cheapest move of layer l down from column j: (cost increase per bit saved, new column)."""
+    if j == 0:
+        return INF, -1
+    ratio = (cost[l, :j] - cost[l, j]) / (size[l, j] - size[l, :j])
+    if keep is not None:
+        ratio = np.where(keep[l, :j], ratio, INF)
+    k = int(np.argmin(ratio))
+    return (float(ratio[k]), k) if np.isfinite(ratio[k]) else (INF, -1)
+
+
+def descend(cost: np.ndarray, size: np.ndarray, choice: np.ndarray, capacity: float | None,
+            record: bool = False, keep: np.ndarray | None = None) -> tuple[np.ndarray, int, list[tuple[int, int]]]:
+    """Lower layers by least cost increase per bit saved until the plan fits ``capacity`` (None: to the end).
+
+    AIMET's greedy descent, one heap entry per layer (stale entries skipped); moves only to ``keep`` columns when
+    given. Whether the plan fits is decided by its exact size near the capacity. Returns the final choice, the
+    number of moves and (if ``record``) the moves as (layer, new column).
+    """
+    choice = np.array(choice, dtype=np.int64)
+    L = cost.shape[0]
+    used = exact_size(size, choice)
+    tol = margin(capacity, size) if capacity is not None else 0.0
+    heap = []
+    for l in range(L):
+        r, k = _best_move(cost, size, keep, l, int(choice[l]))
+        if k >= 0:
+            heap.append((r, l, int(choice[l]), k))
+    heapq.heapify(heap)
+    moves: list[tuple[int, int]] = []
+    n = 0
+
+    def over() -> bool:
+        nonlocal used
+        if capacity is None:
+            return True
+        if abs(used - capacity) <= tol:  # too close to trust the running sum
+            used = exact_size(size, choice)
+        return used > capacity
+
+    while heap and over():
+        r, l, j, k = heapq.heappop(heap)
+        if choice[l] != j:
+            continue  # stale entry
+        used += float(size[l, k] - size[l, j])
+        choice[l] = k
+        n += 1
+        if record:
+            moves.append((l, k))
+        r2, k2 = _best_move(cost, size, keep, l, k)
+        if k2 >= 0:
+            heapq.heappush(heap, (r2, l, k, k2))
+    return choice, n, moves
+
+
 def fill_slack(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, choice: np.ndarray,
                capacity: float, max_moves: int | None = None) -> np.ndarray:
-    """Improve a feasible plan: repeatedly make the single-layer change with the largest cost decrease that
-    still fits (upgrades into the slack, or downgrades that lower cost). Never leaves the budget."""
+    """Improve a plan that fits: repeatedly make the single-layer change with the largest cost decrease that
+    still fits (upgrades into the slack, or downgrades that lower cost). Never leaves the budget: a move that
+    ends within the slack of the capacity is checked on the plan's exact size."""
     choice = choice.copy()
     L = cost.shape[0]
     rows = np.arange(L)
-    used = float(size[rows, choice].sum())
+    used = exact_size(size, choice)
+    tol = margin(capacity, size)
+    banned = np.zeros(cost.shape, dtype=bool)  # moves found over the capacity since the last move made
     moves = 0
     limit = max_moves if max_moves is not None else 4 * L * cost.shape[1]
     while moves < limit:
         c_now = cost[rows, choice][:, None]
         s_now = size[rows, choice][:, None]
-        gain = np.where(keep & (size - s_now <= capacity - used), c_now - cost, -INF)
+        gain = np.where(keep & ~banned & (size - s_now <= capacity - used + tol), c_now - cost, -INF)
         flat = int(np.argmax(gain))
         l, j = divmod(flat, cost.shape[1])
         if not gain[l, j] > 0:
             break
-        used += float(size[l, j] - size[l, choice[l]])
+        new_used = used + float(size[l, j] - size[l, choice[l]])
+        if new_used > capacity - tol:
+            old = choice[l]
+            choice[l] = j
+            new_used = exact_size(size, choice)
+            if new_used > capacity:
+                choice[l] = old
+                banned[l, j] = True
+                continue
         choice[l] = j
+        used = new_used
+        banned[:] = False
         moves += 1
     return choice
 
 
 def enumerate_pareto(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, capacity: float,
                      rc: np.ndarray | None = None, rc_limit: float = INF,
-                     max_states: int = 2_000_000, cost_limit: float | None = None, lam: float = 0.0) -> tuple[np.ndarray | None, int, bool]:
+                     max_states: int = 2_000_000, cost_limit: float | None = None, lam: float = 0.0,
+                     tol: float | None = None, fits: Callable[[np.ndarray], bool] | None = None,
+                     ) -> tuple[np.ndarray | None, int, bool]:
     """Exact MCKP by dynamic programming over Pareto-optimal partial plans (Nemhauser-Ullmann).
 
     Exact for real-valued sizes (no grid). States are (size, cost) of partial plans; a state dominated in
     both is dropped, as is one that cannot fit with the smallest remaining choices, or (with reduced costs
     ``rc`` and the budget's dual price ``lam``) one whose reduced costs plus ``lam`` times the
-    capacity it must leave unused exceed ``rc_limit``, or (with ``cost_limit``, e.g. an incumbent's cost) one whose cost plus the
-    cheapest remaining choices exceeds it. Returns the optimal choice (None if no plan passes), the largest number of
-    states held, and whether the enumeration completed (False: it stopped at more than ``max_states``).
+    capacity it must leave unused exceed ``rc_limit``, or (with ``cost_limit``, e.g. an incumbent's cost) one whose
+    cost plus the cheapest remaining choices exceeds it. Sizes are compared with the slack ``tol`` (default
+    :func:`margin`); of the complete plans, the cheapest that ``fits`` (default: exact size <= capacity) wins.
+    Returns the optimal choice (None if no plan passes), the largest number of states held, and whether the
+    enumeration completed (False: it stopped at more than ``max_states``).
     """
     L, B = cost.shape
+    if tol is None:
+        tol = margin(capacity, size)
+    if fits is None:
+        def fits(plan: np.ndarray) -> bool:
+            return exact_size(size, plan) <= capacity
     min_rest = np.concatenate([np.cumsum(np.where(keep, size, INF).min(axis=1)[::-1])[::-1][1:], [0.0]])
     max_rest = np.concatenate([np.cumsum(np.where(keep, size, -INF).max(axis=1)[::-1])[::-1][1:], [0.0]])
     min_rest_cost = np.concatenate([np.cumsum(np.where(keep, cost, INF).min(axis=1)[::-1])[::-1][1:], [0.0]])
@@ -198,7 +295,7 @@ def enumerate_pareto(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, capac
         ch = np.repeat(js, n_s)
         # a complete plan x costs LB + sum rc + lam * (W - size(x)), and size(x) <= ns + max_rest
         unused = np.maximum(capacity - ns - max_rest[l], 0.0)
-        ok = (ns + min_rest[l] <= capacity) & (nr + lam * unused <= rc_limit)
+        ok = (ns + min_rest[l] <= capacity + tol) & (nr + lam * unused <= rc_limit)
         if cost_limit is not None:
             ok &= nc + min_rest_cost[l] <= cost_limit
         ns, nc, nr, par, ch = ns[ok], nc[ok], nr[ok], par[ok], ch[ok]
@@ -215,9 +312,18 @@ def enumerate_pareto(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, capac
         peak = max(peak, st_size.size)
         if st_size.size > max_states:
             return None, peak, False
-    best = int(np.argmin(st_cost))
-    out = np.empty(L, dtype=np.int64)
-    for l in range(L - 1, -1, -1):
-        out[l] = choices[l][best]
-        best = int(parents[l][best])
-    return out, peak, True
+    def plan(state: int) -> np.ndarray:
+        out = np.empty(L, dtype=np.int64)
+        for l in range(L - 1, -1, -1):
+            out[l] = choices[l][state]
+            state = int(parents[l][state])
+        return out
+
+    # the front runs from small and dear to large and cheap: the cheapest state that fits is the optimum
+    for state in np.argsort(st_cost, kind="stable"):
+        if st_size[state] <= capacity - tol:
+            return plan(int(state)), peak, True
+        p = plan(int(state))
+        if fits(p):
+            return p, peak, True
+    return None, peak, True

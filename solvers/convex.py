@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bitalloc.allocation import AllocStatus, BaseAllocator, Solution, register_allocator
+from bitalloc.allocation import AllocStatus, BaseAllocator, Solution, bool_option, register_allocator
 from bitalloc.costs import Budget, CostTable
 
-from ._mckp import fill_slack
-from .greedy import descend
+from ._mckp import descend, fill_slack
 
 
 def proxy_weights(table: CostTable, use_proxies: bool = True) -> np.ndarray:
@@ -77,7 +76,8 @@ class ConvexAllocator(BaseAllocator):
     ``repair`` (greedy fill of leftover slack after rounding, default True)."""
 
     def __init__(self, use_proxies: bool = True, repair: bool = True) -> None:
-        self.use_proxies, self.repair = use_proxies, repair
+        self.use_proxies = bool_option("convex", "use_proxies", use_proxies)
+        self.repair = bool_option("convex", "repair", repair)
 
     def _solve(self, table: CostTable, budget: Budget) -> Solution:
         cost, size, W = table.cost, table.size_bits, budget.max_size_bits

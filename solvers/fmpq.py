@@ -28,20 +28,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from bitalloc.allocation import AllocStatus, BaseAllocator, Solution, register_allocator
+from bitalloc.allocation import (AllocStatus, BaseAllocator, Solution, bool_option, float_option, int_option,
+                                 register_allocator)
 from bitalloc.costs import Budget, CostTable
+
+from ._mckp import exact_size
 
 
 @register_allocator("fmpq")
 class FMPQAllocator(BaseAllocator):
     def __init__(self, tol: float = 0.01, strict: bool = True, near: float = 0.1, far_factor: float = 5.0,
                  near_factor: float = 2.0, max_iter: int = 60) -> None:
-        if not 0 <= tol < 1:
-            raise ValueError(f"fmpq: tol must be in [0, 1), got {tol}")
-        if far_factor <= 1 or near_factor <= 1:
-            raise ValueError("fmpq: step factors must exceed 1")
-        self.tol, self.strict, self.near = tol, strict, near
-        self.far_factor, self.near_factor, self.max_iter = far_factor, near_factor, max_iter
+        self.tol = float_option("fmpq", "tol", tol, 0.0, 1.0, high_open=True)
+        self.strict = bool_option("fmpq", "strict", strict)
+        self.near = float_option("fmpq", "near", near, 0.0, low_open=True)
+        self.far_factor = float_option("fmpq", "far_factor", far_factor, 1.0, low_open=True)
+        self.near_factor = float_option("fmpq", "near_factor", near_factor, 1.0, low_open=True)
+        self.max_iter = int_option("fmpq", "max_iter", max_iter, 1)
 
     @staticmethod
     def choose(cost: np.ndarray, beta: float) -> np.ndarray:
@@ -50,8 +53,7 @@ class FMPQAllocator(BaseAllocator):
 
     def _solve(self, table: CostTable, budget: Budget) -> Solution:
         cost, size, W = table.cost, table.size_bits, budget.max_size_bits
-        rows = np.arange(table.num_layers)
-        if float(size[:, -1].sum()) <= W:  # the whole model fits: the tolerance below every sensitivity
+        if budget.fits(table.max_size_bits):  # the whole model fits: the tolerance below every sensitivity
             return Solution(np.full(table.num_layers, len(table.bits) - 1), AllocStatus.FEASIBLE, 1,
                             "every layer at its highest candidate fits the budget", {"beta": -1.0, "trace": []})
         u = np.unique(cost)  # breakpoints of S(beta)
@@ -61,17 +63,17 @@ class FMPQAllocator(BaseAllocator):
         lo, hi = -np.inf, None  # S(lo) > W (too big) ... S(hi) <= W
         best_fit: tuple[float, np.ndarray, float] | None = None  # (size, choice, beta)
         over_ok: tuple[float, np.ndarray, float] | None = None
-        max_size = float(size[:, -1].sum())
+        max_size = table.max_size_bits
         lo_known = False
         it = 0
         trace = []
         while it < self.max_iter:
             it += 1
             choice = self.choose(cost, beta)
-            s = float(size[rows, choice].sum())
+            s = exact_size(size, choice)
             rel = s / W - 1.0
             trace.append((beta, s))
-            if s <= W:
+            if budget.fits(s):
                 if best_fit is None or s > best_fit[0]:
                     best_fit = (s, choice, beta)
                 if rel >= -self.tol or s >= max_size:
@@ -98,8 +100,12 @@ class FMPQAllocator(BaseAllocator):
                 beta = smaller if smaller >= u[0] and beta > u[0] else -1.0
         pick = over_ok if over_ok is not None else best_fit
         if pick is None:  # max_iter reached before any fit: the all-lowest plan always fits
-            pick = (float(size[:, 0].sum()), np.zeros(table.num_layers, dtype=np.int64), float(u[-1]))
+            pick = (table.min_size_bits, np.zeros(table.num_layers, dtype=np.int64), float(u[-1]))
+            trace.append((float(u[-1]), pick[0]))
+            note = f"; max_iter={self.max_iter} reached before any plan fit, so every layer is at its lowest bits"
+        else:
+            note = ""
         s, choice, beta = pick
         return Solution(choice, AllocStatus.FEASIBLE, it,
-                        f"tolerance {beta:.4g}, size {s / W:.4f} of the budget after {it} iterations",
-                        {"beta": beta, "trace": trace, "allow_over_budget": over_ok is not None})
+                        f"tolerance {beta:.4g}, size {s / W:.4f} of the budget after {it} iterations{note}",
+                        {"beta": beta, "trace": trace}, allow_over_budget=over_ok is not None)

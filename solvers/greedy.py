@@ -16,55 +16,13 @@ table, arXiv 2011.10680), so the benchmark reports its gap to the ILP optimum.
 
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 import pandas as pd
 
-from bitalloc.allocation import AllocStatus, BaseAllocator, Solution, register_allocator
+from bitalloc.allocation import AllocStatus, BaseAllocator, Solution, bool_option, register_allocator
 from bitalloc.costs import Budget, CostTable
 
-from ._mckp import fill_slack
-
-
-def _best_move(cost: np.ndarray, size: np.ndarray, l: int, j: int) -> tuple[float, int]:
-    if j == 0:
-        return np.inf, -1
-    ratio = (cost[l, :j] - cost[l, j]) / (size[l, j] - size[l, :j])
-    k = int(np.argmin(ratio))
-    return float(ratio[k]), k
-
-
-def descend(cost: np.ndarray, size: np.ndarray, choice: np.ndarray, capacity: float | None,
-            record: bool = False) -> tuple[np.ndarray, int, list[tuple[int, int]]]:
-    """Lower layers by least cost increase per bit saved until the size fits ``capacity`` (None: to the end).
-
-    Returns the final choice, the number of moves and (if ``record``) the moves as (layer, new column).
-    """
-    choice = np.array(choice, dtype=np.int64)
-    L = cost.shape[0]
-    used = float(size[np.arange(L), choice].sum())
-    heap = []
-    for l in range(L):
-        r, k = _best_move(cost, size, l, int(choice[l]))
-        if k >= 0:
-            heap.append((r, l, int(choice[l]), k))
-    heapq.heapify(heap)
-    moves: list[tuple[int, int]] = []
-    n = 0
-    while heap and (capacity is None or used > capacity):
-        r, l, j, k = heapq.heappop(heap)
-        if choice[l] != j:
-            continue  # stale entry
-        used += float(size[l, k] - size[l, j])
-        choice[l] = k
-        n += 1
-        if record:
-            moves.append((l, k))
-        r2, k2 = _best_move(cost, size, l, k)
-        if k2 >= 0:
-            heapq.heappush(heap, (r2, l, k, k2))
-    return choice, n, moves
+from ._mckp import descend, fill_slack
 
 
 @register_allocator("greedy")
@@ -72,7 +30,7 @@ class GreedyAllocator(BaseAllocator):
     """Options: ``fill`` (spend leftover slack after the descent, default True)."""
 
     def __init__(self, fill: bool = True) -> None:
-        self.fill = fill
+        self.fill = bool_option("greedy", "fill", fill)
 
     def _solve(self, table: CostTable, budget: Budget) -> Solution:
         cost, size = table.cost, table.size_bits

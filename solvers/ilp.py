@@ -20,55 +20,35 @@ Two paths (``method``):
 * ``"pulp"``: the full model above in PuLP (required for extra resources and tied groups).
 
 Solver: PuLP's bundled CBC (``PULP_CBC_CMD``; the project pins ``pulp<4`` because PuLP 4 no longer bundles it),
-else PuLP's HiGHS interface if ``highspy`` is installed, else :class:`SolverUnavailableError` saying so.
-CBC runs with ``allowableGap 0`` and ``increment 0``: its default cutoff increment, derived from the objective
-coefficients, made it stop above the optimum of real-valued tables while reporting "optimal". A time
-limit that stops CBC with an incumbent gives status ``feasible`` and, when the LP bound is valid, its gap.
+else PuLP's HiGHS interface if ``highspy`` is installed, else :class:`SolverUnavailableError` saying so. How the
+MILP is scaled and when its answer counts as proven: :mod:`bitalloc.solvers.milp`. No time limit unless one is
+set (``time_limit_s``); a limit that stops the solver gives status ``feasible`` and the gap to the best lower
+bound known (the solver's, the LP relaxation's). ``optimal`` always means proven with gap 0.
+
+Budget boundaries: a plan fits by :meth:`Budget.fits`'s exact rule; the structured path searches with a small
+slack and decides plans near the budget exactly (see ``_mckp``), so a budget equal to a plan's size (the
+smallest, the largest, a uniform one) gets the true optimum. Costs are scaled by a power of two internally
+(exact), so the bounds cannot overflow on tables with huge costs.
 """
 
 from __future__ import annotations
 
-import warnings
+import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from bitalloc.allocation import AllocStatus, BaseAllocator, Solution, register_allocator
-from bitalloc.costs import Budget, CostTable
-from bitalloc.errors import SolverUnavailableError
+from bitalloc.allocation import AllocStatus, BaseAllocator, Solution, float_option, int_option, register_allocator
+from bitalloc.costs import Budget, CostTable, exact_sum
 
-from ._mckp import dominance_mask, enumerate_pareto, fill_slack, hull_mask, lagrangian, lp_relaxation
+from ._mckp import (descend, dominance_mask, enumerate_pareto, exact_size, fill_slack, hull_mask, lagrangian,
+                    lp_relaxation, margin)
+from .milp import milp_solver, solve_mckp
+
+__all__ = ["ILPAllocator", "milp_solver"]
 
 METHODS = ("auto", "structured", "pulp")
-
-
-def milp_solver(name: str = "auto", time_limit_s: float | None = None, gap_rel: float | None = None,
-                warm_start: bool = False) -> Any:
-    """A PuLP solver object that is available here: CBC (bundled with pulp<4), else HiGHS (highspy)."""
-    import pulp
-
-    tried = []
-    if name in ("auto", "cbc"):
-        # CBC derives a cutoff increment from the objective coefficients and then prunes nodes that improve
-        # by less: with real-valued costs it stopped 1.5e-5 above the optimum while reporting "optimal".
-        opts = ["allowableGap 0", "increment 0"] if not gap_rel else []
-        with warnings.catch_warnings():  # PuLP 3.x warns that PULP_CBC_CMD leaves in 4.0; we pin <4
-            warnings.simplefilter("ignore", DeprecationWarning)
-            s = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap_rel, warmStart=warm_start,
-                                  options=opts)
-        if s.available():
-            return s
-        tried.append("PULP_CBC_CMD")
-    if name in ("auto", "highs"):
-        highs = getattr(pulp, "HiGHS", None)
-        if highs is not None:
-            s = highs(msg=False, timeLimit=time_limit_s, gapRel=gap_rel)
-            if s.available():
-                return s
-        tried.append("HiGHS")
-    raise SolverUnavailableError(
-        f"no MILP solver available to PuLP {pulp.__version__} (tried {', '.join(tried) or name}); PuLP 4 no "
-        "longer bundles CBC: install 'pulp<4' (as bitalloc pins) or 'highspy'")
+OBJ_RTOL = 1e-9  # objective comparisons: float rounding of the sums, relative
 
 
 def _bits_mask(table: CostTable, bounds: int | Mapping[str, int] | None, low: bool) -> np.ndarray:
@@ -86,15 +66,22 @@ def _bits_mask(table: CostTable, bounds: int | Mapping[str, int] | None, low: bo
     return bits[None, :] >= lim[:, None] if low else bits[None, :] <= lim[:, None]
 
 
+def _pow2_scale(cost: np.ndarray, allowed: np.ndarray) -> float:
+    """A power of two near the largest allowed cost: dividing by it is exact and keeps the bounds finite."""
+    top = float(np.where(allowed, cost, 0.0).max())
+    return 2.0 ** math.floor(math.log2(top)) if top > 0 and math.isfinite(top) else 1.0
+
+
 @register_allocator("ilp")
 class ILPAllocator(BaseAllocator):
-    """Options: ``time_limit_s``, ``gap_rel`` (CBC's relative gap, default 0: optimal), ``method``,
-    ``solver`` ("auto", "cbc", "highs"), ``min_bits`` / ``max_bits`` (int or {layer: bits}),
-    ``tied`` (groups of layer names that must share one bit-width), ``max_states`` (reduced DP size)."""
+    """Options: ``time_limit_s`` (None: no limit), ``gap_rel`` (the MILP solver's relative gap, default 0:
+    optimal), ``method``, ``solver`` ("auto", "cbc", "highs"), ``min_bits`` / ``max_bits`` (int or
+    {layer: bits}), ``tied`` (groups of layer names that must share one bit-width), ``max_states`` (reduced DP
+    size)."""
 
     supports_extra = True
 
-    def __init__(self, time_limit_s: float | None = 60.0, gap_rel: float = 0.0, method: str = "auto",
+    def __init__(self, time_limit_s: float | None = None, gap_rel: float = 0.0, method: str = "auto",
                  solver: str = "auto", min_bits: int | Mapping[str, int] | None = None,
                  max_bits: int | Mapping[str, int] | None = None, tied: Iterable[Sequence[str]] = (),
                  max_states: int = 200_000) -> None:
@@ -102,10 +89,12 @@ class ILPAllocator(BaseAllocator):
             raise ValueError(f"ilp: unknown method '{method}', expected one of {METHODS}")
         if solver not in ("auto", "cbc", "highs"):
             raise ValueError(f"ilp: unknown solver '{solver}', expected 'auto', 'cbc' or 'highs'")
-        self.time_limit_s, self.gap_rel, self.method, self.solver = time_limit_s, gap_rel, method, solver
+        self.time_limit_s = float_option("ilp", "time_limit_s", time_limit_s, 0.0, low_open=True, allow_none=True)
+        self.gap_rel = float_option("ilp", "gap_rel", gap_rel, 0.0, 1.0, high_open=True)
+        self.method, self.solver = method, solver
         self.min_bits, self.max_bits = min_bits, max_bits
         self.tied = tuple(tuple(g) for g in tied)
-        self.max_states = max_states
+        self.max_states = int_option("ilp", "max_states", max_states)
 
     # ------------------------------------------------------------------------------------------------------
     def _solve(self, table: CostTable, budget: Budget) -> Solution:
@@ -129,169 +118,113 @@ class ILPAllocator(BaseAllocator):
         return self._pulp(table, budget, allowed)
 
     # ------------------------------------------------------------------------------------------------------
-    def _bounds(self, table: CostTable, W: float, allowed: np.ndarray) -> dict[str, Any]:
-        cost, size = table.cost, table.size_bits
-        keep = dominance_mask(cost, allowed)
-        min_size = float(np.where(keep, size, np.inf).min(axis=1).sum())
-        if min_size > W:
-            return {"infeasible": min_size}
-        hull = hull_mask(cost, size, keep)
-        lp = lp_relaxation(cost, size, hull, W)
-        inc = fill_slack(cost, size, keep, lp.choice, W)
-        rows = np.arange(table.num_layers)
-        ub = float(cost[rows, inc].sum())
-        lb, rc = lagrangian(cost, size, keep, lp.lam, W)
-        return {"keep": keep, "lp": lp, "incumbent": inc, "ub": ub, "lb": lb,
-                "rc": rc}
-
     def _structured(self, table: CostTable, budget: Budget, allowed: np.ndarray) -> Solution:
-        cost, size, W = table.cost, table.size_bits, budget.max_size_bits
+        size, W = table.size_bits, budget.max_size_bits
+        scale = _pow2_scale(table.cost, allowed)
+        cost = table.cost / scale
         L = table.num_layers
-        bd = self._bounds(table, W, allowed)
-        if "infeasible" in bd:
+        rows = np.arange(L)
+        keep = dominance_mask(cost, allowed)
+        min_size = exact_sum(np.where(keep, size, np.inf).min(axis=1))
+        if not budget.fits(min_size):
             return Solution(None, AllocStatus.INFEASIBLE, 0,
-                            f"min_bits/max_bits raise the smallest size to {bd['infeasible']:.6g} bits, "
-                            f"above the budget {W:.6g}")
-        keep, inc, ub, lb, rc = bd["keep"], bd["incumbent"], bd["ub"], bd["lb"], bd["rc"]
-        tol = 1e-12 + 1e-9 * abs(ub)
-        gap = ub - lb
-        info: dict[str, Any] = {"lp_bound": lb, "incumbent_cost": ub, "lam": bd["lp"].lam,
+                            f"min_bits/max_bits raise the smallest size to {min_size:.6g} bits, above the budget "
+                            f"{W:.6g}")
+        lp = lp_relaxation(cost, size, hull_mask(cost, size, keep), W)
+        inc = lp.choice
+        if exact_size(size, inc) > W:  # the LP's running sums rounded into the budget: step back down
+            inc, _, _ = descend(cost, size, inc, W, keep=keep)
+        inc = fill_slack(cost, size, keep, inc, W)
+        ub = exact_sum(cost[rows, inc])
+        lb, rc = lagrangian(cost, size, keep, lp.lam, W)
+        tol = OBJ_RTOL * max(abs(ub), abs(lb)) + 1e-300
+        info: dict[str, Any] = {"lp_bound": lb * scale, "incumbent_cost": ub * scale, "lam": lp.lam * scale,
                                 "kept_choices": int(keep.sum())}
+        bounded = math.isfinite(lb) and bool(np.isfinite(rc[keep]).all())
+        gap = ub - lb if bounded else math.inf
         if gap <= tol:
-            info.update(gap=0.0, free_layers=0, states=0)
-            return Solution(inc, AllocStatus.OPTIMAL, 0, "incumbent meets the LP bound", info)
+            info.update(free_layers=0, states=0)
+            return Solution(inc, AllocStatus.OPTIMAL, 0, "incumbent meets the LP bound", info, gap=0.0)
         # reduced-cost fixing: choices that cannot be in a plan cheaper than the incumbent
-        live = keep & (rc <= gap + tol)
-        live[np.arange(L), inc] = True
+        live = keep & (rc <= gap + tol) if bounded else keep.copy()
+        live[rows, inc] = True
         free = live.sum(axis=1) > 1
-        fixed_choice = live.argmax(axis=1)
+        fixed_choice = np.where(free, 0, live.argmax(axis=1))
         info.update(free_layers=int(free.sum()), live_choices=int(live.sum()))
         fidx = np.nonzero(free)[0]
-        rows = np.arange(L)
-        fixed_size = float(size[rows[~free], fixed_choice[~free]].sum())
-        cap = W - fixed_size
+        cap = W - exact_sum(size[rows[~free], fixed_choice[~free]])
         # layers with the widest reduced-cost spread first: the rc bound prunes earliest
-        spread = np.where(live[fidx], rc[fidx], -np.inf).max(axis=1)
-        fidx = fidx[np.argsort(-spread, kind="stable")]
-        sub, n_states, complete = enumerate_pareto(cost[fidx], size[fidx], live[fidx], cap, rc=rc[fidx],
-                                                   rc_limit=gap + tol, max_states=self.max_states,
-                                                   lam=bd["lp"].lam)
-        info["states"] = n_states
-        choice = inc.copy()
-        if complete:  # sub is None: no plan beats the incumbent
+        if bounded:
+            spread = np.where(live[fidx], rc[fidx], -np.inf).max(axis=1)
+            fidx = fidx[np.argsort(-spread, kind="stable")]
+
+        def full(sub: np.ndarray) -> np.ndarray:
             cand = fixed_choice.copy()
-            if sub is not None:
-                cand[fidx] = sub
-            if sub is not None and float(cost[rows, cand].sum()) < ub and float(size[rows, cand].sum()) <= W:
-                choice = cand
-            info["gap"] = 0.0
+            cand[fidx] = sub
+            return cand
+
+        def fits(sub: np.ndarray) -> bool:  # the exact rule on the whole plan, not the reduced capacity
+            return budget.fits(exact_size(size, full(sub)))
+
+        sub, n_states, complete = enumerate_pareto(
+            cost[fidx], size[fidx], live[fidx], cap, rc=rc[fidx] if bounded else None,
+            rc_limit=gap + tol if bounded else math.inf, max_states=self.max_states,
+            lam=lp.lam if bounded else 0.0, tol=margin(W, size), fits=fits,
+            cost_limit=None if bounded else exact_sum(cost[fidx, inc[fidx]]) + tol)
+        info["states"] = n_states
+        if complete:  # sub is None: no plan beats the incumbent
+            choice = inc
+            if sub is not None and exact_sum(cost[rows, full(sub)]) < ub:
+                choice = full(sub)
             return Solution(choice, AllocStatus.OPTIMAL, n_states,
-                            f"proven optimal: {len(fidx)} layers left after reduced-cost fixing", info)
+                            f"proven optimal: {len(fidx)} layers left after reduced-cost fixing", info, gap=0.0)
         # the reduced problem is too large to enumerate: hand it to the MILP solver, warm-started
-        sub_table = table.subset([table.layer_names[i] for i in fidx])
-        res = self._pulp(sub_table, Budget(cap), live[fidx], warm=inc[fidx], lb=None)
-        info.update(res.extra, reduced_by="milp")
-        if res.choice is None:
-            return Solution(inc, AllocStatus.FEASIBLE, n_states, f"reduced problem: {res.message}; kept the "
-                            "incumbent", {**info, "gap": gap / max(abs(ub), 1e-300)})
-        choice = fixed_choice.copy()
-        choice[fidx] = res.choice
-        obj = float(cost[rows, choice].sum())
-        if obj > ub or float(size[rows, choice].sum()) > W:
-            choice, obj = inc, ub
-        if res.status == AllocStatus.OPTIMAL:
-            info["gap"] = 0.0
+        res = solve_mckp(cost[fidx], size[fidx], cap, live[fidx], solver=self.solver,
+                         time_limit_s=self.time_limit_s, gap_rel=self.gap_rel, warm=inc[fidx], fits=fits)
+        info.update(solver=res.solver, solver_status=res.solver_status, reduced_by="milp")
+        choice, obj = inc, ub
+        if res.choice is not None:  # solve_mckp accepted it by the exact rule (fits)
+            cand = full(res.choice)
+            if exact_sum(cost[rows, cand]) < ub:
+                choice, obj = cand, exact_sum(cost[rows, cand])
+        if res.proven:  # every plan cheaper than the incumbent is in the reduced problem
             return Solution(choice, AllocStatus.OPTIMAL, n_states,
                             f"proven optimal: {len(fidx)} layers left after reduced-cost fixing, solved by "
-                            f"{info.get('solver')}", info)
-        info["gap"] = max(0.0, obj - lb) / max(abs(obj), 1e-300)
-        return Solution(choice, AllocStatus.FEASIBLE, n_states, f"reduced problem: {res.message}", info)
+                            f"{res.solver}", info, gap=0.0)
+        low = lb if bounded else -math.inf
+        if res.lower_bound is not None:  # the reduced problem's bound plus the fixed layers' cost
+            fixed_cost = exact_sum(cost[rows[~free], fixed_choice[~free]])
+            low = max(low, min(ub, res.lower_bound + fixed_cost))
+        return Solution(choice, AllocStatus.FEASIBLE, n_states, f"reduced problem: {res.message}", info,
+                        gap=_gap(obj, low))
 
     # ------------------------------------------------------------------------------------------------------
-    def _pulp(self, table: CostTable, budget: Budget, allowed: np.ndarray, warm: np.ndarray | None = None,
-              lb: float | None = None) -> Solution:
-        import pulp
-
-        cost, size, W = table.cost, table.size_bits, budget.max_size_bits
-        L, B = cost.shape
-        rows = np.arange(L)
-        # scale to O(1) coefficients so the solver's absolute tolerances mean something
-        c_scale = float(np.abs(cost).max()) or 1.0
-        prob = pulp.LpProblem("bitalloc_mckp", pulp.LpMinimize)
-        x: dict[tuple[int, int], Any] = {}
-        if hasattr(prob, "add_variable"):  # PuLP >= 3.3 attaches variables to the model
-            def new_var(name: str) -> Any:
-                return prob.add_variable(name, 0, 1, cat="Binary")
-        else:
-            def new_var(name: str) -> Any:
-                return pulp.LpVariable(name, cat="Binary")
-        for l in range(L):
-            for j in np.nonzero(allowed[l])[0]:
-                x[l, int(j)] = new_var(f"x_{l}_{int(j)}")
-        prob += pulp.lpSum(float(cost[l, j] / c_scale) * v for (l, j), v in x.items())
-        for l in range(L):
-            prob += pulp.lpSum(x[l, int(j)] for j in np.nonzero(allowed[l])[0]) == 1, f"one_{l}"
-        # the solver's feasibility tolerance (~1e-9 relative here) could admit a plan a hair over W: with
-        # integer sizes, flooring W removes that room; a violation left is caught below and re-solved tighter
-        integral = bool(np.all(size == np.round(size)))
-        W_eff = float(np.floor(W)) if integral else W
-        size_con = pulp.lpSum(float(size[l, j] / W) * v for (l, j), v in x.items()) <= W_eff / W
-        prob += size_con, "size"
-        for k, con in enumerate(budget.extra):
-            m = con.matrix(table)
-            scale = max(abs(con.max_value), float(np.abs(m).max()), 1e-300)
-            prob += (pulp.lpSum(float(m[l, j] / scale) * v for (l, j), v in x.items())
-                     <= con.max_value / scale), f"extra_{k}"
+    def _pulp(self, table: CostTable, budget: Budget, allowed: np.ndarray) -> Solution:
         index = {n: i for i, n in enumerate(table.layer_names)}
-        for g, group in enumerate(self.tied):
-            first = index[group[0]]
-            for n in group[1:]:
-                other = index[n]
-                for j in range(B):
-                    a, b = x.get((first, j)), x.get((other, j))
-                    if a is None and b is None:
-                        continue
-                    prob += (a if a is not None else 0) == (b if b is not None else 0), f"tie_{g}_{other}_{j}"
-        if warm is not None:
-            for (l, j), v in x.items():
-                v.setInitialValue(1 if warm[l] == j else 0)
-        solver = milp_solver(self.solver, self.time_limit_s, self.gap_rel, warm_start=warm is not None)
-        for attempt in range(3):
-            try:
-                prob.solve(solver)
-            except pulp.PulpSolverError as exc:
-                return Solution(warm, AllocStatus.FEASIBLE if warm is not None else AllocStatus.ERROR, 0,
-                                f"solver failed: {exc}", {})
-            picked = [(l, j) for (l, j), v in x.items() if (v.value() or 0) > 0.5]
-            used = float(sum(size[l, j] for l, j in picked))
-            if used <= W or len(picked) != L:
-                break
-            prob.constraints["size"].changeRHS(W_eff / W * (1 - 10.0 ** (attempt - 9)))
-        sol_status = getattr(prob, "sol_status", None)
-        status_name = pulp.LpStatus.get(prob.status, str(prob.status))
-        if prob.status == pulp.LpStatusInfeasible:
-            return Solution(None, AllocStatus.INFEASIBLE, 0, "the integer program is infeasible", {})
-        choice = np.full(L, -1)
-        for (l, j), v in x.items():
-            val = v.value()
-            if val is not None and val > 0.5:
-                choice[l] = j
-        if (choice < 0).any():
-            if warm is not None:
-                return Solution(warm, AllocStatus.FEASIBLE, 0, f"solver returned no plan ({status_name}); "
-                                "kept the incumbent", {})
-            return Solution(None, AllocStatus.ERROR, 0, f"solver returned no plan ({status_name})", {})
-        obj = float(cost[rows, choice].sum())
-        if warm is not None and float(cost[rows, warm].sum()) < obj:
-            choice, obj = warm, float(cost[rows, warm].sum())
-        proven = sol_status == pulp.LpSolutionOptimal and self.gap_rel == 0
-        extra: dict[str, Any] = {"solver": type(solver).__name__, "solver_status": status_name}
-        if proven:
-            extra["gap"] = 0.0
-            return Solution(choice, AllocStatus.OPTIMAL, 0, f"{type(solver).__name__}: optimal", extra)
-        if lb is None and not budget.extra and not self.tied:
-            lb = self._bounds(table, W, allowed).get("lb")
-        extra["gap"] = None if lb is None else max(0.0, obj - lb) / max(abs(obj), 1e-300)
-        return Solution(choice, AllocStatus.FEASIBLE, 0,
-                        f"{type(solver).__name__}: {status_name} (time limit or gap_rel), optimality not proven",
-                        extra)
+        extras = [(c.name, c.matrix(table), c.max_value) for c in budget.extra]
+
+        def fits(choice: np.ndarray) -> bool:
+            return budget.exceeded(table, choice) is None
+
+        res = solve_mckp(table.cost, table.size_bits, budget.max_size_bits, allowed, extras=extras,
+                         tied=[[index[n] for n in g] for g in self.tied], solver=self.solver,
+                         time_limit_s=self.time_limit_s, gap_rel=self.gap_rel, fits=fits)
+        extra: dict[str, Any] = {"solver": res.solver, "solver_status": res.solver_status}
+        if res.infeasible:
+            return Solution(None, AllocStatus.INFEASIBLE, 0, res.message, extra)
+        if res.choice is None:
+            return Solution(None, AllocStatus.ERROR, 0, res.message, extra)
+        if res.proven:
+            return Solution(res.choice, AllocStatus.OPTIMAL, 0, res.message, extra, gap=0.0)
+        obj = table.plan_cost(res.choice)
+        if res.lower_bound is not None:
+            extra["lower_bound"] = res.lower_bound
+        return Solution(res.choice, AllocStatus.FEASIBLE, 0, res.message, extra,
+                        gap=None if res.lower_bound is None else _gap(obj, res.lower_bound))
+
+
+def _gap(objective: float, lower_bound: float) -> float | None:
+    """Relative gap ``(objective - bound) / objective`` (>= 0), or None if the bound says nothing."""
+    if not math.isfinite(lower_bound):
+        return None
+    return max(0.0, objective - lower_bound) / max(abs(objective), 1e-300)
