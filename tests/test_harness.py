@@ -343,3 +343,33 @@ def test_merge_results_recomputes_bd_rates(tmp_path, images):
     assert (merged.results.allocator == "fp32").sum() == 2  # shared references kept once
     assert set(merged.bd.budget) == {8.0, 6.0}
     assert len(merged.plans) == 6  # greedy x 2 budgets x 2 qualities + the uniform 8-bit anchor per quality
+
+
+@pytest.mark.slow  # about a minute on 2 shared cores: the shipped model's sensitivity, 3 runs
+def test_bitalloc_compare_reruns_into_its_out_with_another_limit(tmp_path):
+    """The issue's reproducer through the CLI: --limit 1 after a 3-image run must not reuse 3-image numbers."""
+    from PIL import Image
+
+    from bitalloc.cli import main
+
+    rng = np.random.default_rng(0)
+    for sub, side, count in (("kodak", 64, 3), ("train", 160, 2)):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / sub / f"{sub}{i}.png")
+    out = tmp_path / "out"
+    argv = ["compare", "--quick", "--qualities", "1", "--allocators", "greedy", "--budgets", "6", "--threads", "1",
+            "--data", str(tmp_path / "data"), "--out", str(out)]
+
+    def run(*extra):
+        assert main(argv + list(extra)) == 0
+        return pd.read_csv(out / "results.csv"), pd.read_csv(out / "images.csv"), (out / "report.md").read_text()
+
+    results, images, _ = run()
+    assert not results.cached.any() and set(images.image) == {"kodak0", "kodak1", "kodak2"}
+    results, images, report = run("--limit", "1")
+    assert not results.cached.any() and set(images.image) == {"kodak0"}  # recomputed, nothing mixed in
+    assert json.loads((out / "spec.json").read_text())["eval_limit"] == 1 and "1 evaluation images" in report
+    results, images, _ = run()  # the first settings' cells are still there
+    assert results.cached.all() and len(images) == 3 * len(results)
