@@ -142,7 +142,7 @@ def calibrate_range(w: torch.Tensor, bits: int, axis: int = 0, method: str = "mi
         r = torch.quantile(a, percentile / 100.0, dim=1) if a.shape[1] > 1 else amax
     else:
         qmax = 2 ** (bits - 1) - 1
-        ts = torch.linspace(0.3, 1.0, 36, dtype=a.dtype)
+        ts = torch.linspace(0.3, 1.0, 36, dtype=a.dtype, device=a.device)
         errs = []
         for t in ts:  # 36 vectorised passes over the tensor, once per calibration
             s = (amax * t / qmax).clamp_min(1e-12)[:, None]

@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,57 @@ def test_check_plan_flags_layers_that_interact():
     assert bad.bpp_plan > bad.bpp_fp  # the rate is what breaks
     with pytest.raises(PlanError, match="no entry for layer 'g_a.0'"):
         check_plan(model, {"h_s.0": 2}, table, x)
+
+
+def test_a_trivial_subclass_uses_the_cached_pipeline_and_says_so(hyperprior, images, caplog):
+    class Mine(type(hyperprior)):
+        pass
+
+    model = Mine(48, 64).eval()
+    model.load_state_dict(hyperprior.state_dict())
+    model.meta = dict(hyperprior.meta)
+    kw = dict(bits=(2, 4), progress=False, return_frame=True, hessian_samples=0)
+    with caplog.at_level(logging.INFO, logger="bitalloc.sensitivity"):
+        _, cached = measure_sensitivity(model, images, method="cached", **kw)
+    assert cached.attrs["pipeline"] == "ScaleHyperpriorPipeline"
+    assert "measure_sensitivity(Mine): cached (ScaleHyperpriorPipeline) path" in caplog.text
+    _, naive = measure_sensitivity(model, images, method="naive", **kw)
+    np.testing.assert_allclose(cached["loss"], naive["loss"], rtol=1e-6)
+
+
+def test_a_subclass_that_changes_forward_falls_back_to_the_naive_path(hyperprior, images, caplog):
+    class PostFiltered(type(hyperprior)):
+        def forward(self, x):
+            out = super().forward(x)
+            return {**out, "x_hat": 0.5 * out["x_hat"] + 0.25}
+
+    model = PostFiltered(48, 64).eval()
+    model.load_state_dict(hyperprior.state_dict())
+    model.meta = dict(hyperprior.meta)
+    with caplog.at_level(logging.INFO, logger="bitalloc.sensitivity"):
+        _, frame = measure_sensitivity(model, images, bits=(4,), progress=False, return_frame=True,
+                                       hessian_samples=0)
+    assert frame.attrs["method"] == "naive" and frame.attrs["pipeline"] is None
+    assert "ScaleHyperpriorPipeline does not reproduce PostFiltered's forward" in caplog.text
+
+
+def test_ms_ssim_rd_loss_is_compressais_and_runs_the_cached_pipeline(hyperprior):
+    from compressai.losses import RateDistortionLoss as CompressAILoss
+
+    import bitalloc
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 12, generator=g), size=(192, 192), mode="bilinear")
+    loss = bitalloc.rd_loss_fn(31.73, metric="ms-ssim")  # CompressAI's MS-SSIM lambda of quality 5
+    with torch.no_grad():
+        out = hyperprior(x)
+        ours, ref = loss(out, x), CompressAILoss(lmbda=31.73, metric="ms-ssim")(out, x)
+    assert float(ours["loss"]) == pytest.approx(float(ref["loss"]), rel=1e-6)
+    assert float(ours["ms_ssim"]) == pytest.approx(float(ref["ms_ssim_loss"]), rel=1e-6)
+    kw = dict(bits=(2,), loss=loss, progress=False, return_frame=True, hessian_samples=0)
+    _, cached = measure_sensitivity(hyperprior, x, method="cached", **kw)
+    _, naive = measure_sensitivity(hyperprior, x, method="naive", **kw)
+    assert cached.attrs["method"] == "cached" and {"ms_ssim", "ms_ssim_fp"} <= set(cached.columns)
+    np.testing.assert_allclose(cached["loss"], naive["loss"], rtol=1e-6)
+    with pytest.raises(ValueError, match="MS-SSIM needs images of at least 161x161 pixels .*got 64x64"):
+        loss(hyperprior, x[..., :64, :64])
