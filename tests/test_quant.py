@@ -188,3 +188,27 @@ def test_quantized_model_runs_and_is_close_at_8_bits(hyperprior, images):
     with torch.no_grad():
         a, b = hyperprior(images)["x_hat"], q.eval()(images)["x_hat"]
     assert (a - b).abs().max() < 0.05
+
+
+def test_a_masked_layer_is_quantized_masked_and_calibrated_on_the_mask():
+    from compressai.layers import MaskedConv2d
+
+    from bitalloc.quant import quant_axis, quantize_weight, weight_mask, weight_quantizer
+
+    torch.manual_seed(0)
+    conv = MaskedConv2d(4, 8, 5, padding=2)  # never run: its weight is still non-zero where masked
+    with torch.no_grad():
+        conv.weight[:, :, 4, 4] = 100.0  # a huge weight at a masked position must not set the range
+    assert weight_mask(conv) is conv.mask and weight_mask(nn.Conv2d(4, 8, 5)) is None
+    q = apply_plan(nn.Sequential(conv), {"0": 4})[0]
+    wq = weight_quantizer(q)
+    assert wq is not None and torch.equal(wq.mask, conv.mask)
+    w_hat = q.weight
+    assert torch.equal(w_hat, w_hat * conv.mask) and w_hat.abs().max() < 10
+    assert torch.equal(wq.integers(q.parametrizations.weight.original) * (1 - conv.mask).int(),
+                       torch.zeros_like(conv.weight, dtype=torch.int32))
+    assert torch.equal(quantize_weight(conv, 4), w_hat.detach())
+    assert quant_axis(conv) == 0 and weight_quantizer(conv) is None
+    assert "mask" not in {k.rsplit(".", 1)[-1] for k in q.parametrizations.state_dict()}  # state dict unchanged
+    with pytest.raises(ValueError, match="the mask of layer 'ctx' has shape"):
+        WeightQuantizer(conv.weight, 4, mask=torch.ones(3), layer="ctx")

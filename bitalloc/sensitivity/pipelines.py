@@ -82,6 +82,14 @@ class CachedPipeline:
         return self.out(self.y_lik, self.z_lik, self.x_hat)
 
     def run_from(self, layer: str) -> dict | None:
+        where = self.split(layer)
+        if where is None:
+            return None
+        seq, idx = where
+        return self.rerun(seq, idx, self.inputs[f"{seq}.{idx}"])
+
+    def rerun(self, seq: str, idx: int, inp: torch.Tensor) -> dict:
+        """The output dict with child ``idx`` of sequence ``seq`` and everything downstream re-run on ``inp``."""
         raise NotImplementedError
 
     @staticmethod
@@ -130,12 +138,7 @@ class ScaleHyperpriorPipeline(CachedPipeline):
     def _g_s_if_changed(self, y_hat: torch.Tensor) -> torch.Tensor:
         return self.x_hat if torch.equal(y_hat, self.y_hat) else self.seq("g_s", 0, y_hat)
 
-    def run_from(self, layer: str) -> dict | None:
-        where = self.split(layer)
-        if where is None:
-            return None
-        seq, idx = where
-        inp = self.inputs[f"{seq}.{idx}"]
+    def rerun(self, seq: str, idx: int, inp: torch.Tensor) -> dict:
         if seq == "g_a":
             z_lik, _, y_lik, x_hat = self._from_y(self.seq("g_a", idx, inp))
         elif seq == "h_a":
@@ -188,11 +191,9 @@ class JointAutoregressivePipeline(CachedPipeline):
         if layer == self.CONTEXT:
             ctx = getattr(self.m, self.CONTEXT)(self.y_hat)
             return self.out(self._y_lik(self.y, self.params, ctx), self.z_lik, self.x_hat)
-        where = self.split(layer)
-        if where is None:
-            return None
-        seq, idx = where
-        inp = self.inputs[f"{seq}.{idx}"]
+        return super().run_from(layer)
+
+    def rerun(self, seq: str, idx: int, inp: torch.Tensor) -> dict:
         if seq == "g_a":
             z_lik, _, _, _, y_lik, x_hat = self._from_y(self.seq("g_a", idx, inp))
             return self.out(y_lik, z_lik, x_hat)
