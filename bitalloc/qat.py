@@ -127,8 +127,9 @@ def _save(state: dict, path: Path) -> None:
 
 def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: Any, *, steps: int = 500,
              batch_size: int = 8, crop: int = 128, lr: float = 1e-4, aux_lr: float = 1e-3,
-             lmbda: float | None = None, loss: Loss | None = None, estimator: str = "leaky_clip", calibration: str = "mse",
-             learn_scale: bool = True, alpha: float = 0.01, beta: float = 2.0, workdir: str | os.PathLike | None = None,
+             lmbda: float | None = None, loss: Loss | None = None, estimator: str = "leaky_clip",
+             calibration: str = "mse", learn_scale: bool = True, alpha: float = 0.01, beta: float = 2.0,
+             workdir: str | os.PathLike | None = None,
              save_every: int = 50, clip_norm: float | None = 1.0, seed: int = 0, progress: bool = True,
              ) -> tuple[nn.Module, pd.DataFrame]:
     """QAT of ``plan`` on ``model`` (a copy); returns (fine-tuned fake-quantized model in eval mode, log).

@@ -125,7 +125,7 @@ def test_mbt2018_goes_through_the_whole_pipeline(mbt, x, tmp_path, caplog):
     check = bitalloc.check_plan(mbt, alloc.plan, table, x)
     assert check.predicted == pytest.approx(alloc.plan.cost(table)) and check.bpp_fp > 0
     bitalloc.export_packed(tuned, tmp_path / "mbt.bin")
-    back = bitalloc.load_packed(tmp_path / "mbt.bin", model_factory=lambda: JointAutoregressiveHierarchicalPriors(16, 24))
+    back = bitalloc.load_packed(tmp_path / "mbt.bin", model_factory=lambda: _mbt2018())
     assert plan_of(back) == alloc.plan
     with torch.no_grad():
         a, b = back(x), tuned(x)

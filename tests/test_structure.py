@@ -64,7 +64,8 @@ def violations(source: str, module: str, modules: set[str], is_package: bool = F
                     continue
                 if _private_module_outside(alias.name, module):
                     found.append(f"line {node.lineno}: import {alias.name}")
-                bound[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+                top = alias.name.split(".")[0]
+                bound[alias.asname or top] = alias.name if alias.asname else top
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".") if package else []
