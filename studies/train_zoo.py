@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 
 import torch
@@ -34,6 +35,10 @@ import torch
 from bitalloc.data import data_root
 from bitalloc.models import checkpoint_name, shipped_checkpoint_dir
 from bitalloc.models.train import finalize, train
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv=None):
@@ -63,6 +68,9 @@ def main(argv=None):
                    help="write the base run's best weights here (float16) every --snapshot-hours")
     p.add_argument("--snapshot-hours", type=float, default=1.0)
     args = p.parse_args(argv)
+    # a background run (nohup, setsid) ignores SIGINT and dies on SIGTERM: both now save the run state first
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     torch.set_num_threads(args.threads)
     root = data_root(args.data)
     if root is None:
