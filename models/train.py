@@ -218,6 +218,8 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
         monitor = [x[..., : x.shape[-2] // 64 * 64, : x.shape[-1] // 64 * 64]
                    for x in resolve_images(monitor_dir).values()]
     last_snapshot = time.time()
+    if val is not None and step == 0:  # where the run starts from: the first point of its learning curve
+        history.append({"step": 0, **validate(model, val, criterion, device), "lr": 0.0, "time": time.time()})
 
     def save():
         atomic_torch_save({
@@ -289,6 +291,8 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
                 if time.time() - last_snapshot >= snapshot_every_s:
                     write_snapshot()
                     last_snapshot = time.time()
+    if val is not None and step == 0:  # where the run starts from: the first point of its learning curve
+        history.append({"step": 0, **validate(model, val, criterion, device), "lr": 0.0, "time": time.time()})
     except KeyboardInterrupt:
         save()
         raise
