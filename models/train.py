@@ -291,8 +291,6 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
                 if time.time() - last_snapshot >= snapshot_every_s:
                     write_snapshot()
                     last_snapshot = time.time()
-    if val is not None and step == 0:  # where the run starts from: the first point of its learning curve
-        history.append({"step": 0, **validate(model, val, criterion, device), "lr": 0.0, "time": time.time()})
     except KeyboardInterrupt:
         save()
         raise
