@@ -102,12 +102,13 @@ class StudyResult:
 
 
 def _check_within_budget(plan: BitPlan, table: CostTable, budget: Budget, where: str) -> float:
-    size = plan.size_bits(table)
-    if size > budget.max_size_bits * (1 + 1e-9):
-        raise PlanOverBudgetError(
-            f"{where}: plan size {size:.6g} bits exceeds the budget of {budget.max_size_bits:.6g} bits "
-            f"by {size - budget.max_size_bits:.6g} bits")
-    return size
+    """The plan's size; raises :class:`PlanOverBudgetError` naming the cell unless it meets the budget under the
+    one rule every allocator uses (:meth:`Budget.exceeded`)."""
+    choice = plan.choices(table)
+    problem = budget.exceeded(table, choice)
+    if problem:
+        raise PlanOverBudgetError(f"{where}: plan size {table.plan_size(choice):.10g} bits does not fit: {problem}")
+    return table.plan_size(choice)
 
 
 def _cached_plan_problem(cell: dict, table: CostTable, budget: Budget, where: str) -> str | None:
