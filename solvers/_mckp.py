@@ -132,7 +132,8 @@ def lp_relaxation(cost: np.ndarray, size: np.ndarray, hull: np.ndarray, capacity
     j_from, j_to = idx[r, k - 1], idx[r, k]
     ds = size[r, j_to] - size[r, j_from]
     dc = cost[r, j_from] - cost[r, j_to]
-    eff = dc / ds
+    with np.errstate(over="ignore"):  # absurd tables (1e300 cost over 1e-12 bits): inf sorts first, still valid
+        eff = dc / ds
     order = np.lexsort((k, -eff))  # by efficiency, ties in row order of hull steps
     cum = np.cumsum(ds[order])
     n_full = int(np.searchsorted(cum, slack, side="right"))
@@ -155,21 +156,26 @@ def lp_relaxation(cost: np.ndarray, size: np.ndarray, hull: np.ndarray, capacity
 def lagrangian(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, lam: float,
                capacity: float) -> tuple[float, np.ndarray]:
     """Lagrangian bound ``sum_l u_l - lam*W`` and reduced costs (``inf`` where not kept)."""
-    v = np.where(keep, cost + lam * size, INF)
-    u = v.min(axis=1)
-    rc = v - u[:, None]
-    return float(u.sum() - lam * capacity), rc
+    with np.errstate(over="ignore", invalid="ignore"):  # an infinite price gives a non-finite bound: callers check
+        v = np.where(keep, cost + lam * size, INF)
+        u = v.min(axis=1)
+        rc = v - u[:, None]
+        return float(u.sum() - lam * capacity), rc
 
 
 def _best_move(cost: np.ndarray, size: np.ndarray, keep: np.ndarray | None, l: int, j: int) -> tuple[float, int]:
     """The cheapest move of layer l down from column j: (cost increase per bit saved, new column)."""
     if j == 0:
         return INF, -1
-    ratio = (cost[l, :j] - cost[l, j]) / (size[l, j] - size[l, :j])
-    if keep is not None:
-        ratio = np.where(keep[l, :j], ratio, INF)
-    k = int(np.argmin(ratio))
-    return (float(ratio[k]), k) if np.isfinite(ratio[k]) else (INF, -1)
+    ok = np.ones(j, dtype=bool) if keep is None else keep[l, :j]
+    if not ok.any():
+        return INF, -1
+    with np.errstate(over="ignore"):  # a huge cost over a tiny size step: an infinite ratio, the last resort
+        ratio = (cost[l, :j] - cost[l, j]) / (size[l, j] - size[l, :j])
+    k = int(np.argmin(np.where(ok, ratio, INF)))
+    if not ok[k]:  # every allowed move has an infinite ratio and argmin picked a disallowed one
+        k = int(np.nonzero(ok)[0][-1])
+    return float(ratio[k]), k
 
 
 def descend(cost: np.ndarray, size: np.ndarray, choice: np.ndarray, capacity: float | None,

@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -107,6 +107,12 @@ class Counts:
     seconds: float = 0.0
     examples: list[str] = field(default_factory=list)
 
+    def merge(self, other: "Counts") -> None:
+        """Add another run's counts (``seconds`` adds up CPU work, not wall time)."""
+        for k in ("tables", "cases", "runs", "crashes", "violations", "optimal_worse", "disagreements", "seconds"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.examples.extend(other.examples[:max(0, 20 - len(self.examples))])
+
     def failures(self) -> int:
         return self.crashes + self.violations + self.optimal_worse + self.disagreements
 
@@ -158,10 +164,11 @@ def check_case(table: CostTable, max_size_bits: float, counts: Counts, names: It
             f"{n} {results[n].objective!r} ({results[n].status})" for n in EXACT_ONES if n in results))
 
 
-def run(num_tables: int, seed: int = 0, pulp_every: int = 1, names: Iterable[str] = tuple(ALLOCATORS),
-        max_layers: int = 24, progress: Callable[[Counts], None] | None = None) -> Counts:
-    """Check ``num_tables`` seeded random tables at their boundary budgets; the PuLP path runs on every
-    ``pulp_every``-th table (it starts a CBC process per solve)."""
+def run(num_tables: int, seed: int | Sequence[int] = 0, pulp_every: int = 1,
+        names: Iterable[str] = tuple(ALLOCATORS), max_layers: int = 24,
+        progress: Callable[[Counts], None] | None = None) -> Counts:
+    """Check ``num_tables`` tables drawn from ``np.random.default_rng(seed)`` at their boundary budgets; the PuLP
+    path runs on every ``pulp_every``-th table (it starts a CBC process per solve)."""
     rng = np.random.default_rng(seed)
     counts = Counts()
     t0 = time.perf_counter()

@@ -180,7 +180,8 @@ class ILPAllocator(BaseAllocator):
                             f"proven optimal: {len(fidx)} layers left after reduced-cost fixing", info, gap=0.0)
         # the reduced problem is too large to enumerate: hand it to the MILP solver, warm-started
         res = solve_mckp(cost[fidx], size[fidx], cap, live[fidx], solver=self.solver,
-                         time_limit_s=self.time_limit_s, gap_rel=self.gap_rel, warm=inc[fidx], fits=fits)
+                         time_limit_s=self.time_limit_s, gap_rel=self.gap_rel, warm=inc[fidx], incumbent=inc[fidx],
+                         fits=fits)
         info.update(solver=res.solver, solver_status=res.solver_status, reduced_by="milp")
         choice, obj = inc, ub
         if res.choice is not None:  # solve_mckp accepted it by the exact rule (fits)
@@ -206,9 +207,16 @@ class ILPAllocator(BaseAllocator):
         def fits(choice: np.ndarray) -> bool:
             return budget.exceeded(table, choice) is None
 
+        incumbent = None
+        if not extras and not self.tied:  # a greedy plan bounds the choices worth modelling (not a warm start)
+            cost, size, W = table.cost, table.size_bits, budget.max_size_bits
+            start = np.where(allowed, np.arange(len(table.bits))[None, :], -1).max(axis=1)
+            inc, _, _ = descend(cost, size, start, W, keep=allowed)
+            if fits(inc):
+                incumbent = fill_slack(cost, size, allowed, inc, W)
         res = solve_mckp(table.cost, table.size_bits, budget.max_size_bits, allowed, extras=extras,
                          tied=[[index[n] for n in g] for g in self.tied], solver=self.solver,
-                         time_limit_s=self.time_limit_s, gap_rel=self.gap_rel, fits=fits)
+                         time_limit_s=self.time_limit_s, gap_rel=self.gap_rel, incumbent=incumbent, fits=fits)
         extra: dict[str, Any] = {"solver": res.solver, "solver_status": res.solver_status}
         if res.infeasible:
             return Solution(None, AllocStatus.INFEASIBLE, 0, res.message, extra)

@@ -6,11 +6,20 @@ per-channel scale overhead, and costs w_l * 2^(-2b) times log-normal measurement
 Budgets: 3.5 and 5 average bits per weight. Writes ``studies/results/bench_solvers.md`` (atomically).
 
     python studies/bench_solvers.py [--sizes 14,60,1000,10000] [--seed 0] [--no-generic]
+
+``--property N`` instead checks every allocator on N seeded random tables at boundary budgets
+(:mod:`bitalloc.solvers.conformance`: fractional sizes, ties, budgets exactly at the smallest, largest and every
+uniform size and one float step below, random budgets) and writes the counts of tables, budget violations,
+crashes, ``optimal`` plans worse than another allocator's, and disagreements of ilp / ilp (PuLP) / exact to
+``studies/results/bench_solvers_property.md``:
+
+    python studies/bench_solvers.py --property 10000 --seed 0 --jobs 2
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import statistics
@@ -21,6 +30,7 @@ import numpy as np
 
 from bitalloc import Budget, CostTable, build_allocator
 from bitalloc.costs import atomic_write_text
+from bitalloc.solvers import conformance
 
 BITS = (2, 3, 4, 5, 6, 8)
 AVG_BITS = (3.5, 5.0)
@@ -50,13 +60,77 @@ def timed(alloc, table, budget, repeats):
     return statistics.median(times), res
 
 
+def _property_chunk(job: tuple[int, int, int, int]) -> conformance.Counts:
+    seed, chunk, num_tables, pulp_every = job
+    return conformance.run(num_tables, seed=(seed, chunk), pulp_every=pulp_every)
+
+
+def property_check(args: argparse.Namespace) -> int:
+    """The seeded property run over ``args.property`` tables, in chunks of 100 (one RNG stream per chunk)."""
+    n, chunk = args.property, 100
+    jobs = [(args.seed, k, min(chunk, n - k * chunk), args.pulp_every) for k in range((n + chunk - 1) // chunk)]
+    total = conformance.Counts()
+    t0 = time.perf_counter()
+    with multiprocessing.Pool(args.jobs) as pool:
+        for counts in pool.imap(_property_chunk, jobs):
+            total.merge(counts)
+            print(f"{total.tables:>6} tables {total.cases:>7} budgets: {total.violations} violations, "
+                  f"{total.crashes} crashes, {total.optimal_worse} optimal-worse, {total.disagreements} "
+                  f"disagreements ({time.perf_counter() - t0:.0f} s)", flush=True)
+    wall = time.perf_counter() - t0
+    for line in total.examples:
+        print(line)
+    cmd = f"python studies/bench_solvers.py --property {n} --seed {args.seed} --jobs {args.jobs}" + (
+        f" --pulp-every {args.pulp_every}" if args.pulp_every != 1 else "")
+    names = ", ".join(conformance.ALLOCATORS)
+    lines = [
+        "# Allocator property check",
+        "",
+        f"Command: `{cmd}`  ",
+        f"Machine: this sandbox, {os.cpu_count()}-core CPU shared with background jobs; Python "
+        f"{platform.python_version()}, {platform.machine()}; wall time {wall:.0f} s ({args.jobs} processes).  ",
+        "Tables: `bitalloc.solvers.conformance.random_table` (1-24 layers, 1-8 candidates, integer / tenth-of-a-bit / "
+        "real sizes, costs LIC-like, uniform, tied with zeros, spanning 12 orders of magnitude). Budgets per table: "
+        "exactly the smallest, the largest and every uniform size, one float step below each, and 2 random ones.  ",
+        f"Allocators on every budget: {names} (`ilp/pulp` = `ILPAllocator(method=\"pulp\")`"
+        + (f", on every {args.pulp_every}th table" if args.pulp_every != 1 else "") + ").",
+        "",
+        "| tables | budgets | allocator runs | budget violations | crashes | `optimal` worse than another plan "
+        "| ilp / ilp (PuLP) / exact disagree |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {total.tables} | {total.cases} | {total.runs} | {total.violations} | {total.crashes} | "
+        f"{total.optimal_worse} | {total.disagreements} |",
+        "",
+        "A violation: the plan's size, added exactly (rational arithmetic) and rounded once, exceeds the budget; or "
+        "its reported size or objective is not the plan's; or an `optimal` plan reports a gap. A crash: an "
+        "exception or a status other than optimal/feasible. Worse and disagree: beyond 1e-9 relative.",
+    ]
+    if total.examples:
+        lines += ["", "First failures:", ""] + [f"- {e}" for e in total.examples]
+    atomic_write_text(args.property_out, "\n".join(lines) + "\n")
+    print(f"{total.tables} tables, {total.cases} budgets, {total.runs} runs: {total.violations} violations, "
+          f"{total.crashes} crashes, {total.optimal_worse} optimal-worse, {total.disagreements} disagreements; "
+          f"{wall:.0f} s wall\nwrote {args.property_out}")
+    return 0 if total.failures() == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="14,60,1000,10000")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-generic", action="store_true", help="skip the plain PuLP/CBC model at 1000 layers")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_solvers.md"))
+    ap.add_argument("--property", type=int, default=0, metavar="N",
+                    help="instead of timing, check every allocator on N random tables at boundary budgets")
+    ap.add_argument("--pulp-every", type=int, default=1, help="--property: run the PuLP path on every k-th table")
+    ap.add_argument("--jobs", type=int, default=1, help="--property: worker processes")
+    ap.add_argument("--property-out",
+                    default=os.path.join(os.path.dirname(__file__), "results", "bench_solvers_property.md"))
     args = ap.parse_args(argv)
+    if args.property < 0 or args.pulp_every < 1 or args.jobs < 1:
+        ap.error("--property must be >= 0, --pulp-every and --jobs >= 1")
+    if args.property:
+        return property_check(args)
     rows = []
     for L in [int(s) for s in args.sizes.split(",")]:
         table = lic_like_table(L, args.seed)

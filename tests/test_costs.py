@@ -179,3 +179,95 @@ def test_layer_spec_is_frozen():
     s = LayerSpec("g_a.0", "Conv2d", 10)
     with pytest.raises(Exception):
         s.name = "x"  # type: ignore[misc]
+
+
+# one budget rule (issue 10, item 4) ----------------------------------------------------------------------------------
+def test_sizes_add_up_the_same_in_every_order():
+    from bitalloc.costs import exact_sum
+    sizes = np.array([0.1] * 10 + [1e16, 1.0, -1e16])
+    assert exact_sum(sizes) == exact_sum(sizes[::-1]) == exact_sum(np.sort(sizes)) == 2.0
+    assert sizes.sum() != 2.0  # numpy's order loses the small terms
+
+
+def test_budget_from_a_uniform_size_fits_that_plan_exactly():
+    rng = np.random.default_rng(4)
+    size = np.outer(rng.uniform(10, 100, 40), BITS) + rng.uniform(0, 5, 40)[:, None]
+    t = CostTable.from_arrays([f"l{i}" for i in range(40)], BITS, np.zeros((40, 3)), size)
+    for j, b in enumerate(BITS):
+        budget = Budget.from_avg_bits(t, b)
+        assert budget.fits(t.plan_size(np.full(40, j))) and budget.exceeded(t, np.full(40, j)) is None
+        assert not Budget(np.nextafter(budget.max_size_bits, 0)).fits(t.plan_size(np.full(40, j)))
+    assert t.min_size_bits == Budget.from_avg_bits(t, 2).max_size_bits
+    assert t.max_size_bits == Budget.from_avg_bits(t, 8).max_size_bits
+    Budget(t.min_size_bits).check(t)
+    with pytest.raises(BudgetError, match="below the smallest achievable size"):
+        Budget(np.nextafter(t.min_size_bits, 0)).check(t)
+
+
+def test_exceeded_names_size_or_constraint():
+    t = table()
+    assert "exceeds the budget of 899 bits by 1 bits" in Budget(899).exceeded(t, [0, 0, 0])
+    c = LinearConstraint("lat", {n: (1.0, 2.0, 3.0) for n in t.layer_names}, 5.0)
+    assert "'lat' of 9 exceeds its limit 5" in Budget(1e9, extra=(c,)).exceeded(t, [2, 2, 2])
+
+
+def test_costs_whose_total_overflows_are_refused():
+    with pytest.raises(CostTableError, match=r"field 'cost' adds up to more than the float range .*layer 'g_a.0'"):
+        table(np.array([[1e308, 1.0, 0.1], [1e308, 2.0, 0.0], [1.0, 0.5, 0.2]]))
+    with pytest.raises(CostTableError, match="field 'size_bits' adds up"):
+        table(size=np.array([[1.0, 2.0, 1e308], [1.0, 2.0, 1e308], [1.0, 2.0, 3.0]]))
+
+
+# reading files (issue 10, item 5) ----------------------------------------------------------------------------------
+def csv_text(tmp_path):
+    t = table()
+    t.to_csv(tmp_path / "t.csv")
+    return (tmp_path / "t.csv").read_text()
+
+
+@pytest.mark.parametrize("edit, text", [
+    (lambda s: s[: s.rindex(",")], r"t.csv, line 10: field 'size_bits' is missing"),
+    (lambda s: s.replace("g_s.0,,,50,8,", "g_s.0,,,50,8.7,"), r"t.csv, line 10: field 'bits' is '8.7', not an int"),
+    (lambda s: s.replace(",2.0,1200", ",two,1200"), r"t.csv, line 6: field 'cost' is 'two', not a number"),
+    (lambda s: s.replace(",2.0,1200", ",,1200"), r"t.csv, line 6: field 'cost' is missing"),
+    (lambda s: s.replace(",2.0,1200", ",inf,1200"), r"t.csv, line 6: field 'cost' is 'inf'; it must be a finite"),
+    (lambda s: "\n".join(s.splitlines()[:-1]) + "\n", r"t.csv is not complete: layer 'g_s.0' \(line 8\) has no row "
+                                                       r"at 8 bits"),
+    (lambda s: s + s.splitlines()[1] + "\n", r"t.csv, line 11: layer 'g_a.0' has a second row at 2 bits \(first at "
+                                             r"line 2\)"),
+    (lambda s: s.replace("g_a.2,,,300,4", "g_a.2,,,301,4"), r"t.csv, line 6: field 'num_params' of layer 'g_a.2' is "
+                                                            r"301, but 300 on line 5"),
+    (lambda s: s.replace("size_bits", "size"), r"t.csv lacks the column 'size_bits'"),
+    (lambda s: s + "x,1,2,3,4,5,6,7,8\n", r"t.csv: not a readable cost-table CSV: .*Expected 7 fields"),
+    (lambda s: "", r"t.csv: not a readable cost-table CSV"),
+    (lambda s: s.replace(",0.1,800", ",-0.1,800"), r"t.csv: cost of layer 'g_a.0' at 8 bits is -0.1"),
+], ids=["truncated", "bits-8.7", "cost-text", "cost-empty", "cost-inf", "row-missing", "row-twice", "params-differ",
+        "column-missing", "extra-fields", "empty", "negative"])
+def test_hand_edited_csv_names_file_line_and_field(tmp_path, edit, text):
+    path = tmp_path / "t.csv"
+    path.write_text(edit(csv_text(tmp_path)))
+    with pytest.raises(CostTableError, match=text):
+        CostTable.from_csv(path)
+
+
+@pytest.mark.parametrize("edit, text", [
+    (lambda s: s[: len(s) // 2], r"t.json: not valid JSON \(.* at line \d+, column \d+; truncated\?\)"),
+    (lambda s: s.replace('"bits": [\n  2,', '"bits": [\n  2.5,'), r"t.json, bits\[0\]: field 'bits' is 2.5, not an int"),
+    (lambda s: s.replace('"size_bits"', '"sizes"', 1), r"t.json, layers\[0\] \('g_a.0'\): field 'size_bits' is missing"),
+    (lambda s: s.replace('"layers"', '"rows"'), r"t.json: field 'layers' is missing"),
+    (lambda s: s.replace("0.5,", '"half",', 1), r"t.json, layers\[2\] \('g_s.0'\), cost\[1\]: field 'cost' is 'half'"),
+    (lambda s: "[1, 2]", r"t.json: not a cost table \(a list"),
+], ids=["truncated", "bits-2.5", "field-missing", "layers-missing", "cost-text", "not-object"])
+def test_hand_edited_json_names_file_layer_and_field(tmp_path, edit, text):
+    path = tmp_path / "t.json"
+    table().to_json(path)
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(CostTableError, match=text):
+        CostTable.from_json(path)
+
+
+def test_integral_bits_written_as_floats_still_read(tmp_path):
+    path = tmp_path / "t.csv"
+    text = csv_text(tmp_path).replace(",8,", ",8.0,")
+    path.write_text(text)
+    assert CostTable.from_csv(path) == table()

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bitalloc import (AllocStatus, Allocation, Allocator, BitPlan, Budget, BudgetError, CostTable, LinearConstraint,
-                      available_allocators, build_allocator, pareto_front)
+from bitalloc import (AllocStatus, Allocation, Allocator, BitPlan, Budget, BudgetError, CostTable, CostTableError,
+                      LinearConstraint, available_allocators, build_allocator, pareto_front)
 from bitalloc.solvers import (ConvexAllocator, ExactAllocator, FMPQAllocator, GreedyAllocator, ILPAllocator,
                               UniformAllocator)
 
@@ -270,3 +270,152 @@ def test_ilp_never_exceeds_a_budget_a_hair_below_a_plan(method):
     t = CostTable.from_arrays(["a"], (2, 3, 8), [[1.0, 1.0, 0.0]], [[2.0, 3.0, 8.0]])
     r = ILPAllocator(method=method).allocate(t, Budget(8 * (1 - 1e-15)))
     assert r.status == AllocStatus.OPTIMAL and r.plan["a"] in (2, 3)
+
+
+# budget boundaries with fractional sizes (issue 10, item 4) ------------------------------------------------------
+def fractional_table(seed, L=12, bits=(2, 4, 8)):
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(10, 100, L)
+    size = np.outer(p, bits) + rng.uniform(0, 5, L)[:, None]
+    cost = rng.uniform(0, 1, (L, 1)) * 2.0 ** (-2 * np.array(bits))[None, :]
+    return CostTable.from_arrays([f"l{i}" for i in range(L)], bits, cost, size)
+
+
+@pytest.mark.parametrize("seed, j", [(1, 0), (13, 2), (15, 1)], ids=["min", "max", "uniform-4"])
+def test_budget_exactly_at_a_uniform_size_with_fractional_sizes(seed, j):
+    # these tables made uniform raise IndexError (min) or stop a candidate low, exact refuse fractional sizes and
+    # the PuLP path call the smallest budget infeasible
+    t = fractional_table(seed)
+    budget = Budget.from_avg_bits(t, t.bits[j])
+    assert budget.max_size_bits == t.plan_size(np.full(t.num_layers, j))
+    assert set(UniformAllocator().allocate(t, budget).plan.bits.values()) == {t.bits[j]}
+    opt = ExactAllocator().allocate(t, budget)
+    assert opt.status == AllocStatus.OPTIMAL and budget.fits(opt.size_bits)
+    for alloc in (ILPAllocator(), ILPAllocator(method="pulp"), ExactAllocator(method="pareto")):
+        r = alloc.allocate(t, budget)
+        assert r.status == AllocStatus.OPTIMAL and close(r.objective, opt.objective), (alloc, r.message)
+    for name in NAMES:
+        r = build_allocator(name).allocate(t, budget)
+        assert r.ok and budget.fits(r.size_bits), (name, r.message)
+
+
+def lic_table(seed, L=6, bits=(1, 2, 3, 4, 5, 6, 7, 8)):
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(10, 100, L)
+    size = np.outer(p, bits) + rng.uniform(0, 5, L)[:, None]
+    cost = (rng.lognormal(0, 2, (L, 1)) * 2.0 ** (-2 * np.array(bits, float))[None, :]
+            * rng.lognormal(0, 0.3, (L, len(bits))))
+    return CostTable.from_arrays([f"l{i}" for i in range(L)], bits, cost, size)
+
+
+@pytest.mark.parametrize("seed, j", [(19, 7), (44, 3), (17, 7), (56, 5)])
+def test_ilp_paths_reach_brute_force_optimum_at_uniform_budgets(seed, j):
+    # the default path called a worse plan optimal on (19, 7) and (44, 3); the PuLP path on (17, 7) and (56, 5)
+    t = lic_table(seed)
+    budget = Budget.from_avg_bits(t, t.bits[j])
+    best, _ = brute(t, budget)
+    for method in ("structured", "pulp"):
+        r = ILPAllocator(method=method).allocate(t, budget)
+        assert r.status == AllocStatus.OPTIMAL and r.gap == 0.0 and close(r.objective, best), (method, r.message)
+
+
+def test_budget_one_float_step_below_a_plan_excludes_it():
+    t = CostTable.from_arrays(["a"], (2, 4, 8), [[0.43, 0.14, 0.026]], [[2498.57693269, 3728.13604531, 4957.6951579]])
+    at = t.plan_size([1])
+    below = Budget(np.nextafter(at, 0))
+    for name in NAMES:
+        r = build_allocator(name).allocate(t, below)
+        assert r.ok and r.plan["a"] == 2, name
+    r = ILPAllocator(method="pulp").allocate(t, below)  # CBC's tolerance returns the 4-bit plan: cut and re-solved
+    assert r.status == AllocStatus.OPTIMAL and r.plan["a"] == 2
+    assert all(build_allocator(n).allocate(t, Budget(at)).plan["a"] == 4 for n in ("ilp", "exact", "greedy"))
+
+
+# the PuLP path's status (issue 10, item 3) ------------------------------------------------------------------------
+def test_pulp_path_not_fooled_by_cbc_preprocessing():
+    # CBC's integer preprocessing returned the plan (2, 1 bits), 4.4 times the optimum, as "Optimal"
+    cost = [[1.94122226e-01, 7.40925069e-02, 2.32219026e-02, 4.94027749e-03, 1.82029507e-03, 6.18216281e-04,
+             1.15235574e-04, 2.30077537e-05],
+            [2.60031010e+00, 4.12039570e-01, 1.51803700e-01, 1.94009210e-02, 1.15377959e-02, 1.58654725e-03,
+             6.28097352e-04, 1.34727084e-04]]
+    size = [[4575.37118385, 9087.10739481, 13598.84360578, 18110.57981675, 22622.31602772, 27134.05223869,
+             31645.78844965, 36157.52466062],
+            [5912.04103063, 11822.57951074, 17733.11799085, 23643.65647096, 29554.19495106, 35464.73343117,
+             41375.27191128, 47285.81039139]]
+    t = CostTable.from_arrays(["a", "b"], tuple(range(1, 9)), cost, size)
+    budget = Budget(18954.455816279682)
+    r = ILPAllocator(method="pulp").allocate(t, budget)
+    assert r.status == AllocStatus.OPTIMAL and close(r.objective, brute(t, budget)[0])
+
+
+def test_ilp_has_no_default_time_limit_and_reports_a_stopped_solve_as_feasible(monkeypatch):
+    import pulp
+    assert ILPAllocator().time_limit_s is None
+    t = random_table(30, bits=(2, 3, 4, 5, 6, 8), seed=9)
+    budget = Budget.from_avg_bits(t, 4.3)
+    solve = pulp.LpProblem.solve
+
+    def stopped(self, solver=None, **kw):  # what PuLP reports when CBC stops on its time limit with a plan
+        status = solve(self, solver, **kw)
+        self.sol_status = pulp.LpSolutionIntegerFeasible
+        return status
+
+    monkeypatch.setattr(pulp.LpProblem, "solve", stopped)
+    r = ILPAllocator(method="pulp", time_limit_s=5).allocate(t, budget)
+    assert r.status == AllocStatus.FEASIBLE and "time limit" in r.message
+    assert r.gap is not None and r.gap >= 0 and r.extra["gap"] == r.gap and r.extra["lower_bound"] <= r.objective
+    assert budget.fits(r.size_bits)
+
+
+def test_gap_is_a_field():
+    t = random_table(8, seed=2)
+    budget = Budget.from_avg_bits(t, 4)
+    assert ILPAllocator().allocate(t, budget).gap == 0.0 and ExactAllocator().allocate(t, budget).gap == 0.0
+    assert GreedyAllocator().allocate(t, budget).gap is None
+
+
+def test_huge_costs_never_give_an_infinite_optimal():
+    with pytest.raises(CostTableError, match="field 'cost' adds up to more than the float range"):
+        CostTable.from_arrays(["a", "b"], (2, 8), [[1e308, 1.0], [1e308, 1.0]], num_params=[1, 1])
+    # finite but enormous costs and tiny size steps: the bounds must not overflow into a false "optimal"
+    t = CostTable.from_arrays(["a", "b", "c"], (2, 4, 8), [[1e300, 1e299, 1.0], [1e301, 2.0, 1.0], [5e300, 1e300, 0.0]],
+                              [[1e-3, 2e-3, 3e-3], [1.0, 1.0 + 1e-12, 2.0], [5.0, 6.0, 7.0]])
+    for frac in (0.0, 0.3, 0.6, 1.0):
+        budget = Budget(t.min_size_bits + frac * (t.max_size_bits - t.min_size_bits))
+        best, _ = brute(t, budget)
+        for alloc in (ILPAllocator(), ILPAllocator(method="pulp"), ExactAllocator()):
+            r = alloc.allocate(t, budget)
+            assert r.status == AllocStatus.OPTIMAL and np.isfinite(r.objective) and close(r.objective, best), alloc
+
+
+@pytest.mark.parametrize("make, text", [
+    (lambda: FMPQAllocator(max_iter=0), "fmpq: max_iter must be an integer >= 1, got 0"),
+    (lambda: FMPQAllocator(max_iter=2.5), "max_iter"),
+    (lambda: FMPQAllocator(tol=float("nan")), "fmpq: tol must be a finite number"),
+    (lambda: FMPQAllocator(near=-1), "fmpq: near"),
+    (lambda: FMPQAllocator(far_factor=1), "fmpq: far_factor"),
+    (lambda: FMPQAllocator(strict="no"), "fmpq: strict must be True or False"),
+    (lambda: ILPAllocator(time_limit_s=0), "ilp: time_limit_s"),
+    (lambda: ILPAllocator(gap_rel=-0.1), "ilp: gap_rel"),
+    (lambda: ILPAllocator(max_states=0), "ilp: max_states"),
+    (lambda: ExactAllocator(max_plans=-1), "exact: max_plans"),
+    (lambda: GreedyAllocator(fill=1), "greedy: fill"),
+    (lambda: ConvexAllocator(repair=None), "convex: repair"),
+], ids=["fmpq-max_iter-0", "fmpq-max_iter-float", "fmpq-tol-nan", "fmpq-near", "fmpq-factor", "fmpq-strict",
+        "ilp-time", "ilp-gap", "ilp-states", "exact-plans", "greedy-fill", "convex-repair"])
+def test_nonsense_options_raise_naming_the_option(make, text):
+    with pytest.raises(ValueError, match=text):
+        make()
+
+
+def test_pulp_path_not_fooled_by_cbc_cuts():
+    # with CBC's cut generators on, the PuLP path called a plan 2.7e-5 worse than the optimum "optimal" here
+    from bitalloc.solvers import conformance
+    rng = np.random.default_rng((1, 5))
+    for _ in range(63):
+        t = conformance.random_table(rng)
+        budgets = conformance.boundary_budgets(t, rng)
+    budget = Budget(172633.648)
+    assert t.num_layers == 24 and budget.max_size_bits in budgets
+    r = ILPAllocator(method="pulp").allocate(t, budget)
+    assert r.status == AllocStatus.OPTIMAL and close(r.objective, ExactAllocator().allocate(t, budget).objective)
