@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .costs import atomic_write_text
+from .atomic import atomic_write_text
 from .data import resolve_images
 
 __all__ = ["compress_image", "evaluate", "psnr", "summarize", "to_compressai_json"]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from bitalloc.atomic import atomic_torch_save, atomic_write
 from bitalloc.graph import quantizable_layers
 from bitalloc.quant import apply_plan, layer_size_bits, plan_of, quantized_tensor_name, weight_quantizer
 from bitalloc.safe_load import load_torch_file
@@ -59,18 +59,6 @@ def unpack_bits(buf: bytes, bits: int, count: int) -> np.ndarray:
     planes = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), count=count * bits, bitorder="little")
     planes = planes.reshape(count, bits).astype(np.uint32)
     return (planes << np.arange(bits, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _rest_path(path: Path) -> Path:
@@ -107,15 +95,14 @@ def export_packed(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
               "rest": _rest_path(path).name, "layers": entries}
     head = json.dumps(header, separators=(",", ":")).encode()
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            fh.write(MAGIC + struct.pack("<I", len(head)) + head)
-            for b in blobs:
-                fh.write(b)
+    def write(fh) -> None:
+        fh.write(MAGIC + struct.pack("<I", len(head)) + head)
+        for b in blobs:
+            fh.write(b)
 
     rest = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in skip}
-    _atomic_write(_rest_path(path), lambda tmp: torch.save(rest, tmp))
-    _atomic_write(path, write)
+    atomic_torch_save(rest, _rest_path(path))
+    atomic_write(path, write)
     file_bytes = path.stat().st_size
     return {"path": str(path), "file_bytes": file_bytes, "header_bytes": len(MAGIC) + 4 + len(head),
             "payload_bytes": offset, "plan_size_bits": plan_size, "plan_size_bytes": plan_size / 8,

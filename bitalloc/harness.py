@@ -39,7 +39,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .allocation import build_allocator
-from .costs import Budget, CostTable, atomic_write_text
+from .atomic import atomic_write_text
+from .costs import Budget, CostTable
 from .errors import BudgetError
 from .plan import BitPlan
 from .study_cache import (COST_MODEL_VERSION, ROW_FIELDS, STATIC_ROW_FIELDS, StudyCache, images_digest, set_aside,

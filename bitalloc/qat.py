@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from bitalloc.atomic import atomic_torch_save
 from bitalloc.plan import BitPlan
 from bitalloc.quant import apply_plan, plan_of
 from bitalloc.safe_load import load_torch_file
@@ -119,12 +119,6 @@ def train_step(model: nn.Module, batch: Any, loss: Loss, optimizer: torch.optim.
     return row
 
 
-def _save(state: dict, path: Path) -> None:
-    from bitalloc.models.checkpoint import atomic_torch_save
-
-    atomic_torch_save(state, path)
-
-
 def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: Any, *, steps: int = 500,
              batch_size: int = 8, crop: int = 128, lr: float = 1e-4, aux_lr: float = 1e-3,
              lmbda: float | None = None, loss: Loss | None = None, estimator: str = "leaky_clip",
@@ -193,7 +187,7 @@ def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: A
     def save(step: int) -> None:
         if path is None:
             return
-        _save({"plan": the_plan.to_dict(), "step": step, "model": qmodel.state_dict(),
+        atomic_torch_save({"plan": the_plan.to_dict(), "step": step, "model": qmodel.state_dict(),
                "optimizer": optimizer.state_dict(),
                "aux_optimizer": aux_optimizer.state_dict() if aux_optimizer is not None else None,
                "schedule": schedule.state_dict(), "data_rng": batches.state(), "torch_rng": torch.get_rng_state(),

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .costs import atomic_write_text
+from .atomic import atomic_savefig, atomic_write_text
 
 __all__ = ["write_report", "plot_rd_curves", "plot_bd_vs_size", "plot_bit_heatmap", "settings_line"]
-
-
-def _savefig(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
 
 
 def _plt():
@@ -45,7 +38,7 @@ def plot_rd_curves(results: pd.DataFrame, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    _savefig(fig, path)
+    atomic_savefig(fig, path)
     plt.close(fig)
 
 
@@ -60,7 +53,7 @@ def plot_bd_vs_size(bd: pd.DataFrame, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _savefig(fig, path)
+    atomic_savefig(fig, path)
     plt.close(fig)
 
 
@@ -82,7 +75,7 @@ def plot_bit_heatmap(plans: dict, quality: int, budget: float, mode: str, path: 
     fig.colorbar(im, ax=ax, label="bits")
     ax.set_title(f"bits per layer, quality {quality}, budget {budget:g}, {mode}")
     fig.tight_layout()
-    _savefig(fig, path)
+    atomic_savefig(fig, path)
     plt.close(fig)
 
 

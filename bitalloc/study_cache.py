@@ -27,7 +27,8 @@ from typing import Any, Mapping
 
 import torch
 
-from .costs import CostTable, atomic_write_text
+from .atomic import atomic_write_text
+from .costs import CostTable
 
 __all__ = ["COST_MODEL_VERSION", "CorruptCacheWarning", "StudyCache", "images_digest", "source_digest",
            "weights_digest"]

@@ -13,14 +13,13 @@ The Kodak numbers in ``meta`` are measured from the float16 file itself (see :fu
 from __future__ import annotations
 
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
 
+from bitalloc.atomic import atomic_torch_save
 from bitalloc.safe_load import load_torch_file
 
 from .registry import build_model, check_model, check_quality
@@ -46,19 +45,6 @@ def shipped_checkpoint_dir() -> Path:
 
 def checkpoint_name(name: str, quality: int, size: str = "compact") -> str:
     return f"{name}-{size}-q{quality}.pt"
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def plain_meta(value, where: str = "meta"):

@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_torch_save, load_checkpoint, plain_meta, read_checkpoint, save_checkpoint
+from bitalloc.atomic import atomic_torch_save, atomic_write_text
+
+from .checkpoint import load_checkpoint, plain_meta, read_checkpoint, save_checkpoint
 from .losses import RateDistortionLoss, split_parameters
 from .registry import build_model, check_model, check_quality, lambda_of
 
@@ -134,8 +136,6 @@ def validate(model, crops, criterion, device="cpu") -> dict[str, float]:
 
 def _write_history(history: list[dict], path: Path) -> None:
     import pandas as pd
-
-    from bitalloc.costs import atomic_write_text
 
     atomic_write_text(path, pd.DataFrame(history).to_csv(index=False))
 

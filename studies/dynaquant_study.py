@@ -25,7 +25,6 @@ method), ``images.csv`` (per image, DynaQuant's chosen bits per layer included),
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -36,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+from bitalloc.atomic import atomic_savefig, atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "dynaquant"
 ARCH = "bmshj2018-hyperprior"
@@ -55,7 +56,6 @@ def numpy_scalars_allowed():
 
 
 def _cached_frame(path: Path, make) -> pd.DataFrame:
-    from bitalloc.costs import atomic_write_text
 
     if path.exists():
         return pd.read_csv(path)
@@ -100,7 +100,7 @@ def _add_cost_columns(df: pd.DataFrame, macs: dict[str, float], act_bits: int) -
 
 
 def run_quality(q: int, args, kodak: dict, train, calib: torch.Tensor, work: Path) -> pd.DataFrame:
-    from bitalloc import BitPlan, Budget, CostTable, build_allocator
+    from bitalloc import Budget, CostTable, build_allocator
     from bitalloc.dynaquant import run_dynaquant_cell
     from bitalloc.evaluation import evaluate
     from bitalloc.models import load_model
@@ -211,12 +211,6 @@ def bd_table(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _savefig(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-
-
 def plot_bits(images: pd.DataFrame, candidates, path: Path) -> None:
     """Stacked bars per dynamic layer: the share of Kodak images that chose each candidate, one panel per
     quality."""
@@ -246,7 +240,7 @@ def plot_bits(images: pd.DataFrame, candidates, path: Path) -> None:
     n_img = dq[dq.quality == quals[0]].shape[0]
     fig.suptitle(f"DynaQuant (DGM): chosen weight bits per layer across {n_img} Kodak images", fontsize=9)
     fig.tight_layout()
-    _savefig(fig, path)
+    atomic_savefig(fig, path)
     plt.close(fig)
 
 
@@ -265,7 +259,7 @@ def plot_rd(results: pd.DataFrame, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _savefig(fig, path)
+    atomic_savefig(fig, path)
     plt.close(fig)
 
 
@@ -274,7 +268,6 @@ def _md(df: pd.DataFrame, floatfmt=".4g") -> str:
 
 
 def write_markdown(out: Path, args, results: pd.DataFrame, bd: pd.DataFrame, elapsed: float, argv) -> None:
-    from bitalloc.costs import atomic_write_text
 
     cmd = "BITALLOC_DATA=../shared/data python studies/dynaquant_study.py" + (
         " " + shlex.join(argv) if argv else "")
@@ -350,7 +343,6 @@ def main(argv=None) -> pd.DataFrame:
     argv = list(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
 
-    from bitalloc.costs import atomic_write_text
     from bitalloc.data import ImageFolder, data_root, resolve_images
     from bitalloc.models import available_checkpoints
     from bitalloc.sensitivity import calibration_batch

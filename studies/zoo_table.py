@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from bitalloc.atomic import atomic_savefig, atomic_write_text
 from bitalloc.bdrate import bd_psnr, bd_rate
 from bitalloc.data import data_root
 from bitalloc.evaluation import evaluate, to_compressai_json
@@ -25,13 +25,6 @@ from bitalloc.models import available_checkpoints, load_checkpoint, shipped_chec
 from bitalloc.reference import reference_curve
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> pd.DataFrame:
@@ -76,15 +69,14 @@ def main(argv=None) -> pd.DataFrame:
             entry["note"] = str(exc)
         bd.append(entry)
     bd = pd.DataFrame(bd)
-    table.to_csv(out / "zoo_kodak.csv.tmp", index=False)
-    os.replace(out / "zoo_kodak.csv.tmp", out / "zoo_kodak.csv")
+    atomic_write_text(out / "zoo_kodak.csv", table.to_csv(index=False))
     machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
     md = ["# Shipped checkpoints on Kodak (24 images, real bitstreams)", "",
           "Command: `BITALLOC_DATA=../shared/data python studies/zoo_table.py`; machine: " + machine, "",
           table.to_markdown(index=False, floatfmt=".4g"), "",
           "BD-rate (PCHIP, PSNR-RGB) of each family against the published curve; positive = more bits:", "",
           bd.to_markdown(index=False, floatfmt=".2f"), ""]
-    _write_text(out / "zoo_kodak.md", "\n".join(md))
+    atomic_write_text(out / "zoo_kodak.md", "\n".join(md))
     _plot(table, out / "zoo_kodak.png")
     print("\n".join(md))
     return table
@@ -107,9 +99,7 @@ def _plot(table: pd.DataFrame, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    atomic_savefig(fig, path)
     plt.close(fig)
 
 

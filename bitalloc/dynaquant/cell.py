@@ -31,7 +31,8 @@ DYNAQUANT_VERSION = 1
 def save_dynaquant(dq: DynaQuantModel, path, **extra) -> None:
     """Write ``dq`` as tensors and plain data (architecture, config, meta, ``extra``): it loads with
     ``weights_only=True``."""
-    from bitalloc.models.checkpoint import atomic_torch_save, plain_meta
+    from bitalloc.atomic import atomic_torch_save
+    from bitalloc.models.checkpoint import plain_meta
 
     base = dq.base
     arch = {"class": type(base).__name__, "N": int(base.N), "M": int(base.M)}
@@ -166,10 +167,10 @@ def run_dynaquant_cell(float_model, *, target_avg_bits: float, candidate_bits=(4
         "final_train_psnr": float(log.psnr.tail(20).mean()) if len(log) else float("nan"),
     }
     if wd is not None:
-        from bitalloc.costs import atomic_write_text
+        from bitalloc.atomic import atomic_write_text
 
         save_dynaquant(dq, wd / "dynaquant.pt", summary=summary)
-        log.to_csv(wd / "train_log.csv", index=False)
+        atomic_write_text(wd / "train_log.csv", log.to_csv(index=False))
         atomic_write_text(wd / "images.csv", frame.to_csv(index=False))
         atomic_write_text(wd / "summary.json", json.dumps(summary, indent=1))
     return frame, summary

@@ -162,7 +162,7 @@ def train_dynaquant(dq: DynaQuantModel, train_images, *, lmbda: float, steps: in
     def save():
         if state_path is None:
             return
-        from bitalloc.models.checkpoint import atomic_torch_save
+        from bitalloc.atomic import atomic_torch_save
 
         state_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"model": dq.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
