@@ -25,10 +25,11 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from bitalloc.atomic import atomic_torch_save
+from bitalloc.objective import Loss, model_device, resolve_loss, to_device
 from bitalloc.plan import BitPlan
 from bitalloc.quant import apply_plan, plan_of
 from bitalloc.safe_load import load_torch_file
-from bitalloc.objective import Loss, loss_parts, model_device, resolve_loss, to_device
+from bitalloc.training import train_step  # re-exported: bitalloc.qat.train_step
 
 __all__ = ["Batches", "finetune", "train_step"]
 
@@ -95,28 +96,6 @@ class Batches:
             self.folder.rng.bit_generator.state = state
         else:
             self.gen.set_state(state)
-
-
-def train_step(model: nn.Module, batch: Any, loss: Loss, optimizer: torch.optim.Optimizer,
-               aux_optimizer: torch.optim.Optimizer | None = None, clip_norm: float | None = 1.0,
-               ) -> dict[str, float]:
-    """One step of CompressAI-style training: ``loss(model, batch)`` (e.g. the RD loss) on the main parameters,
-    the aux loss on the entropy bottleneck's quantiles (when ``aux_optimizer``); returns the loss's parts."""
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    out = loss_parts(loss(model, batch), loss)
-    out["loss"].backward()
-    if clip_norm:
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_norm)
-    optimizer.step()
-    row = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in out.items()}
-    if aux_optimizer is not None:
-        aux_optimizer.zero_grad(set_to_none=True)
-        aux = model.aux_loss()
-        aux.backward()
-        aux_optimizer.step()
-        row["aux_loss"] = float(aux.detach())
-    return row
 
 
 def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: Any, *, steps: int = 500,

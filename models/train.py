@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bitalloc.atomic import atomic_torch_save, atomic_write_text
+from bitalloc.training import train_step
 
 from .checkpoint import load_checkpoint, plain_meta, read_checkpoint, save_checkpoint
 from .losses import RateDistortionLoss, split_parameters
@@ -252,18 +253,9 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
             x = data.batch(batch_size).to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = model(x)
-            terms = criterion(out, x)
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(main_params, clip)
-            opt.step()
-            aux_loss = model.aux_loss()
-            aux_opt.zero_grad(set_to_none=True)
-            aux_loss.backward()
-            aux_opt.step()
+            row = train_step(model, x, criterion, opt, aux_opt, clip)
             step += 1
-            cur = np.array([terms["loss"].item(), terms["bpp"].item(), terms["psnr"].item(), aux_loss.item()])
+            cur = np.array([row["loss"], row["bpp"], row["psnr"], row["aux_loss"]])
             ema = cur if ema is None else 0.98 * ema + 0.02 * cur
             if step % 50 == 0:
                 history.append({"step": step, "loss": float(ema[0]), "bpp": float(ema[1]),

@@ -43,6 +43,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from bitalloc.training import train_step
+
 from .model import DynaQuantModel
 
 __all__ = ["calibrate_bit_bias", "draw_batch", "train_dynaquant"]
@@ -171,8 +173,19 @@ def train_dynaquant(dq: DynaQuantModel, train_images, *, lmbda: float, steps: in
                            "data_rng": train_images.rng.bit_generator.state if hasattr(train_images, "rng")
                            else None}, state_path)
 
-    dq.train()
     top = max(dq.candidate_bits)
+
+    def penalised_loss(model: DynaQuantModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The RD loss plus gamma * L0 * E[avg_bits] / B (module docstring); L0 is the first batch's RD loss."""
+        nonlocal rd0
+        out = model(x)
+        rd = criterion(out, x)
+        if rd0 is None:
+            rd0 = float(rd["loss"].detach())
+        return {"loss": rd["loss"] + gamma * rd0 * (out["expected_bits"].mean() / top), "rd_loss": rd["loss"],
+                "bpp": rd["bpp"], "psnr": rd["psnr"], "expected_bits": out["expected_bits"].mean()}
+
+    dq.train()
     bar = tqdm(total=steps, initial=step, disable=not progress, desc="dynaquant", mininterval=5)
     t0 = time.perf_counter()
     skipped = 0
@@ -181,37 +194,23 @@ def train_dynaquant(dq: DynaQuantModel, train_images, *, lmbda: float, steps: in
         decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
         for group, base_lr in zip(opt.param_groups, (lr, quant_lr)):
             group["lr"] = base_lr * decay
-        x = draw_batch(train_images, batch_size, gen)
-        out = dq(x)
-        rd = criterion(out, x)
-        if rd0 is None:
-            rd0 = float(rd["loss"].detach())
-        l_bits = out["expected_bits"].mean() / top
-        loss = rd["loss"] + gamma * rd0 * l_bits
-        opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        row = train_step(dq, draw_batch(train_images, batch_size, gen), penalised_loss, opt, aux_opt, clip,
+                         skip_nonfinite=True)
+        if row is None:
             skipped += 1  # a rare non-finite batch must not poison the weights: skip it, and say so in the log
             if skipped > max(5, steps // 10):
                 raise FloatingPointError(f"dynaquant training: {skipped} non-finite losses by step {step}")
             step += 1
             bar.update(1)
             continue
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(main + quant, clip)
-        opt.step()
-        aux_loss = dq.aux_loss()
-        aux_opt.zero_grad(set_to_none=True)
-        aux_loss.backward()
-        aux_opt.step()
         avg_hard = float(dq.avg_bits_of(dq.chosen_bits()).mean())
         if target_avg_bits is not None:
             gamma = float(np.clip(gamma + gamma_lr * (avg_hard - target_avg_bits), 0.0, gamma_max))
         step += 1
-        log.append({"step": step, "loss": loss.item(), "rd_loss": rd["loss"].item(), "bpp": rd["bpp"].item(),
-                    "psnr": float(rd["psnr"]), "expected_bits": out["expected_bits"].mean().item(),
-                    "avg_bits": avg_hard, "gamma": gamma, "tau": dq.tau, "time_s": time.perf_counter() - t0})
-        bar.set_postfix(bits=f"{avg_hard:.2f}", gamma=f"{gamma:.3f}", psnr=f"{float(rd['psnr']):.2f}",
-                        refresh=False)
+        log.append({"step": step, "loss": row["loss"], "rd_loss": row["rd_loss"], "bpp": row["bpp"],
+                    "psnr": row["psnr"], "expected_bits": row["expected_bits"], "avg_bits": avg_hard,
+                    "gamma": gamma, "tau": dq.tau, "time_s": time.perf_counter() - t0})
+        bar.set_postfix(bits=f"{avg_hard:.2f}", gamma=f"{gamma:.3f}", psnr=f"{row['psnr']:.2f}", refresh=False)
         bar.update(1)
         if step % save_every == 0 or step == steps:
             save()
