@@ -6,7 +6,7 @@ naming the culprit: the layer, the field, the budget.
 
 from __future__ import annotations
 
-__all__ = ["CostTableError", "BudgetError", "PlanError", "SolverUnavailableError"]
+__all__ = ["CostTableError", "BudgetError", "BudgetTooSmallError", "PlanError", "SolverUnavailableError"]
 
 
 class CostTableError(ValueError):
@@ -15,6 +15,11 @@ class CostTableError(ValueError):
 
 class BudgetError(ValueError):
     """A budget is invalid or cannot be met by any plan (states the smallest achievable size)."""
+
+
+class BudgetTooSmallError(BudgetError):
+    """A budget below the smallest achievable size or average bits (every layer at its lowest candidate); the
+    message states that smallest value. Catch this type rather than matching the message's text."""
 
 
 class PlanError(ValueError):

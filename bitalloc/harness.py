@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -39,16 +39,16 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .allocation import build_allocator
+from .analysis import FP_ALLOCATOR, StudyResult, bd_table, merge_results, rank
 from .atomic import atomic_write_text
 from .costs import Budget, CostTable
-from .errors import BudgetError
+from .errors import BudgetError, BudgetTooSmallError
 from .plan import BitPlan
 from .study_cache import (COST_MODEL_VERSION, ROW_FIELDS, STATIC_ROW_FIELDS, StudyCache, images_digest, set_aside,
                           source_digest, weights_digest)
 
 __all__ = ["PlanOverBudgetError", "StudySpec", "StudyResult", "bd_table", "merge_results", "rank", "run_study"]
 
-FP_ALLOCATOR = "fp32"
 DYNAMIC_ALLOCATOR = "dynaquant"
 
 
@@ -90,16 +90,6 @@ class StudySpec:
                 raise ValueError("allocator 'dynaquant' trains its quantizers and selectors: add 'qat' to modes")
             if self.budget_kind != "avg_bits":
                 raise ValueError("allocator 'dynaquant' takes average-bit budgets (budget_kind='avg_bits')")
-
-
-@dataclass
-class StudyResult:
-    results: pd.DataFrame          # one row per (quality, allocator, budget, mode), reference cells included
-    images: pd.DataFrame           # one row per (cell, image)
-    bd: pd.DataFrame               # BD-rate of each (allocator, budget, mode) curve vs FP32 and vs uniform 8-bit
-    ranking: pd.DataFrame          # allocators ranked per (budget, mode)
-    plans: dict = field(default_factory=dict)  # (quality, allocator, budget, mode) -> BitPlan
-    settings: dict = field(default_factory=dict)  # what spec.json records: the spec and its input fingerprints
 
 
 def _check_within_budget(plan: BitPlan, table: CostTable, budget: Budget, where: str) -> float:
@@ -144,9 +134,9 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     from . import study_steps as steps
 
     loader = model_loader or (lambda name, q: steps.load_float_model(name, q, spec.pretrained))
-    calib = steps.calibration(calib_images, spec.calib_images, spec.calib_crop, data)
-    evals = steps.eval_set(eval_images, spec.eval_limit, data)
-    train = steps.train_source(train_images, spec.calib_crop, data, spec.seed) if "qat" in spec.modes else None
+    calib = steps.calibration_crops(calib_images, spec.calib_images, spec.calib_crop, data)
+    evals = steps.evaluation_images(eval_images, spec.eval_limit, data)
+    train = steps.training_source(train_images, spec.calib_crop, data, spec.seed) if "qat" in spec.modes else None
     inputs = {"eval_images": images_digest(evals), "calib_images": images_digest({"calib": calib}),
               "train_images": source_digest(train) if train is not None else None}
     cache = StudyCache(Path(out), spec, inputs)
@@ -167,7 +157,7 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     def table_of(quality: int) -> CostTable:
         if quality not in tables:
             path = cache.path("sensitivity", f"{spec.model}_q{quality}", cache.sensitivity_key(quality))
-            tables[quality] = cache.read_table(path, spec.candidate_bits) or steps.cost_table(
+            tables[quality] = cache.read_table(path, spec.candidate_bits) or steps.measure_cost_table(
                 float_model(quality), calib, spec, path)
         return tables[quality]
 
@@ -202,7 +192,7 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
                 cell = {"row": {"status": "reference", "avg_bits": 32.0}, "plan": None}
                 if mode == "qat":
                     workdir = cache.workdir("qat", f"{spec.model}_q{quality}_fp32_{spec.qat_steps}steps", key)
-                    model, loss = steps.quantize(model, {}, mode, spec, train, workdir)
+                    model, loss = steps.quantize_plan(model, {}, mode, spec, train, workdir)
                 else:
                     loss = None
                 outcome = {"images": steps.evaluate_images(model, evals).to_dict(orient="records"),
@@ -248,7 +238,7 @@ def _check_interaction(cell: dict, model, table: CostTable, calib, spec: StudySp
     """Record what the plan costs when all its layers are quantized together against the table's prediction."""
     from . import study_steps as steps
 
-    check = steps.check(model, BitPlan.from_dict(cell["plan"]), table, calib, spec)
+    check = steps.check_joint_plan(model, BitPlan.from_dict(cell["plan"]), table, calib, spec)
     cell["row"].update(plan_predicted_cost=check.predicted, plan_measured_cost=check.measured,
                        plan_excess=check.excess)
     if not check.ok():
@@ -266,10 +256,8 @@ def _dynamic_cell(workdir: Path, spec: StudySpec, quality: int, budget: float, m
         frame, summary = run_dynaquant_cell(model, target_avg_bits=budget, lmbda=model_lambda(model),
                                             steps=spec.qat_steps, train_images=train, eval_images=evals,
                                             seed=spec.seed, workdir=workdir, progress=progress)
-    except ValueError as exc:
-        if "below the smallest achievable" not in str(exc):
-            raise
-        raise BudgetError(f"{spec.model} q{quality} allocator 'dynaquant' at avg_bits={budget:g}: {exc}") from exc
+    except BudgetTooSmallError as exc:
+        raise BudgetTooSmallError(f"{spec.model} q{quality} allocator 'dynaquant' at avg_bits={budget:g}: {exc}") from exc
     params = sum(p.numel() for p in model.parameters())
     row = {"status": "dynamic", "objective": float("nan"), "solve_time_s": float("nan"), "iterations": 0,
            "avg_bits": summary["avg_bits"], "max_avg_bits": summary["max_avg_bits"], "bit_ops": summary["bit_ops"],
@@ -279,18 +267,6 @@ def _dynamic_cell(workdir: Path, spec: StudySpec, quality: int, budget: float, m
     keep = ["image", "height", "width", "num_bytes", "bpp", "psnr_rgb", "ms_ssim_rgb", "avg_bits"]
     return {"row": row, "plan": None}, {"images": frame[keep].to_dict(orient="records"),
                                         "qat_final_loss": None}
-
-
-def merge_results(*parts: StudyResult) -> StudyResult:
-    """One result from several studies of the same model (e.g. a PTQ run and a QAT run); BD-rates recomputed."""
-    if not parts:
-        raise ValueError("merge_results needs at least one StudyResult")
-    cell = ["model", "quality", "allocator", "budget", "mode"]
-    results = pd.concat([p.results for p in parts]).drop_duplicates(subset=cell).reset_index(drop=True)
-    images = pd.concat([p.images for p in parts]).drop_duplicates(subset=[*cell, "image"]).reset_index(drop=True)
-    bd = bd_table(results)
-    plans = {k: v for p in parts for k, v in p.plans.items()}
-    return StudyResult(results, images, bd, rank(bd), plans, {"parts": [p.settings for p in parts]})
 
 
 def _outcome(cache: StudyCache, spec: StudySpec, quality: int, mode: str, plan: BitPlan, model, train,
@@ -303,59 +279,8 @@ def _outcome(cache: StudyCache, spec: StudySpec, quality: int, mode: str, plan: 
     found = cache.read(path, key, list(evals))
     if found is not None:
         return found
-    evaluated, qat_loss = steps.quantize(model, plan, mode, spec, train, cache.root / "qat" / path.stem)
+    evaluated, qat_loss = steps.quantize_plan(model, plan, mode, spec, train, cache.root / "qat" / path.stem)
     found = {"images": steps.evaluate_images(evaluated, evals).to_dict(orient="records"),
              "qat_final_loss": qat_loss}
     cache.write(path, key, found)
     return found
-
-
-def _curve(results: pd.DataFrame, allocator: str, budget, mode: str) -> pd.DataFrame:
-    sel = (results.allocator == allocator) & (results["mode"] == mode)
-    sel &= results.budget.isna() if budget is None else (results.budget == budget)
-    return results[sel].sort_values("quality")
-
-
-def bd_table(results: pd.DataFrame) -> pd.DataFrame:
-    """BD-rate (PCHIP over PSNR-RGB) of each (allocator, budget, mode) curve against FP32 and uniform 8-bit."""
-    from .bdrate import bd_rate
-
-    anchors = {"fp32": _curve(results, FP_ALLOCATOR, None, "ptq"), "uniform8": _curve(results, "uniform", 8.0, "ptq"),
-               # QAT rows also against the float model fine-tuned for the same steps (their gain includes it)
-               "fp32_qat": _curve(results, FP_ALLOCATOR, None, "qat")}
-    out = []
-    cells = results[results.allocator != FP_ALLOCATOR]
-    for (allocator, budget, mode), cur in cells.groupby(["allocator", "budget", "mode"], sort=False):
-        cur = cur.sort_values("quality")
-        max_bits = cur.max_avg_bits if "max_avg_bits" in cur else pd.Series(dtype=float)
-        entry = {"allocator": allocator, "budget": budget, "mode": mode, "num_points": len(cur),
-                 "avg_bits": cur.avg_bits.mean(),
-                 "max_avg_bits": float(max_bits.fillna(cur.avg_bits).max()) if len(max_bits) else cur.avg_bits.max(), "compression_ratio": cur.compression_ratio.mean(),
-                 "size_mbit": cur.size_bits.mean() / 1e6, "solve_time_ms": 1e3 * cur.solve_time_s.mean()}
-        if "plan_excess" in cur:
-            entry["plan_excess_max"] = float(cur.plan_excess.max())
-        paired = cur.merge(anchors["fp32"], on="quality", suffixes=("", "_fp32"))
-        entry["delta_psnr_db"] = float((paired.psnr_rgb - paired.psnr_rgb_fp32).mean())
-        entry["delta_bpp_pct"] = float(100 * (paired.bpp / paired.bpp_fp32 - 1).mean())
-        for name, anchor in anchors.items():
-            if name == "fp32_qat" and (mode != "qat" or anchor.empty):
-                entry[f"bd_rate_vs_{name}_pct"] = float("nan")
-                continue
-            try:
-                entry[f"bd_rate_vs_{name}_pct"] = bd_rate(anchor.bpp, anchor.psnr_rgb, cur.bpp, cur.psnr_rgb)
-            except ValueError as exc:
-                entry[f"bd_rate_vs_{name}_pct"] = float("nan")
-                entry.setdefault("note", str(exc)[:120])
-        out.append(entry)
-    return pd.DataFrame(out)
-
-
-def rank(bd: pd.DataFrame) -> pd.DataFrame:
-    """Allocators ranked per (budget, mode): lowest BD-rate against FP32 first, then smallest size."""
-    if bd.empty:
-        return bd
-    key = "bd_rate_vs_fp32_pct"
-    ranked = bd.sort_values(["mode", "budget", key, "size_mbit"], ascending=[True, False, True, True]).copy()
-    ranked["rank"] = ranked.groupby(["mode", "budget"]).cumcount() + 1
-    return ranked[["mode", "budget", "rank", "allocator", key, "bd_rate_vs_uniform8_pct", "size_mbit",
-                   "solve_time_ms"]]

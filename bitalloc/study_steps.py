@@ -14,8 +14,8 @@ import torch
 from .costs import CostTable
 from .data import ImageFolder, data_root, resolve_images
 
-__all__ = ["calibration", "check", "cost_table", "eval_set", "evaluate_images", "load_float_model", "quantize",
-           "train_source"]
+__all__ = ["calibration_crops", "check_joint_plan", "evaluate_images", "evaluation_images", "load_float_model",
+           "measure_cost_table", "quantize_plan", "training_source"]
 
 
 def load_float_model(name: str, quality: int, pretrained: str):
@@ -24,7 +24,7 @@ def load_float_model(name: str, quality: int, pretrained: str):
     return load_model(name, quality, pretrained=pretrained)
 
 
-def calibration(images, count: int, crop: int, data=None) -> torch.Tensor:
+def calibration_crops(images, count: int, crop: int, data=None) -> torch.Tensor:
     """Centre crops of the first ``count`` training photos (never the evaluation set), else scikit-image's."""
     from .sensitivity import calibration_batch
 
@@ -36,11 +36,11 @@ def calibration(images, count: int, crop: int, data=None) -> torch.Tensor:
     return calibration_batch(images, crop=crop, limit=count)
 
 
-def eval_set(images, limit, data=None) -> dict[str, torch.Tensor]:
+def evaluation_images(images, limit, data=None) -> dict[str, torch.Tensor]:
     return resolve_images(images, subset="kodak", root=data, limit=limit)
 
 
-def train_source(images, crop: int, data=None, seed: int = 0):
+def training_source(images, crop: int, data=None, seed: int = 0):
     """What QAT draws batches from: random crops of ``<data>/train`` (or of scikit-image's photos)."""
     if images is not None:
         return images
@@ -51,7 +51,7 @@ def train_source(images, crop: int, data=None, seed: int = 0):
     return photos
 
 
-def cost_table(model, calib: torch.Tensor, spec, path: Path) -> CostTable:
+def measure_cost_table(model, calib: torch.Tensor, spec, path: Path) -> CostTable:
     """Measure the cost table of ``model`` on the calibration crops and write it to ``path`` (the harness
     names ``path`` by a key of everything that changes the table and reads it back from there)."""
     from .sensitivity import measure_sensitivity
@@ -62,7 +62,7 @@ def cost_table(model, calib: torch.Tensor, spec, path: Path) -> CostTable:
     return table
 
 
-def quantize(model, plan, mode: str, spec, train, workdir: Path | None = None):
+def quantize_plan(model, plan, mode: str, spec, train, workdir: Path | None = None):
     """Apply ``plan`` (calibration only), then fine-tune it with QAT when ``mode == "qat"``.
 
     Returns the model and the final QAT loss (None for PTQ).
@@ -86,7 +86,7 @@ def evaluate_images(model, images: dict) -> pd.DataFrame:
     return evaluate(model, images, progress=False)
 
 
-def check(model, plan, table: CostTable, calib: torch.Tensor, spec):
+def check_joint_plan(model, plan, table: CostTable, calib: torch.Tensor, spec):
     """The plan's joint RD-loss increase against the table's additive prediction, on the calibration crops."""
     from .sensitivity import check_plan
 

@@ -2,7 +2,7 @@
 
     BITALLOC_DATA=../shared/data python studies/bench_qat_step.py --model bmshj2018-hyperprior --quality 4
 
-Both steps are :func:`bitalloc.qat.train_step` (RD loss + aux loss, Adam, gradient clipping) on the same
+Both steps are :func:`bitalloc.training.train_step` (RD loss + aux loss, Adam, gradient clipping) on the same
 batches of random crops; the QAT model carries a uniform ``--bits`` plan with FMPQ's leaky clip and learnable
 LSQ scales. Steps alternate FP / QAT so both see the same background load; the median is reported. Writes
 studies/results/bench_qat_step_<model>_q<q>.md.
@@ -20,13 +20,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sensitivity import add_model_args, kodak, load_model_arg, write_text  # noqa: E402
+from bitalloc.atomic import atomic_write_text
+from bitalloc.study_args import add_model_args, kodak_folder, load_model_arg
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(p)
+    add_model_args(p, RESULTS)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--steps", type=int, default=10, help="timed steps per mode")
@@ -39,11 +41,11 @@ def main(argv=None) -> int:
     from bitalloc.graph import quantizable_layers
     from bitalloc.models import RateDistortionLoss, split_parameters
     from bitalloc.plan import BitPlan
-    from bitalloc.qat import train_step
     from bitalloc.quant import apply_plan
+    from bitalloc.training import train_step
 
     model, source = load_model_arg(args)
-    data = ImageFolder(kodak(args), crop=args.crop, seed=0)  # timing only: content does not matter
+    data = ImageFolder(kodak_folder(args), crop=args.crop, seed=0)  # timing only: content does not matter
     fp = copy.deepcopy(model)
     qat = apply_plan(model, BitPlan.uniform(list(quantizable_layers(model)), args.bits), estimator=args.estimator,
                      calibration="mse", learn_scale=True)
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
         *(f"| {k} | {med[k]:.3f} | {min(times[k]):.3f} | {med[k] / med['fp32']:.3f} |" for k in times),
         "",
     ]
-    write_text(Path(args.out) / f"bench_qat_step_{args.model}_q{args.quality}.md", "\n".join(lines))
+    atomic_write_text(Path(args.out) / f"bench_qat_step_{args.model}_q{args.quality}.md", "\n".join(lines))
     print("\n".join(lines))
     print(f"QAT step / FP step: {ratio:.3f}x (target <= 1.3x)")
     return 0

@@ -22,64 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bitalloc.atomic import atomic_write_text
+from bitalloc.study_args import add_model_args, kodak_folder, load_model_arg
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="bmshj2018-hyperprior")
-    p.add_argument("--quality", type=int, default=4)
-    p.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the shipped one)")
-    p.add_argument("--run-state", default=None, help="a training run's state.pt (read-only; not a release)")
-    p.add_argument("--data", default=None, help="data root with kodak/ (default: $BITALLOC_DATA)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(RESULTS))
-
-
-def load_model_arg(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
-    """(model in eval mode with meta, a description of where it came from); exits 2 without a checkpoint."""
-    from bitalloc.models import build_model, checkpoint_name, lambda_of, load_checkpoint, shipped_checkpoint_dir
-
-    if args.run_state:
-        from bitalloc.safe_load import load_torch_file
-
-        state = load_torch_file(args.run_state, "a bitalloc train() run state", required=("model",))
-        model = build_model(args.model, args.quality)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise ValueError(f"{args.run_state} does not hold {args.model} q{args.quality} weights: "
-                             f"{str(exc).splitlines()[0]}") from None
-        model.meta = {"architecture": args.model, "quality": args.quality, "lambda": lambda_of(args.quality),
-                      "N": model.N, "M": model.M, "size": "compact"}
-        return model.eval(), f"training run state {args.run_state} (step {state.get('step')}; not shipped)"
-    path = Path(args.checkpoint) if args.checkpoint else shipped_checkpoint_dir() / checkpoint_name(
-        args.model, args.quality)
-    if not path.is_file():
-        print(f"No checkpoint at {path}: the shipped compact checkpoint for {args.model} q{args.quality} is not "
-              "there yet. Pass --checkpoint FILE (or --run-state for an unfinished run).", file=sys.stderr)
-        raise SystemExit(2)
-    return load_checkpoint(path), f"checkpoint {path.name}"
-
-
-def kodak(args: argparse.Namespace) -> Path:
-    from bitalloc.data import data_root
-
-    root = data_root(args.data)
-    if root is None or not (root / "kodak").is_dir():
-        print("Kodak not found: set BITALLOC_DATA (or --data) to a folder with kodak/", file=sys.stderr)
-        raise SystemExit(2)
-    return root / "kodak"
-
-
-def write_text(path: Path, text: str) -> None:
-    from bitalloc.costs import atomic_write_text
-
-    atomic_write_text(path, text)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(p)
+    add_model_args(p, RESULTS)
     p.add_argument("--images", type=int, default=4, help="Kodak images (first N, centre crops)")
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8])
@@ -90,7 +41,7 @@ def main(argv=None) -> int:
     from bitalloc.sensitivity import calibration_batch, measure_sensitivity
 
     model, source = load_model_arg(args)
-    x = calibration_batch(kodak(args), crop=args.crop, limit=args.images)
+    x = calibration_batch(kodak_folder(args), crop=args.crop, limit=args.images)
     kw = dict(bits=args.bits, progress=False, return_frame=True)
     times: dict[str, list[float]] = {"naive": [], "cached": []}
     frames = {}
@@ -106,7 +57,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     stem = f"{args.model}_q{args.quality}"
     table.to_csv(out / f"sensitivity_{stem}.csv")
-    write_text(out / f"sensitivity_{stem}_raw.csv", raw.to_csv(index=False))
+    atomic_write_text(out / f"sensitivity_{stem}_raw.csv", raw.to_csv(index=False))
     speedup = t_naive / t_cached
     lines = [
         f"# Sensitivity measurement: cached vs naive ({args.model} q{args.quality})",
@@ -127,7 +78,7 @@ def main(argv=None) -> int:
         f"{args.hessian_samples} Hutchinson samples: {t_total:.2f} s.",
         "",
     ]
-    write_text(out / f"bench_sensitivity_{stem}.md", "\n".join(lines))
+    atomic_write_text(out / f"bench_sensitivity_{stem}.md", "\n".join(lines))
     print("\n".join(lines))
     print(f"speed-up of the cached method over the naive one: {speedup:.2f}x")
     return 0

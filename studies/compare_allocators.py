@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from bitalloc import StudySpec, run_study, write_report
-from bitalloc.harness import merge_results
+from bitalloc.analysis import merge_results
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -190,7 +190,9 @@ def summarize(images: pd.DataFrame) -> pd.DataFrame:
 
 
 def bd_table(results: pd.DataFrame) -> pd.DataFrame:
-    from bitalloc.bdrate import bd_psnr, bd_rate
+    """Per method: mean bits and bit-operations, PSNR/bpp change and BD-rate/BD-PSNR against FP32 (the
+    harness's analysis helpers, :mod:`bitalloc.analysis`, over methods instead of allocators)."""
+    from bitalloc.analysis import bd_against, paired_deltas
 
     fp = results[results.method == "fp32"].sort_values("quality")
     rows = []
@@ -198,15 +200,9 @@ def bd_table(results: pd.DataFrame) -> pd.DataFrame:
         cur = results[results.method == method].sort_values("quality")
         entry = {"method": method, "num_points": len(cur), "avg_bits": cur.avg_bits.mean(),
                  "max_avg_bits": cur.max_avg_bits.max(), "gwbit_macs": cur.gwbit_macs.mean(),
-                 "gbit_ops": cur.gbit_ops.mean(),
-                 "delta_psnr_db": float((cur.psnr_rgb.values - fp.psnr_rgb.values).mean()),
-                 "delta_bpp_pct": float(100 * (cur.bpp.values / fp.bpp.values - 1).mean())}
-        try:
-            entry["bd_rate_vs_fp32_pct"] = bd_rate(fp.bpp, fp.psnr_rgb, cur.bpp, cur.psnr_rgb)
-            entry["bd_psnr_vs_fp32_db"] = bd_psnr(fp.bpp, fp.psnr_rgb, cur.bpp, cur.psnr_rgb)
-        except ValueError as exc:
-            entry["bd_rate_vs_fp32_pct"] = float("nan")
-            entry["note"] = str(exc)[:160]
+                 "gbit_ops": cur.gbit_ops.mean(), **paired_deltas(fp, cur)}
+        values, note = bd_against(fp, cur, "fp32", psnr=True)
+        entry.update(values if note is None else {"bd_rate_vs_fp32_pct": float("nan"), "note": note[:160]})
         rows.append(entry)
     return pd.DataFrame(rows)
 

@@ -23,8 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sensitivity import add_model_args, kodak, load_model_arg, write_text  # noqa: E402
+from bitalloc.atomic import atomic_write_text
+from bitalloc.study_args import add_model_args, kodak_folder, load_model_arg
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def train_crops(root: Path, n_images: int, per_image: int, crop: int, seed: int = 0) -> torch.Tensor:
@@ -46,7 +48,7 @@ def train_crops(root: Path, n_images: int, per_image: int, crop: int, seed: int 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(p)
+    add_model_args(p, RESULTS)
     p.add_argument("--images", type=int, default=None, help="first N Kodak images (default: all 24)")
     p.add_argument("--qat-steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=8)
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     from bitalloc.quant import apply_plan
 
     model, source = load_model_arg(args)
-    imgs = resolve_images(kodak(args), limit=args.images)
+    imgs = resolve_images(kodak_folder(args), limit=args.images)
     names = list(quantizable_layers(model))
     tmp = Path(tempfile.mkdtemp(prefix="ptq_qat_"))
     rows = []
@@ -101,7 +103,7 @@ def main(argv=None) -> int:
     table["d_bpp_pct"] = 100 * (table.bpp / fp.bpp - 1)
     out = Path(args.out)
     stem = f"ptq_qat_uniform_{args.model}_q{args.quality}"
-    write_text(out / f"{stem}.csv", table.to_csv(index=False))
+    atomic_write_text(out / f"{stem}.csv", table.to_csv(index=False))
     w4p, w4q = table.set_index("row").loc["w4_ptq_mse"], table.set_index("row").loc["w4_qat"]
     gap = fp.psnr_rgb - w4p.psnr_rgb
     recovered = 100 * (w4q.psnr_rgb - w4p.psnr_rgb) / gap if gap > 0 else float("nan")
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
         f"({recovered:.0f} % of the loss) at {w4q.d_bpp_pct:+.2f} % bpp vs fp32.",
         "",
     ]
-    write_text(out / f"{stem}.md", "\n".join(lines))
+    atomic_write_text(out / f"{stem}.md", "\n".join(lines))
     print("\n".join(lines))
     return 0
 

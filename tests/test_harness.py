@@ -373,3 +373,52 @@ def test_bitalloc_compare_reruns_into_its_out_with_another_limit(tmp_path):
     assert json.loads((out / "spec.json").read_text())["eval_limit"] == 1 and "1 evaluation images" in report
     results, images, _ = run()  # the first settings' cells are still there
     assert results.cached.all() and len(images) == 3 * len(results)
+
+
+def test_an_unreachable_dynaquant_budget_is_caught_by_type_not_by_text(tmp_path, images, monkeypatch):
+    import bitalloc.dynaquant as dynaquant
+    from bitalloc.errors import BudgetTooSmallError
+
+    def unreachable(*args, **kwargs):
+        raise BudgetTooSmallError("target 2 bits < 4.31 bits")
+
+    def other(*args, **kwargs):
+        raise ValueError("a loss below the smallest achievable value")  # the old text, but not a budget error
+
+    spec = StudySpec(qualities=(1,), allocators=("dynaquant",), budgets=(2.0,), modes=("qat",), qat_steps=1,
+                     calib_images=2, calib_crop=64)
+    train = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(dynaquant, "run_dynaquant_cell", unreachable)
+    with pytest.raises(BudgetTooSmallError, match=r"q1 allocator 'dynaquant' at avg_bits=2: target 2 bits < 4.31"):
+        _run(spec, tmp_path, images, train_images=train)
+    monkeypatch.setattr(dynaquant, "run_dynaquant_cell", other)
+    with pytest.raises(ValueError) as info:
+        _run(spec, tmp_path, images, train_images=train)
+    assert not isinstance(info.value, BudgetError) and str(info.value).startswith("a loss below")
+
+
+def test_study_steps_shadow_no_module_and_no_public_name():
+    import importlib
+    import pkgutil
+
+    import bitalloc
+    import bitalloc.models
+    import bitalloc.solvers
+    from bitalloc import study_steps
+
+    modules, public = {"solvers", "models"}, set(bitalloc.__all__) | set(dir(bitalloc))
+    infos = [i for pkg in (bitalloc, bitalloc.solvers, bitalloc.models)
+             for i in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")]
+    assert {"bitalloc.models.train", "bitalloc.solvers.ilp", "bitalloc.sensitivity.calibration"} <= {
+        i.name for i in infos}
+    for info in infos:
+        if info.name.endswith("__main__"):
+            continue
+        modules.add(info.name.rsplit(".", 1)[-1])
+        if info.name != study_steps.__name__:
+            public |= set(getattr(importlib.import_module(info.name), "__all__", ()))
+    for name in study_steps.__all__:
+        assert callable(getattr(study_steps, name)), name
+        assert name not in modules, f"study_steps.{name} shadows the module bitalloc...{name}"
+        assert name not in public, f"study_steps.{name} shadows a public name of bitalloc"
+

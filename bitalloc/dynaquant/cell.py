@@ -142,10 +142,7 @@ def run_dynaquant_cell(float_model, *, target_avg_bits: float, candidate_bits=(4
     """
     torch.manual_seed(seed)
     dq = DynaQuantModel(float_model, candidate_bits, estimator=estimator, max_bits=max_bits, act_bits=act_bits)
-    if target_avg_bits < dq.min_avg_bits() - 1e-9:
-        raise ValueError(f"target_avg_bits={target_avg_bits:g} is below the smallest achievable average "
-                         f"{dq.min_avg_bits():.4g} bits (dynamic layers at {dq.candidate_bits[0]} bits, g_a.0, "
-                         "g_s.0 and h_a at 8)")
+    dq.check_target(target_avg_bits)
     wd = Path(workdir) if workdir is not None else None
     if wd is not None and (wd / "summary.json").exists() and (wd / "images.csv").exists():
         return pd.read_csv(wd / "images.csv"), json.loads((wd / "summary.json").read_text())

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bitalloc.errors import BudgetTooSmallError
 from bitalloc.graph import quantizable_layers
 
 from .quantizers import ContentAwareActQuantizer, NestedWeight
@@ -170,6 +171,17 @@ class DynaQuantModel(nn.Module):
         lo = self.candidate_bits[0]
         total = sum(self.num_params.values())
         return sum(p * (lo if n in dyn else FIXED_BITS) for n, p in self.num_params.items()) / total
+
+    def check_target(self, target_avg_bits: float) -> None:
+        """Raise :class:`~bitalloc.errors.BudgetTooSmallError` when ``target_avg_bits`` is below
+        :meth:`min_avg_bits` (stating it and which layers stay at 8 bits)."""
+        if target_avg_bits < self.min_avg_bits() - 1e-9:
+            dyn = {n for g in self.dynamic_layers.values() for n in g}
+            fixed = [n for n in self.num_params if n not in dyn]
+            raise BudgetTooSmallError(
+                f"target_avg_bits={target_avg_bits:g} is below the smallest achievable average "
+                f"{self.min_avg_bits():.4g} bits (every dynamic layer at {self.candidate_bits[0]} bits, the fixed "
+                f"layers {', '.join(fixed) or '(none)'} at {FIXED_BITS})")
 
     def _select(self, group: str, features: torch.Tensor, probs: dict) -> None:
         choices, p = self.selectors[group](features, self.tau)

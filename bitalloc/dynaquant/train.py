@@ -88,10 +88,7 @@ def calibrate_bit_bias(dq: DynaQuantModel, x: torch.Tensor, target_avg_bits: flo
                        limit: float = 64.0) -> tuple[float, float]:
     """Set the selectors' decision bias so the mean average bits on ``x`` is <= ``target_avg_bits``
     (module docstring, step 2); returns (bias, achieved average bits)."""
-    if target_avg_bits < dq.min_avg_bits() - 1e-9:
-        raise ValueError(f"target_avg_bits={target_avg_bits:g} is below the smallest achievable average "
-                         f"{dq.min_avg_bits():.4g} bits (every dynamic layer at {dq.candidate_bits[0]} bits, "
-                         "the fixed layers at 8)")
+    dq.check_target(target_avg_bits)
     was_training = dq.training
     dq.eval()
     try:

@@ -1,0 +1,117 @@
+"""Analysis of a study's results: BD-rates of each curve against its anchors, rankings, merged results.
+
+Pure pandas on the tables :func:`bitalloc.harness.run_study` returns (``results``: one row per
+(quality, allocator, budget, mode) with ``bpp`` and ``psnr_rgb`` from real bitstreams), so studies and notebooks
+reuse it on results read back from CSV. Anchors: ``fp32`` (the float model), ``uniform`` at 8 bits in PTQ
+mode, and for QAT rows the float model fine-tuned with the same QAT steps (``fp32`` in mode ``qat``).
+
+>>> import pandas as pd
+>>> fp = pd.DataFrame({"quality": [1, 2], "bpp": [0.2, 0.4], "psnr_rgb": [30.0, 33.0]})
+>>> cur = fp.assign(bpp=[0.22, 0.44], psnr_rgb=[29.5, 32.5])
+>>> {k: round(v, 3) for k, v in paired_deltas(fp, cur).items()}
+{'delta_psnr_db': -0.5, 'delta_bpp_pct': 10.0}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+__all__ = ["FP_ALLOCATOR", "StudyResult", "bd_against", "bd_table", "curve", "merge_results", "paired_deltas",
+           "rank"]
+
+FP_ALLOCATOR = "fp32"
+
+
+@dataclass
+class StudyResult:
+    results: pd.DataFrame          # one row per (quality, allocator, budget, mode), reference cells included
+    images: pd.DataFrame           # one row per (cell, image)
+    bd: pd.DataFrame               # BD-rate of each (allocator, budget, mode) curve vs FP32 and vs uniform 8-bit
+    ranking: pd.DataFrame          # allocators ranked per (budget, mode)
+    plans: dict = field(default_factory=dict)  # (quality, allocator, budget, mode) -> BitPlan
+    settings: dict = field(default_factory=dict)  # what spec.json records: the spec and its input fingerprints
+
+
+def curve(results: pd.DataFrame, allocator: str, budget, mode: str) -> pd.DataFrame:
+    """The rows of one (allocator, budget, mode) curve, by quality (``budget=None``: the rows without one)."""
+    sel = (results.allocator == allocator) & (results["mode"] == mode)
+    sel &= results.budget.isna() if budget is None else (results.budget == budget)
+    return results[sel].sort_values("quality")
+
+
+def paired_deltas(anchor: pd.DataFrame, cur: pd.DataFrame) -> dict[str, float]:
+    """Mean PSNR change (dB) and mean bpp change (%) of ``cur`` against ``anchor`` at equal quality."""
+    paired = cur.merge(anchor[["quality", "bpp", "psnr_rgb"]], on="quality", suffixes=("", "_anchor"))
+    return {"delta_psnr_db": float((paired.psnr_rgb - paired.psnr_rgb_anchor).mean()),
+            "delta_bpp_pct": float(100 * (paired.bpp / paired.bpp_anchor - 1).mean())}
+
+
+def bd_against(anchor: pd.DataFrame, cur: pd.DataFrame, name: str, *, psnr: bool = False
+               ) -> tuple[dict[str, float], str | None]:
+    """``{f"bd_rate_vs_{name}_pct": ...}`` (and ``bd_psnr_vs_{name}_db`` with ``psnr``) of ``cur`` against
+    ``anchor`` (PCHIP over PSNR-RGB), with NaN and the reason (second item) when no BD-rate exists."""
+    from .bdrate import bd_psnr, bd_rate
+
+    keys = [f"bd_rate_vs_{name}_pct"] + ([f"bd_psnr_vs_{name}_db"] if psnr else [])
+    try:
+        out = {keys[0]: bd_rate(anchor.bpp, anchor.psnr_rgb, cur.bpp, cur.psnr_rgb)}
+        if psnr:
+            out[keys[1]] = bd_psnr(anchor.bpp, anchor.psnr_rgb, cur.bpp, cur.psnr_rgb)
+        return out, None
+    except ValueError as exc:
+        return dict.fromkeys(keys, float("nan")), str(exc)
+
+
+def bd_table(results: pd.DataFrame) -> pd.DataFrame:
+    """BD-rate (PCHIP over PSNR-RGB) of each (allocator, budget, mode) curve against FP32 and uniform 8-bit."""
+    anchors = {"fp32": curve(results, FP_ALLOCATOR, None, "ptq"), "uniform8": curve(results, "uniform", 8.0, "ptq"),
+               # QAT rows also against the float model fine-tuned for the same steps (their gain includes it)
+               "fp32_qat": curve(results, FP_ALLOCATOR, None, "qat")}
+    out = []
+    cells = results[results.allocator != FP_ALLOCATOR]
+    for (allocator, budget, mode), cur in cells.groupby(["allocator", "budget", "mode"], sort=False):
+        cur = cur.sort_values("quality")
+        max_bits = cur.max_avg_bits if "max_avg_bits" in cur else pd.Series(dtype=float)
+        entry = {"allocator": allocator, "budget": budget, "mode": mode, "num_points": len(cur),
+                 "avg_bits": cur.avg_bits.mean(),
+                 "max_avg_bits": float(max_bits.fillna(cur.avg_bits).max()) if len(max_bits) else cur.avg_bits.max(),
+                 "compression_ratio": cur.compression_ratio.mean(),
+                 "size_mbit": cur.size_bits.mean() / 1e6, "solve_time_ms": 1e3 * cur.solve_time_s.mean()}
+        if "plan_excess" in cur:
+            entry["plan_excess_max"] = float(cur.plan_excess.max())
+        entry.update(paired_deltas(anchors["fp32"], cur))
+        for name, anchor in anchors.items():
+            if name == "fp32_qat" and (mode != "qat" or anchor.empty):
+                entry[f"bd_rate_vs_{name}_pct"] = float("nan")
+                continue
+            values, note = bd_against(anchor, cur, name)
+            entry.update(values)
+            if note is not None:
+                entry.setdefault("note", note[:120])
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def rank(bd: pd.DataFrame) -> pd.DataFrame:
+    """Allocators ranked per (budget, mode): lowest BD-rate against FP32 first, then smallest size."""
+    if bd.empty:
+        return bd
+    key = "bd_rate_vs_fp32_pct"
+    ranked = bd.sort_values(["mode", "budget", key, "size_mbit"], ascending=[True, False, True, True]).copy()
+    ranked["rank"] = ranked.groupby(["mode", "budget"]).cumcount() + 1
+    return ranked[["mode", "budget", "rank", "allocator", key, "bd_rate_vs_uniform8_pct", "size_mbit",
+                   "solve_time_ms"]]
+
+
+def merge_results(*parts: StudyResult) -> StudyResult:
+    """One result from several studies of the same model (e.g. a PTQ run and a QAT run); BD-rates recomputed."""
+    if not parts:
+        raise ValueError("merge_results needs at least one StudyResult")
+    cell = ["model", "quality", "allocator", "budget", "mode"]
+    results = pd.concat([p.results for p in parts]).drop_duplicates(subset=cell).reset_index(drop=True)
+    images = pd.concat([p.images for p in parts]).drop_duplicates(subset=[*cell, "image"]).reset_index(drop=True)
+    bd = bd_table(results)
+    plans = {k: v for p in parts for k, v in p.plans.items()}
+    return StudyResult(results, images, bd, rank(bd), plans, {"parts": [p.settings for p in parts]})
