@@ -1,8 +1,9 @@
 """bitalloc: per-layer bit allocation for learned image compression models.
 
 The core (cost tables, budgets, plans, allocators) needs only numpy/scipy/pandas/pulp and is imported eagerly;
-torch-based parts are imported lazily on first attribute access through ``_LAZY``, so ``import bitalloc`` never
-imports torch.
+torch-based parts are imported lazily on first attribute access through ``_LAZY`` (name -> the module that
+defines it), so ``import bitalloc`` never imports torch. ``__all__`` and ``dir(bitalloc)`` list both; a star
+import therefore loads the torch-based parts too.
 """
 
 from __future__ import annotations
@@ -13,19 +14,19 @@ from typing import Any
 from bitalloc.allocation import (AllocStatus, Allocation, Allocator, available_allocators, build_allocator,
                                  register_allocator)
 from bitalloc.costs import Budget, CostTable, LayerSpec, LinearConstraint
-from bitalloc.errors import BudgetError, CostTableError, PlanError, SolverUnavailableError
+from bitalloc.errors import BudgetError, BudgetTooSmallError, CostTableError, PlanError, SolverUnavailableError
 from bitalloc.pareto import pareto_front
 from bitalloc.plan import BitPlan
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AllocStatus", "Allocation", "Allocator", "BitPlan", "Budget", "BudgetError", "CostTable", "CostTableError",
-    "LayerSpec", "LinearConstraint", "PlanError", "SolverUnavailableError", "available_allocators",
+_EAGER = [
+    "AllocStatus", "Allocation", "Allocator", "BitPlan", "Budget", "BudgetError", "BudgetTooSmallError", "CostTable",
+    "CostTableError", "LayerSpec", "LinearConstraint", "PlanError", "SolverUnavailableError", "available_allocators",
     "build_allocator", "pareto_front", "register_allocator",
 ]
 
-# Lazily imported public names: {"name": "bitalloc.module"} (the torch-based parts live here).
+# Lazily imported public names: {"name": "the module that defines it"} (the torch-based parts live here).
 _LAZY: dict[str, str] = {
     "evaluate": "bitalloc.evaluation",
     "compress_image": "bitalloc.evaluation",
@@ -37,22 +38,22 @@ _LAZY: dict[str, str] = {
     "remove_plan": "bitalloc.quant",
     "layer_size_bits": "bitalloc.quant",
     "WeightQuantizer": "bitalloc.fake_quant",
-    "measure_sensitivity": "bitalloc.sensitivity",
-    "check_plan": "bitalloc.sensitivity",
-    "PlanCheck": "bitalloc.sensitivity",
+    "measure_sensitivity": "bitalloc.sensitivity.measure",
+    "check_plan": "bitalloc.sensitivity.plan_check",
+    "PlanCheck": "bitalloc.sensitivity.plan_check",
     "rd_loss_fn": "bitalloc.models.losses",
     "finetune": "bitalloc.qat",
     "export_packed": "bitalloc.export",
     "load_packed": "bitalloc.export",
-    "run_dynaquant_cell": "bitalloc.dynaquant",
-    "DynaQuantModel": "bitalloc.dynaquant",
-    "load_dynaquant": "bitalloc.dynaquant",
+    "run_dynaquant_cell": "bitalloc.dynaquant.cell",
+    "DynaQuantModel": "bitalloc.dynaquant.model",
+    "load_dynaquant": "bitalloc.dynaquant.cell",
     "bd_rate": "bitalloc.bdrate",
     "bd_psnr": "bitalloc.bdrate",
     "reference_curve": "bitalloc.reference",
     "available_references": "bitalloc.reference",
-    "load_model": "bitalloc.models",
-    "available_checkpoints": "bitalloc.models",
+    "load_model": "bitalloc.models.checkpoint",
+    "available_checkpoints": "bitalloc.models.checkpoint",
     "StudySpec": "bitalloc.harness",
     "run_study": "bitalloc.harness",
     "write_report": "bitalloc.report",
@@ -67,5 +68,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'bitalloc' has no attribute '{name}'")
 
 
+__all__ = _EAGER + list(_LAZY)
+
+
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    """The public names (``__all__``) and ``__version__``; submodules stay importable but are not listed."""
+    return sorted([*__all__, "__version__"])
