@@ -207,10 +207,11 @@ class DynaQuantModel(nn.Module):
         return sum(self.num_params[n] * b for n, b in bits.items()) / total
 
     # the transforms ------------------------------------------------------------------------------------------
-    def _analysis(self, x, probs):
-        h = self.base.g_a[0](x)
-        self._select("enc", h, probs)
-        for m in list(self.base.g_a)[1:]:
+    def _transform(self, layers: nn.Sequential, group: str, x, probs):
+        """Run ``layers``; the selectors of ``group`` choose from the first layer's (fixed 8-bit) output."""
+        h = layers[0](x)
+        self._select(group, h, probs)
+        for m in list(layers)[1:]:
             h = m(h)
         return h
 
@@ -222,24 +223,17 @@ class DynaQuantModel(nn.Module):
             return scales, means
         return params, None
 
-    def _synthesis(self, y_hat, probs):
-        h = self.base.g_s[0](y_hat)
-        self._select("syn", h, probs)
-        for m in list(self.base.g_s)[1:]:
-            h = m(h)
-        return h
-
     def _h_a_input(self, y):
         return torch.abs(y) if self.kind == "scale" else y
 
     def forward(self, x: torch.Tensor) -> dict:
         probs: dict[str, torch.Tensor] = {}
-        y = self._analysis(x, probs)
+        y = self._transform(self.base.g_a, "enc", x, probs)
         z = self.base.h_a(self._h_a_input(y))
         z_hat, z_likelihoods = self.base.entropy_bottleneck(z)
         scales, means = self._hyper_synthesis(z_hat, probs)
         y_hat, y_likelihoods = self.base.gaussian_conditional(y, scales, means=means)
-        x_hat = self._synthesis(y_hat, probs)
+        x_hat = self._transform(self.base.g_s, "syn", y_hat, probs)
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}, "probs": probs,
                 "expected_bits": self.expected_bits(probs)}
 
@@ -252,7 +246,7 @@ class DynaQuantModel(nn.Module):
     def compress(self, x: torch.Tensor) -> dict:
         probs: dict = {}
         gc = self.base.gaussian_conditional
-        y = self._analysis(x, probs)
+        y = self._transform(self.base.g_a, "enc", x, probs)
         z = self.base.h_a(self._h_a_input(y))
         z_strings = self.base.entropy_bottleneck.compress(z)
         z_hat = self.base.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
@@ -273,7 +267,7 @@ class DynaQuantModel(nn.Module):
         scales, means = self._hyper_synthesis(z_hat, probs)
         indexes = gc.build_indexes(scales)
         y_hat = gc.decompress(strings[0], indexes, z_hat.dtype, means=means)
-        x_hat = self._synthesis(y_hat, probs).clamp_(0, 1)
+        x_hat = self._transform(self.base.g_s, "syn", y_hat, probs).clamp_(0, 1)
         self._record([n for n in self.layer_names if n.split(".")[0] in ("h_s", "g_s")])
         if not hasattr(self, "last_macs"):
             self.last_macs = {}
