@@ -20,7 +20,7 @@ from bitalloc.plan import BitPlan
 
 __version__ = "0.1.0"
 
-_EAGER = [
+__all__ = [  # the eager names; the lazy ones are appended below
     "AllocStatus", "Allocation", "Allocator", "BitPlan", "Budget", "BudgetError", "BudgetTooSmallError", "CostTable",
     "CostTableError", "LayerSpec", "LinearConstraint", "PlanError", "SolverUnavailableError", "available_allocators",
     "build_allocator", "pareto_front", "register_allocator",
@@ -68,7 +68,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'bitalloc' has no attribute '{name}'")
 
 
-__all__ = _EAGER + list(_LAZY)
+__all__ += list(_LAZY)
 
 
 def __dir__() -> list[str]:

@@ -257,7 +257,8 @@ def _dynamic_cell(workdir: Path, spec: StudySpec, quality: int, budget: float, m
                                             steps=spec.qat_steps, train_images=train, eval_images=evals,
                                             seed=spec.seed, workdir=workdir, progress=progress)
     except BudgetTooSmallError as exc:
-        raise BudgetTooSmallError(f"{spec.model} q{quality} allocator 'dynaquant' at avg_bits={budget:g}: {exc}") from exc
+        where = f"{spec.model} q{quality} allocator 'dynaquant' at avg_bits={budget:g}"
+        raise BudgetTooSmallError(f"{where}: {exc}") from exc
     params = sum(p.numel() for p in model.parameters())
     row = {"status": "dynamic", "objective": float("nan"), "solve_time_s": float("nan"), "iterations": 0,
            "avg_bits": summary["avg_bits"], "max_avg_bits": summary["max_avg_bits"], "bit_ops": summary["bit_ops"],

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["add_model_args", "kodak_folder", "load_model_arg"]
+__all__ = ["add_model_args", "command_line", "kodak_folder", "load_model_arg", "machine_line"]
 
 
 def add_model_args(parser: argparse.ArgumentParser, out: str | os.PathLike) -> None:
@@ -64,3 +64,14 @@ def kodak_folder(args: argparse.Namespace) -> Path:
         print("Kodak not found: set BITALLOC_DATA (or --data) to a folder with kodak/", file=sys.stderr)
         raise SystemExit(2)
     return root / "kodak"
+
+
+def machine_line(threads: int) -> str:
+    """The results' "- machine:" line (``$BITALLOC_MACHINE_NOTE`` names a job sharing the machine)."""
+    note = os.environ.get("BITALLOC_MACHINE_NOTE", "none noted")
+    return f"- machine: {os.cpu_count()}-core CPU sandbox (a concurrent job: {note}), torch threads {threads}"
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The results' "- command:" line: ``python <script>`` with ``argv`` (default: this process's arguments)."""
+    return f"- command: `python {script} {' '.join(argv if argv is not None else sys.argv[1:])}`"

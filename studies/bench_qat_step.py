@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from bitalloc.atomic import atomic_write_text
-from bitalloc.study_args import add_model_args, kodak_folder, load_model_arg
+from bitalloc.study_args import add_model_args, command_line, kodak_folder, load_model_arg, machine_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -70,8 +69,8 @@ def main(argv=None) -> int:
         f"- model: {source}; QAT plan: uniform {args.bits}-bit weights, estimator {args.estimator}, LSQ scales",
         f"- batch {args.batch_size} x {args.crop}x{args.crop} crops; {args.steps} timed steps per mode after "
         f"{args.warmup} warm-up, alternating; median",
-        f"- machine: {os.cpu_count()}-core CPU sandbox (a concurrent job: {os.environ.get('BITALLOC_MACHINE_NOTE', 'none noted')}), torch threads {args.threads}",
-        f"- command: `python studies/bench_qat_step.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        machine_line(args.threads),
+        command_line("studies/bench_qat_step.py", argv),
         "",
         "| step | median_s | min_s | ratio to fp32 |",
         "| --- | --- | --- | --- |",

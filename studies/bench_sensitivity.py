@@ -14,7 +14,6 @@ exits with status 2. ``--run-state`` reads a training run's state.pt instead (ma
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from bitalloc.atomic import atomic_write_text
-from bitalloc.study_args import add_model_args, kodak_folder, load_model_arg
+from bitalloc.study_args import add_model_args, command_line, kodak_folder, load_model_arg, machine_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,9 +64,8 @@ def main(argv=None) -> int:
         f"- model: {source}",
         f"- calibration: {x.shape[0]} Kodak centre crops {args.crop}x{args.crop}; bits {args.bits}; "
         f"{table.num_layers} layers -> {table.num_layers * len(args.bits)} (layer, bits) evaluations",
-        f"- machine: {os.cpu_count()}-core CPU sandbox (a concurrent job: {os.environ.get('BITALLOC_MACHINE_NOTE', 'none noted')}), torch threads "
-        f"{args.threads}; timings are the min of {args.repeats} run(s)",
-        f"- command: `python studies/bench_sensitivity.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        machine_line(args.threads) + f"; timings are the min of {args.repeats} run(s)",
+        command_line("studies/bench_sensitivity.py", argv),
         "",
         "| method | time_s | speed-up |",
         "| --- | --- | --- |",

@@ -13,7 +13,6 @@ Writes studies/results/ptq_qat_uniform_<model>_q<q>.{csv,md}.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ import pandas as pd
 import torch
 
 from bitalloc.atomic import atomic_write_text
-from bitalloc.study_args import add_model_args, kodak_folder, load_model_arg
+from bitalloc.study_args import add_model_args, command_line, kodak_folder, load_model_arg, machine_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -116,8 +115,8 @@ def main(argv=None) -> int:
         f"- QAT: {args.qat_steps} steps, batch {args.batch_size} x {args.crop}^2 crops of the first "
         f"{args.train_images} training photos, Adam lr {args.lr} cosine, leaky clip, LSQ scales, "
         f"lambda {model.meta['lambda']}; {rows[-1]['time_s']:.0f} s",
-        f"- machine: {os.cpu_count()}-core CPU sandbox (a concurrent job: {os.environ.get('BITALLOC_MACHINE_NOTE', 'none noted')}), torch threads {args.threads}",
-        f"- command: `python studies/ptq_qat_uniform.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        machine_line(args.threads),
+        command_line("studies/ptq_qat_uniform.py", argv),
         "",
         table[cols].to_markdown(index=False, floatfmt=".4g"),
         "",

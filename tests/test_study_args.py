@@ -53,3 +53,14 @@ def test_a_run_state_of_other_weights_names_the_file(tmp_path):
     atomic_torch_save({"model": {"g_a.0.weight": torch.zeros(1)}}, tmp_path / "state.pt")
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / "state.pt")) + ".*does not hold"):
         load_model_arg(_args(tmp_path, "--run-state", str(tmp_path / "state.pt"), "--quality", "1"))
+
+
+def test_machine_and_command_lines(monkeypatch):
+    import os
+
+    from bitalloc.study_args import command_line, machine_line
+
+    monkeypatch.setenv("BITALLOC_MACHINE_NOTE", "a training job")
+    assert machine_line(3) == (f"- machine: {os.cpu_count()}-core CPU sandbox (a concurrent job: a training job), "
+                               "torch threads 3")
+    assert command_line("studies/x.py", ["--repeats", "2"]) == "- command: `python studies/x.py --repeats 2`"
