@@ -17,7 +17,8 @@ settings, candidate bits, budget kind, library version), so a rerun with other s
 mixing; a cached file that does not read back is set aside and recomputed, and a cached plan is re-checked
 against its budget. ``<out>/spec.json`` records the settings and input fingerprints of the last run; the
 result's ``cached`` column says which rows came from the cache. Reference cells: ``fp32`` (the float model)
-per quality, and ``uniform`` at 8 bits in PTQ mode, the two anchors of the BD-rates.
+per quality, and ``uniform`` at 8 bits in PTQ mode, the two anchors of the BD-rates, which
+:mod:`bitalloc.analysis` computes (re-exported here: ``bd_table``, ``rank``, ``merge_results``, ``StudyResult``).
 
 ``dynaquant`` is accepted as an allocator name in QAT mode: it is not a static plan but a dynamic model
 (:mod:`bitalloc.dynaquant`) trained from the same float model, for ``qat_steps``, to an average of ``budget``

@@ -275,7 +275,8 @@ def write_markdown(out: Path, args, results: pd.DataFrame, bd: pd.DataFrame, ela
     res = results[[c for c in cols if c in results]]
     lines = [
         "# DynaQuant vs the static ILP plan at equal average bits (compact Scale Hyperprior, Kodak)", "",
-        f"Command: `{cmd}`  ", f"Machine: {machine}; wall time of this invocation {elapsed / 60:.1f} min (cells cached by an earlier "
+        f"Command: `{cmd}`  ",
+        f"Machine: {machine}; wall time of this invocation {elapsed / 60:.1f} min (cells cached by an earlier "
         "invocation are reused, not re-timed; `train_time_s` is each training's own time).  ",
         f"Settings: candidates {tuple(args.candidates)}, target {args.target_bits:g} avg bits, {args.steps} "
         f"training steps per model (batch {args.batch_size}, 128x128 crops of train/), Kodak "
