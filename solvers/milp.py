@@ -161,14 +161,17 @@ def solve_mckp(cost: np.ndarray, size: np.ndarray, capacity: float, allowed: np.
     prob += pulp.lpSum(float(coef[l, j]) * v for (l, j), v in x.items())
     for l in range(L):
         prob += pulp.lpSum(x[l, int(j)] for j in np.nonzero(allowed[l])[0]) == 1, f"one_{l}"
-    # rows scaled to O(1) coefficients; with integer sizes, flooring W is the same set of plans with more room
+    # rows scaled to O(1) coefficients (with integer sizes, flooring W is the same set of plans with more room),
+    # each limit widened by more than the rounding of its scaled coefficients (a plan exactly at the budget was
+    # called infeasible otherwise): the model holds every plan that fits, and ``fits`` cuts any plan it holds over
     integral = bool(np.all(size == np.round(size)))
-    limits = {"size": (float(np.floor(capacity)) if integral else capacity) / capacity}
+    widen = 1.0 + max(1e-12, 8 * L * np.finfo(float).eps)
+    limits = {"size": (float(np.floor(capacity)) if integral else capacity) / capacity * widen}
     prob += pulp.lpSum(float(size[l, j] / capacity) * v for (l, j), v in x.items()) <= limits["size"], "size"
     for k, (name, m, lim) in enumerate(extras):
         sc = max(abs(lim), float(np.abs(m).max()), 1e-300)
-        limits[f"extra_{k}"] = lim / sc
-        prob += pulp.lpSum(float(m[l, j] / sc) * v for (l, j), v in x.items()) <= lim / sc, f"extra_{k}"
+        limits[f"extra_{k}"] = lim / sc + abs(lim / sc) * (widen - 1.0) + 1e-15
+        prob += pulp.lpSum(float(m[l, j] / sc) * v for (l, j), v in x.items()) <= limits[f"extra_{k}"], f"extra_{k}"
     for g, group in enumerate(tied):
         first = group[0]
         for other in group[1:]:
@@ -200,6 +203,11 @@ def solve_mckp(cost: np.ndarray, size: np.ndarray, capacity: float, allowed: np.
                 return MilpResult(None, False, lp_bound, False, solver_name, "error", f"solver failed: {exc}")
             status_name = pulp.LpStatus.get(prob.status, str(prob.status))
             if prob.status == pulp.LpStatusInfeasible:
+                known = next((p for p in (incumbent, warm) if p is not None and fits(p)), None)
+                if known is not None:  # the solver is wrong: a plan that fits is known
+                    return MilpResult(known, False, lp_bound, False, solver_name, status_name,
+                                      f"solver called the model infeasible ({status_name}) but a known plan fits; "
+                                      "kept it")
                 if not tightened:  # the model (with cuts of plans over the budget) holds every plan that fits
                     return MilpResult(None, False, None, True, solver_name, status_name,
                                       "the integer program is infeasible")

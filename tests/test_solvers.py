@@ -419,3 +419,16 @@ def test_pulp_path_not_fooled_by_cbc_cuts():
     assert t.num_layers == 24 and budget.max_size_bits in budgets
     r = ILPAllocator(method="pulp").allocate(t, budget)
     assert r.status == AllocStatus.OPTIMAL and close(r.objective, ExactAllocator().allocate(t, budget).objective)
+
+
+def test_pulp_path_at_the_smallest_budget_is_not_infeasible():
+    # the scaled size row of the all-lowest plan summed a few float steps above 1: CBC said "infeasible"
+    from bitalloc.solvers import conformance
+    rng = np.random.default_rng((0, 12))
+    for _ in range(91):
+        t = conformance.random_table(rng)
+        conformance.boundary_budgets(t, rng)
+    budget = Budget(t.min_size_bits)
+    assert t.num_layers == 23 and budget.max_size_bits == 98503.26845221249
+    r = ILPAllocator(method="pulp").allocate(t, budget)
+    assert r.status == AllocStatus.OPTIMAL and set(r.plan.bits.values()) == {t.bits[0]}
