@@ -39,6 +39,7 @@ import math
 import os
 import re
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -196,7 +197,14 @@ def solve_mckp(cost: np.ndarray, size: np.ndarray, capacity: float, allowed: np.
         status_name = "not solved"
         proven_now = tightened = False
         steps = [("cut", 0.0)] * N_CUTS + [("tighten", t) for t in TIGHTEN]
+        deadline = None if time_limit_s is None else time.monotonic() + time_limit_s  # for all solves together
         for attempt in range(len(steps) + 1):
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 and attempt > 0:
+                    proven_now = False
+                    break
+                s.timeLimit = max(left, 1.0)
             try:
                 prob.solve(s)
             except pulp.PulpSolverError as exc:
@@ -239,22 +247,29 @@ def solve_mckp(cost: np.ndarray, size: np.ndarray, capacity: float, allowed: np.
     if cbc_bound is not None and math.isfinite(cbc_bound):
         bounds.append(offset + cbc_bound * scale)  # CBC's bound on the scaled excess, back in cost units
     lower = max(bounds) if bounds else None
+    known = [p for p in (warm, incumbent) if p is not None and fits(p)]
     if choice is None:
-        if warm is not None and fits(warm):
-            return MilpResult(warm, False, lower, False, solver_name, status_name,
-                              f"solver returned no plan within the budget ({status_name}); kept the incumbent")
+        stop = "time limit" if time_limit_s is not None and status_name != "Infeasible" else status_name
+        if known:
+            best = min(known, key=value)
+            return MilpResult(best, False, lower, False, solver_name, status_name,
+                              f"solver returned no plan within the budget ({stop}); kept the incumbent")
         return MilpResult(None, False, lower, False, solver_name, status_name,
-                          f"solver returned no plan within the budget ({status_name})")
+                          f"solver returned no plan within the budget ({stop})")
     obj = value(choice)
-    if warm is not None and fits(warm) and value(warm) < obj:
-        choice, obj = warm, value(warm)
+    beaten = False
+    for p in known:  # a known plan the solver did not beat: then its "optimal" is wrong
+        if value(p) < obj:
+            choice, obj, proven_now, beaten = p, value(p), False, True
     # with a clamped scale, CBC's answer counts if its resolution (dual tolerance x scale per layer) is below 1e-9
     # of the objective, or the plan meets the LP bound
     resolved = not clamped or L * 1e-10 * scale <= 1e-9 * abs(obj) or (
         lp_bound is not None and obj <= lp_bound + 1e-9 * abs(lp_bound))
     if proven_now and resolved and (not tightened or (bound is not None and obj <= bound + 1e-9 * abs(bound))):
         return MilpResult(choice, True, obj, False, solver_name, status_name, f"{solver_name}: optimal")
-    if not proven_now:
+    if beaten:
+        why = "a known plan costs less than the solver's answer; kept it"
+    elif not proven_now:
         why = "stopped by gap_rel" if gap_rel else "stopped by the time limit" if time_limit_s else "not proven"
     elif not resolved:
         why = "costs span more than 1e6 times the LP bound, beyond the solver's tolerances"

@@ -432,3 +432,36 @@ def test_pulp_path_at_the_smallest_budget_is_not_infeasible():
     assert t.num_layers == 23 and budget.max_size_bits == 98503.26845221249
     r = ILPAllocator(method="pulp").allocate(t, budget)
     assert r.status == AllocStatus.OPTIMAL and set(r.plan.bits.values()) == {t.bits[0]}
+
+
+def fake_cbc(monkeypatch, plan=None):
+    """Replace the solve by a solver that returns ``plan`` (column per layer) as 'Optimal', or nothing."""
+    import pulp
+
+    def solve(self, solver=None, **kw):
+        for v in self.variables():
+            _, l, j = v.name.split("_")
+            v.varValue = None if plan is None else float(plan[int(l)] == int(j))
+        self.status = pulp.LpStatusOptimal if plan is not None else pulp.LpStatusNotSolved
+        self.sol_status = pulp.LpSolutionOptimal if plan is not None else pulp.LpSolutionNoSolutionFound
+        return self.status
+
+    monkeypatch.setattr(pulp.LpProblem, "solve", solve)
+
+
+def test_pulp_path_without_a_plan_in_time_keeps_the_incumbent(monkeypatch):
+    t = random_table(12, bits=(2, 3, 4, 5, 6, 8), seed=3)
+    budget = Budget.from_avg_bits(t, 4.5)
+    fake_cbc(monkeypatch, None)
+    r = ILPAllocator(method="pulp", time_limit_s=1).allocate(t, budget)
+    assert r.status == AllocStatus.FEASIBLE and "time limit" in r.message and "kept the incumbent" in r.message
+    assert budget.fits(r.size_bits) and r.gap is not None and 0 <= r.gap < 1
+
+
+def test_pulp_path_distrusts_an_optimal_that_a_known_plan_beats(monkeypatch):
+    t = random_table(12, bits=(2, 3, 4, 5, 6, 8), seed=3)
+    budget = Budget.from_avg_bits(t, 4.5)
+    fake_cbc(monkeypatch, np.zeros(12, dtype=int))  # all-lowest fits but is far from optimal
+    r = ILPAllocator(method="pulp").allocate(t, budget)
+    assert r.status == AllocStatus.FEASIBLE and "a known plan costs less" in r.message
+    assert r.objective < t.cost[:, 0].sum()
