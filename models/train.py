@@ -31,114 +31,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bitalloc.atomic import atomic_torch_save, atomic_write_text
+from bitalloc.atomic import atomic_torch_save
 from bitalloc.training import train_step
 
 from .checkpoint import load_checkpoint, plain_meta, read_checkpoint, save_checkpoint
+from .run_state import (RUN_STATE_FORMAT, RUN_STATE_VERSION, has_context_model, init_weights, load_run_state,
+                        run_meta, training_images, validate, validation_crops, write_history)
 from .losses import RateDistortionLoss, split_parameters
 from .registry import build_model, check_model, check_quality, lambda_of
 
 __all__ = ["SCHEDULES", "finalize", "load_run_state", "lr_at", "train", "validate"]
 
 SCHEDULES = ("cosine", "plateau")
-RUN_STATE_FORMAT = "bitalloc.train-state"
-RUN_STATE_VERSION = 2
-_STATE_KEYS = ("model", "opt", "aux_opt", "step", "history", "config")
-
-
 def lr_at(step: int, total: int, base_lr: float, warmup: int = 200, floor: float = 0.02) -> float:
     if step < warmup:
         return base_lr * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
-def load_run_state(path, map_location="cpu") -> dict:
-    """Read a run state written by :func:`train` (``weights_only=True``); errors name the file."""
-    from bitalloc.safe_load import load_torch_file
-
-    st = load_torch_file(path, "a bitalloc train() run state", required=_STATE_KEYS, map_location=map_location)
-    if st.get("format") not in (None, RUN_STATE_FORMAT):
-        raise ValueError(f"{path} is not a bitalloc train() run state (format {st.get('format')!r}, "
-                         f"expected {RUN_STATE_FORMAT!r})")
-    return st
-
-
-def _init_weights(model, init_from) -> tuple[str | None, int]:
-    """Load ``init_from`` (a shipped checkpoint or a run state) into ``model``; (source, its training steps)."""
-    if init_from is None:
-        return None, 0
-    path = Path(init_from)
-    if not path.is_file():
-        raise FileNotFoundError(f"init_from file not found: {path}")
-    try:  # a checkpoint, told by its format (not its name)
-        ckpt = load_checkpoint(path)
-        model.load_state_dict(ckpt.state_dict())
-        return str(path), int(ckpt.meta.get("training_steps") or 0)
-    except ValueError as not_checkpoint:
-        try:
-            st = load_run_state(path)
-        except ValueError as not_state:
-            raise ValueError(f"init_from {path} is neither a bitalloc checkpoint nor a train() run state "
-                             f"(as a checkpoint: {not_checkpoint}; as a run state: {not_state})") from None
-        model.load_state_dict(st["model"])
-        return str(path), int(st["step"]) + int(st.get("steps_before", 0))
-
-
-def _has_context_model(model) -> bool:
-    from compressai.layers import MaskedConv2d
-
-    return any(isinstance(m, MaskedConv2d) for m in model.modules())
-
-
-def _training_images(train_dir, crop: int, seed: int):
-    """The ``train`` split of ``train_dir`` (validation and calibration photos held out); all photos, with a
-    warning, when the folder is too small to have a training split."""
-    import warnings
-
-    from bitalloc.data import ImageFolder
-
-    try:
-        return ImageFolder(train_dir, crop=crop, seed=seed, split="train")
-    except FileNotFoundError:
-        warnings.warn(f"{train_dir} has no photo in the 'train' split (see bitalloc.data.split_of): training on "
-                      f"all of its photos, validation photos included", stacklevel=3)
-        return ImageFolder(train_dir, crop=crop, seed=seed)
-
-
-def _val_crops(train_dir, crop: int, limit: int | None = None) -> torch.Tensor:
-    """Fixed centre crops of the validation photos: the same tensor on every call."""
-    from bitalloc.data import ImageFolder
-
-    folder = ImageFolder(train_dir, crop=None, split="val")
-    crops = []
-    for i in range(len(folder) if limit is None else min(limit, len(folder))):
-        img = folder[i]
-        _, h, w = img.shape
-        c = min(crop, h, w) // 64 * 64
-        top, left = (h - c) // 2, (w - c) // 2
-        crops.append(img[:, top:top + c, left:left + c])
-    return crops
-
-
-@torch.no_grad()
-def validate(model, crops, criterion, device="cpu") -> dict[str, float]:
-    """Mean RD loss, bpp and PSNR over ``crops`` (eval mode: rounded latents, as the codec sees them)."""
-    was_training = model.training
-    model.eval()
-    sums = np.zeros(3)
-    for x in crops:
-        x = x[None].to(device)
-        t = criterion(model(x), x)
-        sums += [t["loss"].item(), t["bpp"].item(), t["psnr"].item()]
-    model.train(was_training)
-    return dict(zip(("val_loss", "val_bpp", "val_psnr"), (sums / max(1, len(crops))).tolist()))
-
-
-def _write_history(history: list[dict], path: Path) -> None:
-    import pandas as pd
-
-    atomic_write_text(path, pd.DataFrame(history).to_csv(index=False))
 
 
 def _rng_state(data) -> dict:
@@ -164,8 +73,6 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
     ``monitor_dir`` (e.g. Kodak) is forwarded every ``monitor_every`` steps for the learning curve only
     (estimated bpp and PSNR); it never steers training.
     """
-    from bitalloc.data import ImageFolder
-
     check_model(name)
     check_quality(name, quality, size)
     if schedule not in SCHEDULES:
@@ -179,7 +86,7 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
     state_path = workdir / "state.pt"
     torch.manual_seed(seed)
     model = build_model(name, quality, size).to(device)
-    if channels_last and _has_context_model(model):
+    if channels_last and has_context_model(model):
         import warnings
 
         warnings.warn(f"channels_last is off for {name}: torch {torch.__version__} crashed (segmentation fault) "
@@ -190,7 +97,7 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
     main_params, aux_params = split_parameters(model)
     opt = torch.optim.Adam(main_params, lr=lr)
     aux_opt = torch.optim.Adam(aux_params, lr=aux_lr)
-    data = _training_images(train_dir, crop, seed)
+    data = training_images(train_dir, crop, seed)
     criterion = RateDistortionLoss(lambda_of(quality))
     config = dict(name=name, quality=quality, size=size, steps=steps, batch_size=batch_size, crop=crop, lr=lr,
                   schedule=schedule, train_dir=str(train_dir), num_train_images=len(data), seed=seed)
@@ -210,8 +117,8 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
             data.rng.bit_generator.state = st["data_rng"]
             torch.set_rng_state(st["torch_rng"])
     else:
-        init_src, steps_before = _init_weights(model, init_from)
-    val = _val_crops(train_dir, val_crop) if schedule == "plateau" else None
+        init_src, steps_before = init_weights(model, init_from)
+    val = validation_crops(train_dir, val_crop) if schedule == "plateau" else None
     monitor = None
     if monitor_dir is not None:
         from bitalloc.data import resolve_images
@@ -236,7 +143,7 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
             return
         snap = build_model(name, quality, size)
         snap.load_state_dict(best_state if best_state is not None else model.state_dict())
-        meta = _meta(name, quality, size, config, steps_before + (plateau["best_step"] if best_state else step),
+        meta = run_meta(name, quality, size, config, steps_before + (plateau["best_step"] if best_state else step),
                      init_src, history)
         meta.update(snapshot=True, run_step=step, best_val_loss=plateau["best"])
         save_checkpoint(snap, snapshot, meta)
@@ -279,7 +186,7 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
             bar.update(1)
             if step % save_every == 0 or step == steps or plateau["converged"]:
                 save()
-                _write_history(history, workdir / "history.csv")
+                write_history(history, workdir / "history.csv")
                 if time.time() - last_snapshot >= snapshot_every_s:
                     write_snapshot()
                     last_snapshot = time.time()
@@ -288,24 +195,9 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
         raise
     bar.close()
     save()
-    _write_history(history, workdir / "history.csv")
+    write_history(history, workdir / "history.csv")
     write_snapshot()
     return state_path
-
-
-def _meta(name, quality, size, cfg, training_steps, init_src, history) -> dict:
-    channels = check_model(name).channels(quality, size)
-    train_rows = [h for h in history if "bpp" in h]
-    return {
-        "architecture": name, "quality": quality, "size": size,
-        **dict(zip(("N", "M"), channels)), "lambda": lambda_of(quality),
-        "training_steps": int(training_steps), "batch_size": cfg["batch_size"], "crop": cfg["crop"],
-        "schedule": cfg.get("schedule", "cosine"),
-        "training_data": f"{Path(cfg['train_dir']).name}/ ({cfg['num_train_images']} images: BSDS500 + CID22)",
-        "init_from": Path(init_src).name if init_src else None,
-        "final_train_bpp": train_rows[-1]["bpp"] if train_rows else None,
-        "final_train_psnr": train_rows[-1]["psnr"] if train_rows else None,
-    }
 
 
 def finalize(state_path, out_path, *, eval_dir=None, aux_steps: int = 2000, progress: bool = True,
@@ -338,7 +230,7 @@ def finalize(state_path, out_path, *, eval_dir=None, aux_steps: int = 2000, prog
             p.copy_(p.half().float())
     model.update(force=True)
     run_steps = st.get("plateau", {}).get("best_step", st["step"]) if use_best else st["step"]
-    meta = _meta(cfg["name"], cfg["quality"], cfg["size"], cfg, int(st.get("steps_before", 0)) + run_steps,
+    meta = run_meta(cfg["name"], cfg["quality"], cfg["size"], cfg, int(st.get("steps_before", 0)) + run_steps,
                  st.get("init_from"), st["history"])
     save_checkpoint(model, out_path, meta)
     if eval_dir is not None:
