@@ -1,0 +1,200 @@
+"""Argument checks of the ``bitalloc`` command line: every value is checked before any work starts, and a bad
+one is an error naming its flag (see :mod:`bitalloc.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+def positive(kind: type):
+    """An argparse ``type`` accepting positive (finite) numbers of ``kind`` only."""
+    noun = "integer" if kind is int else "number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a positive {noun}, got {text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be a positive {noun}, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {noun}"
+    return parse
+
+
+positive_int = positive(int)
+positive_float = positive(float)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every default; where it is None, the help text says in words what happens instead."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+class InvalidArgument(Exception):
+    """An argument that parsed but cannot work (unknown model, missing file, ...): ``flag`` names it."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"argument {flag}: {message}")
+
+
+def add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="data root holding kodak/ and train/ (default: $BITALLOC_DATA)")
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads for torch")
+
+
+# ---- checks shared by the commands (each raises InvalidArgument naming the flag) -----------------------------------
+
+def check_model_quality(model: str, qualities, size: str, quality_flag: str = "--quality") -> None:
+    from .models.registry import check_model, check_quality
+
+    try:
+        check_model(model)
+    except ValueError as exc:
+        raise InvalidArgument("--model", str(exc)) from None
+    for quality in qualities:
+        try:
+            check_quality(model, quality, size)
+        except ValueError as exc:
+            raise InvalidArgument(quality_flag, str(exc)) from None
+
+
+def check_shipped(model: str, qualities, flag: str) -> None:
+    """Every quality has a checkpoint in the package (``pretrained="bitalloc"``)."""
+    from .models import available_checkpoints, checkpoint_name, shipped_checkpoint_dir
+
+    missing = [q for q in qualities if not (shipped_checkpoint_dir() / checkpoint_name(model, q)).is_file()]
+    if missing:
+        shipped = sorted({(c["architecture"], c["quality"]) for c in available_checkpoints()})
+        mine = [q for name, q in shipped if name == model]
+        raise InvalidArgument(
+            "--model" if not mine else flag,
+            f"no shipped checkpoint for {model} quality {', '.join(map(str, missing))}; shipped: "
+            + (f"qualities {', '.join(map(str, mine))} of {model}" if mine else
+               ", ".join(sorted({name for name, _ in shipped})) or "none")
+            + ". Train one with `bitalloc train`")
+
+
+def check_root(data, *subsets: str, required: bool = False) -> Path | None:
+    """The data root (``--data`` or $BITALLOC_DATA), with images in each of ``subsets`` when it is set."""
+    from .data import data_root, image_paths
+
+    try:
+        root = data_root(data)
+        if root is None and required:
+            raise FileNotFoundError("no data root; set BITALLOC_DATA or pass --data")
+        for subset in subsets if root is not None else ():
+            image_paths(root / subset)
+    except FileNotFoundError as exc:
+        raise InvalidArgument("--data", str(exc)) from None
+    return root
+
+
+def check_images(folder, flag: str) -> None:
+    from .data import image_paths
+
+    try:
+        image_paths(folder)
+    except FileNotFoundError as exc:
+        raise InvalidArgument(flag, str(exc)) from None
+
+
+def check_folder(path, flag: str) -> None:
+    """``path`` is (or can become) a folder: not an existing file, nor under one."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise InvalidArgument(flag, f"{p} is a file; {flag} names a folder")
+
+
+def check_file_out(path, flag: str) -> None:
+    """``path`` can be written as a file: not an existing folder, no file where a parent folder should be."""
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidArgument(flag, f"{path} is a folder; {flag} names a file")
+    check_folder(path.parent, flag)
+
+
+# ---- train ---------------------------------------------------------------------------------------------------
+
+def check_train(args) -> None:
+    import torch
+
+    check_model_quality(args.model, [args.quality], args.size)
+    if args.init_from is not None and not Path(args.init_from).is_file():
+        raise InvalidArgument("--init-from", f"no such file: {args.init_from}")
+    check_folder(args.workdir, "--workdir")
+    if args.out is not None:
+        check_file_out(args.out, "--out")
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError) as exc:
+        raise InvalidArgument("--device", str(exc)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgument("--device", f"{args.device} requested but torch sees no CUDA device")
+    check_root(args.data, "train", required=True)
+
+
+def check_evaluate(args) -> None:
+    check_model_quality(args.model, [args.quality], "paper" if args.pretrained == "compressai" else "compact")
+    if args.pretrained == "bitalloc":
+        check_shipped(args.model, [args.quality], "--quality")
+    elif args.pretrained != "compressai" and not Path(args.pretrained).is_file():
+        raise InvalidArgument("--pretrained", f"not 'bitalloc', 'compressai' or an existing file: {args.pretrained}")
+    if args.images is not None:
+        check_images(args.images, "--images")
+    else:
+        check_root(args.data, "kodak")
+    if args.json is not None and not Path(args.json).is_dir():
+        check_file_out(args.json, "--json")
+
+
+def check_compare(args) -> None:
+    from .allocation import available_allocators
+    from .harness import DYNAMIC_ALLOCATOR, StudySpec
+
+    quick = args.quick
+    qualities = tuple(args.qualities or (1, 3, 4, 6))
+    check_model_quality(args.model, qualities, "compact", "--qualities")
+    check_shipped(args.model, qualities, "--qualities")
+    valid = [*available_allocators(), DYNAMIC_ALLOCATOR]
+    for name in args.allocators:
+        if name not in valid:
+            raise InvalidArgument("--allocators", f"unknown allocator {name!r}; valid allocators: {', '.join(valid)}")
+    for flag, values in (("--qualities", qualities), ("--allocators", args.allocators),
+                         ("--budgets", args.budgets or ()), ("--modes", args.modes)):
+        if len(set(values)) != len(values):
+            raise InvalidArgument(flag, f"repeated values in {' '.join(map(str, values))}")
+    bits = StudySpec.candidate_bits
+    for budget in args.budgets or ():
+        if args.budget_kind == "avg_bits" and budget < min(bits):
+            raise InvalidArgument("--budgets", f"{budget:g} average bits is below the smallest candidate bit-width "
+                                        f"{min(bits)} (candidates {', '.join(map(str, bits))}): no plan fits")
+        if args.budget_kind == "ratio" and budget > 32 / min(bits):
+            raise InvalidArgument("--budgets", f"compression ratio {budget:g} is above {32 / min(bits):g}, "
+                                  f"the ratio of "
+                                        f"every weight at {min(bits)} bits: no plan fits")
+    check_folder(args.out, "--out")
+    check_root(args.data, "kodak", "train")
+    try:
+        args.spec = StudySpec(
+            model=args.model,
+            qualities=qualities,
+            allocators=tuple(args.allocators),
+            budgets=tuple(args.budgets or ((8.0, 4.0) if quick else (8.0, 6.0, 4.0))),
+            budget_kind=args.budget_kind,
+            modes=tuple(args.modes),
+            qat_steps=args.qat_steps if args.qat_steps is not None else (20 if quick else StudySpec.qat_steps),
+            calib_images=2 if quick else 8,
+            calib_crop=128 if quick else 256,
+            eval_limit=args.limit if args.limit is not None else (4 if quick else None),
+        )
+    except ValueError as exc:
+        raise InvalidArgument("--allocators/--modes", str(exc)) from None
