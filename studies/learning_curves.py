@@ -6,8 +6,13 @@ learning rate) and, for the curve only, Kodak forwarded with rounded latents (``
 the likelihoods, PSNR). ``--collect`` copies those files into ``studies/results/training/`` (so the committed
 figure can be redrawn anywhere); the figure and a markdown table are drawn from the copies:
 
-    python studies/learning_curves.py --collect /work/runs/zoo
+    python studies/learning_curves.py --collect /work/runs/zoo \
+        --start-from bmshj2018-hyperprior-q4=models/checkpoints/bmshj2018-hyperprior-compact-q4.pt \
+        --start-from mbt2018-mean-q4=models/checkpoints/mbt2018-mean-compact-q4.pt
     python studies/learning_curves.py
+
+``--start-from RUN=CHECKPOINT`` measures the checkpoint a run started from on the same validation crops and
+records it as step 0 of that run, for runs started before ``train`` validated its starting weights itself.
 
 The Kodak column is the single-point rate difference against JPEG at equal PSNR: ``bpp / bpp_JPEG(PSNR) - 1``,
 with JPEG's published Kodak curve (``bitalloc.reference_curve("jpeg")``) interpolated by PCHIP in log-rate. It
@@ -17,7 +22,6 @@ is the one-quality analogue of a BD-rate (the BD-rate of the whole ladder is in 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +53,25 @@ def collect(runs: Path, results: Path = RESULTS) -> list[Path]:
     if not out:
         raise SystemExit(f"no <family>/q<N>/history.csv under {runs}")
     return out
+
+
+def add_start(csv: Path, checkpoint: Path, crop: int = 256) -> None:
+    """Insert step 0 (``checkpoint`` on the validation crops) into a collected learning curve lacking it."""
+    import torch
+
+    from bitalloc.atomic import atomic_write_text
+    from bitalloc.data import data_root
+    from bitalloc.models import RateDistortionLoss, load_checkpoint
+    from bitalloc.models.run_state import validate, validation_crops
+
+    df = pd.read_csv(csv)
+    if "val_loss" in df and (df.step == 0).any():
+        return
+    torch.set_num_threads(1)
+    model = load_checkpoint(checkpoint)
+    crops = validation_crops(data_root() / "train", crop)
+    row = {"step": 0, **validate(model, crops, RateDistortionLoss(model.meta["lambda"])), "lr": 0.0}
+    atomic_write_text(csv, pd.concat([pd.DataFrame([row]), df]).to_csv(index=False))
 
 
 def load(path: Path, steps_before: int = 0) -> pd.DataFrame:
@@ -90,9 +113,14 @@ def figure(runs: dict[str, pd.DataFrame], path: Path) -> None:
             title="Held-out validation split of train/ (lower is better)")
     ax2.set(xlabel="step of this run", ylabel="rate vs JPEG at equal PSNR (%)",
             title="Kodak, one quality, estimated bpp (lower is better)")
+    ax1.set_yscale("log")
+    if not ax2.lines:
+        ax2.text(0.5, 0.5, "no Kodak monitor point yet\n(every 5000 steps)", ha="center", va="center",
+                 transform=ax2.transAxes)
     for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -103,10 +131,15 @@ def main(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--collect", type=Path, default=None, help="copy history.csv files from this runs folder first")
     p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--start-from", action="append", default=[], metavar="RUN=CHECKPOINT",
+                   help="measure the checkpoint RUN started from as its step 0 (needs BITALLOC_DATA)")
     args = p.parse_args(argv)
     if args.collect is not None:
         for path in collect(args.collect, args.results):
             print("collected", path)
+    for item in args.start_from:
+        run, _, ckpt = item.partition("=")
+        add_start(args.results / f"{run}.csv", Path(ckpt))
     files = sorted(args.results.glob("*.csv"))
     if not files:
         raise SystemExit(f"no learning-curve CSVs in {args.results}")
