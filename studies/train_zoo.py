@@ -1,8 +1,8 @@
 """Train the compact checkpoints that bitalloc ships, for one model family, with resume.
 
 Recipe: the middle quality (4) trains from scratch (9000 steps); then every shipped quality (1, 3, 4, 6)
-fine-tunes from it for 3500 steps at its own lambda (CompressAI's). Each run keeps its state under ``--workdir`` and resumes when rerun; finished
-checkpoints are written to ``--out`` (float16) with Kodak measured on the written file.
+fine-tunes from it for 3500 steps at its own lambda (CompressAI's). Each run keeps its state under ``--workdir``
+and resumes when rerun; finished checkpoints are written to ``--out`` (float16) with Kodak measured on the written file.
 
 The ends of the ladder (qualities 0 and 8) extend it from the nearest shipped checkpoint instead of the base
 run (lr 2e-4); quality 8 gets twice the steps, as its rate was still rising after 3500:

@@ -16,7 +16,6 @@ from bitalloc.models import (
     checkpoint_name,
     load_checkpoint,
     load_model,
-    read_checkpoint,
     save_checkpoint,
 )
 
