@@ -86,9 +86,9 @@ def test_a_non_finite_rd_loss_becomes_a_prohibitive_cost_with_a_warning(hyperpri
 def test_check_plan_flags_layers_that_interact():
     """Shipped compact Mean-Scale q4: each hyper-synthesis layer at 2 bits is harmless alone (cost ~0), all three
     together raise the RD loss by well over 5 % -- the additive table misses it and check_plan reports it."""
+    from bitalloc.models import load_model
     from skimage import data as skdata
 
-    from bitalloc.models import load_model
     from bitalloc.plan import BitPlan, PlanError
     from bitalloc.sensitivity import check_plan
 
@@ -160,3 +160,57 @@ def test_ms_ssim_rd_loss_is_compressais_and_runs_the_cached_pipeline(hyperprior)
     np.testing.assert_allclose(cached["loss"], naive["loss"], rtol=1e-6)
     with pytest.raises(ValueError, match="MS-SSIM needs images of at least 161x161 pixels .*got 64x64"):
         loss(hyperprior, x[..., :64, :64])
+
+
+@pytest.fixture(scope="module")
+def shipped_scale():
+    from bitalloc.models import load_model
+
+    return load_model("bmshj2018-hyperprior", 4).eval()
+
+
+def test_uncertainty_gives_each_cell_its_standard_error_over_crops(shipped_scale):
+    from bitalloc.objective import evaluate_loss, resolve_loss
+
+    x = calibration_batch(None, crop=64, limit=3)
+    kw = dict(bits=(2, 8), hessian_samples=0, progress=False, return_frame=True)
+    _, plain = measure_sensitivity(shipped_scale, x, **kw)
+    table, frame = measure_sensitivity(shipped_scale, x, uncertainty=True, **kw)
+    np.testing.assert_allclose(frame["zeta"], plain["zeta"], rtol=1e-5, atol=5e-6)  # float32 sums
+    assert "zeta_se" not in plain and np.isfinite(frame["zeta_se"]).all() and (frame["zeta_se"] >= 0).all()
+    assert frame.attrs["noise_floor"] > 0 and frame.attrs["fit"] == "clip"
+    np.testing.assert_array_equal(frame["cost"], table.cost.ravel())
+    # by hand: g_s.6 at 2 bits, per crop: d_k = L_k(q) - L_k(fp); se = std(d, ddof=1) / sqrt(3) / mean L_fp
+    loss = resolve_loss(shipped_scale)
+    q = apply_plan(shipped_scale, {"g_s.6": 2}, keep_float=True).eval()
+    fp = [evaluate_loss(shipped_scale, loss, [x[i:i + 1]])["loss"] for i in range(3)]
+    d = [evaluate_loss(q, loss, [x[i:i + 1]])["loss"] - f for i, f in enumerate(fp)]
+    row = frame.set_index(["layer", "bits"]).loc[("g_s.6", 2)]
+    assert row["zeta_se"] == pytest.approx(np.std(d, ddof=1) / np.sqrt(3) / np.mean(fp), rel=1e-5)
+
+
+def test_the_isotonic_table_is_monotone_and_zero_within_the_noise_floor(shipped_scale):
+    from bitalloc.noise import fit_costs
+
+    x = calibration_batch(None, crop=64, limit=3)
+    table, frame = measure_sensitivity(shipped_scale, x, bits=(2, 4, 5, 8), hessian_samples=0, progress=False,
+                                       return_frame=True, uncertainty=True, fit="isotonic")
+    assert (np.diff(table.cost, axis=1) <= 0).all() and (table.cost >= 0).all()
+    def piv(col):
+        return frame.pivot(index="layer", columns="bits", values=col).loc[list(table.layer_names)].to_numpy()
+
+    cost, cost_se = fit_costs(piv("zeta"), piv("zeta_se"), z=2.0)
+    np.testing.assert_array_equal(table.cost, cost)
+    np.testing.assert_array_equal(piv("cost_se"), cost_se)
+    assert (table.cost == 0).any() and (table.cost[:, 0] > 0).any()  # some cells are noise, 2 bits mostly not
+    with pytest.raises(ValueError, match="unknown fit 'smooth'; valid choices: clip, isotonic"):
+        measure_sensitivity(shipped_scale, x, bits=(2,), fit="smooth", progress=False)
+
+
+def test_per_sample_batches_cut_tensors_tuples_and_dicts_along_the_first_axis():
+    from bitalloc.sensitivity.probe import per_sample_batches
+
+    x, y = torch.arange(6.0).reshape(3, 2), torch.tensor([0, 1, 2])
+    pieces = per_sample_batches([x, (x, y), {"x": x, "y": y}, (x, torch.zeros(2))])
+    assert len(pieces) == 3 + 3 + 3 + 1  # the last one's tensors disagree on dim 0: kept whole
+    assert torch.equal(pieces[1], x[1:2]) and torch.equal(pieces[4][1], y[1:2]) and torch.equal(pieces[8]["x"], x[2:])

@@ -12,15 +12,15 @@ from bitalloc.objective import Loss, evaluate_loss, model_device, relative_incre
 from bitalloc.quant import apply_plan, plan_of
 from bitalloc.sensitivity.calibration import calibration_batches
 
-__all__ = ["PlanCheck", "check_plan"]
+__all__ = ["JointLoss", "PlanCheck", "check_plan"]
 
 
 @dataclass(frozen=True)
 class PlanCheck:
     """What a cost table predicts for a plan against what the plan does when all its layers are quantized.
 
-    ``predicted``: the sum of the table's per-layer costs (fractional loss increases, the additive model
-    every allocator optimizes); ``measured``: the fractional loss increase of the whole plan at once, on the
+    ``predicted``: the table's objective for the plan (its per-layer costs, fractional loss increases, plus any
+    pairwise terms: what every allocator optimizes); ``measured``: the fractional loss increase of the whole plan at once, on the
     same data. ``excess = measured - predicted`` is the interaction the table cannot see. ``bpp_fp`` and
     ``bpp_plan`` are None when the loss reports no ``bpp``; ``parts_fp``/``parts_plan`` hold every named part.
     """
@@ -43,6 +43,48 @@ class PlanCheck:
         return self.excess <= tolerance
 
 
+class JointLoss:
+    """A plan's loss with all its layers quantized at once, on fixed data: the float loss is computed once and
+    every plan is applied (:func:`bitalloc.apply_plan`) and evaluated on the same batches. :func:`check_plan`
+    and :func:`bitalloc.verify_and_repair` measure through it. ``evaluations`` counts the plans measured.
+
+    ``images``, ``loss``, ``calibration``, ``lmbda``, ``crop``, ``limit``: as for :func:`check_plan`.
+    """
+
+    def __init__(self, model: nn.Module, images: Any = None, *, loss: Loss | None = None,
+                 calibration: str = "minmax", lmbda: float | None = None, crop: int = 256,
+                 limit: int | None = 4):
+        if len(plan_of(model)):
+            raise ValueError("check_plan needs the float model, but this one is already fake-quantized")
+        self.model, self.calibration = model, calibration
+        self.objective = resolve_loss(model, loss, lmbda)
+        self.batches = calibration_batches(images, crop=crop, limit=limit, device=model_device(model))
+        self.evaluations = 0
+        was_training = model.training
+        model.eval()
+        try:
+            self.fp = evaluate_loss(model, self.objective, self.batches)
+        finally:
+            model.train(was_training)
+
+    def parts(self, plan) -> dict[str, float]:
+        """Every loss part of the model with ``plan`` ({layer: bits} or :class:`~bitalloc.plan.BitPlan`) applied."""
+        qmodel = apply_plan(self.model, plan, calibration=self.calibration).eval()
+        self.evaluations += 1
+        return evaluate_loss(qmodel, self.objective, self.batches)
+
+    def check(self, plan, table: CostTable) -> PlanCheck:
+        """The plan's :class:`PlanCheck` against ``table`` (which must cover exactly the plan's layers)."""
+        from bitalloc.plan import BitPlan
+
+        plan = plan if isinstance(plan, BitPlan) else BitPlan(dict(plan))
+        predicted = plan.cost(table)  # raises PlanError naming a layer the plan and the table disagree on
+        q = self.parts(plan)
+        return PlanCheck(predicted=predicted, measured=relative_increase(q["loss"], self.fp["loss"], self.model),
+                         loss_fp=self.fp["loss"], loss_plan=q["loss"], bpp_fp=self.fp.get("bpp"),
+                         bpp_plan=q.get("bpp"), parts_fp=self.fp, parts_plan=q)
+
+
 def check_plan(model: nn.Module, plan, table: CostTable, images: Any = None, *, loss: Loss | None = None,
                calibration: str = "minmax", lmbda: float | None = None, crop: int = 256,
                limit: int | None = 4) -> PlanCheck:
@@ -51,24 +93,13 @@ def check_plan(model: nn.Module, plan, table: CostTable, images: Any = None, *, 
     Use the data, loss, crop and calibration the table was measured with (``images`` and ``loss`` as in
     :func:`bitalloc.measure_sensitivity`). Per-layer sensitivities assume costs add up; when layers interact
     (e.g. all of a hyper-synthesis transform at 2 bits) a plan can cost far more than predicted, which
-    :meth:`PlanCheck.ok` reports before any bitstream is written.
+    :meth:`PlanCheck.ok` reports before any bitstream is written. Several plans on the same data: :class:`JointLoss`.
     """
     from bitalloc.plan import BitPlan
 
     plan = plan if isinstance(plan, BitPlan) else BitPlan(dict(plan))
     if len(plan_of(model)):
         raise ValueError("check_plan needs the float model, but this one is already fake-quantized")
-    predicted = plan.cost(table)  # raises PlanError naming a layer the plan and the table disagree on
-    objective = resolve_loss(model, loss, lmbda)
-    batches = calibration_batches(images, crop=crop, limit=limit, device=model_device(model))
-    qmodel = apply_plan(model, plan, calibration=calibration).eval()
-    was_training = model.training
-    model.eval()
-    try:
-        fp = evaluate_loss(model, objective, batches)
-        q = evaluate_loss(qmodel, objective, batches)
-    finally:
-        model.train(was_training)
-    return PlanCheck(predicted=predicted, measured=relative_increase(q["loss"], fp["loss"], model),
-                     loss_fp=fp["loss"], loss_plan=q["loss"], bpp_fp=fp.get("bpp"), bpp_plan=q.get("bpp"),
-                     parts_fp=fp, parts_plan=q)
+    plan.cost(table)  # a plan the table does not cover fails before any forward pass
+    return JointLoss(model, images, loss=loss, calibration=calibration, lmbda=lmbda, crop=crop,
+                     limit=limit).check(plan, table)
