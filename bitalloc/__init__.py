@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from bitalloc.allocation import (AllocStatus, Allocation, Allocator, available_allocators, build_allocator,
-                                 register_allocator)
+from bitalloc.allocation import (AllocStatus, Allocation, Allocator, BaseAllocator, Solution, available_allocators,
+                                 build_allocator, register_allocator)
 from bitalloc.costs import Budget, CostTable, LayerSpec, LinearConstraint
 from bitalloc.errors import BudgetError, BudgetTooSmallError, CostTableError, PlanError, SolverUnavailableError
 from bitalloc.pareto import pareto_front
@@ -21,9 +21,9 @@ from bitalloc.plan import BitPlan
 __version__ = "0.1.0"
 
 __all__ = [  # the eager names; the lazy ones are appended below
-    "AllocStatus", "Allocation", "Allocator", "BitPlan", "Budget", "BudgetError", "BudgetTooSmallError", "CostTable",
-    "CostTableError", "LayerSpec", "LinearConstraint", "PlanError", "SolverUnavailableError", "available_allocators",
-    "build_allocator", "pareto_front", "register_allocator",
+    "AllocStatus", "Allocation", "Allocator", "BaseAllocator", "BitPlan", "Budget", "BudgetError",
+    "BudgetTooSmallError", "CostTable", "CostTableError", "LayerSpec", "LinearConstraint", "PlanError", "Solution",
+    "SolverUnavailableError", "available_allocators", "build_allocator", "pareto_front", "register_allocator",
 ]
 
 # Lazily imported public names: {"name": "the module that defines it"} (the torch-based parts live here).

@@ -2,7 +2,20 @@
 
 Allocators are classes whose options go to ``__init__``; :func:`build_allocator` builds one by name (the CLI and
 studies use names), and :func:`available_allocators` lists the names. ``bitalloc.solvers`` registers the built-in
-ones (``fmpq``, ``ilp``, ``convex``, ``greedy``, ``uniform``, ``exact``) with :func:`register_allocator`.
+ones (``fmpq``, ``ilp``, ``iqp``, ``convex``, ``greedy``, ``uniform``, ``exact``) with :func:`register_allocator`.
+
+A new allocator subclasses :class:`BaseAllocator` and implements ``_solve(table, budget) -> Solution`` (column
+indices per layer, a status, a message); the base class validates the budget, times the solve, computes the
+plan's size and objective (:meth:`CostTable.objective`), and refuses a plan over the budget::
+
+    @register_allocator("lowest")
+    class LowestAllocator(BaseAllocator):
+        def _solve(self, table, budget):
+            return Solution(np.zeros(table.num_layers, dtype=np.int64), AllocStatus.FEASIBLE, message="all lowest")
+
+An allocator that does not optimise the pairwise terms of a table (:attr:`BaseAllocator.supports_pairwise` False)
+is still scored on the whole objective; its result says in ``message`` that it ignored them, and an ``optimal``
+status becomes ``feasible`` (it is optimal for the additive part only).
 """
 
 from __future__ import annotations
@@ -11,7 +24,7 @@ import enum
 import math
 import numbers
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Mapping, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -20,7 +33,7 @@ from bitalloc.costs import Budget, CostTable
 from bitalloc.plan import BitPlan
 
 __all__ = ["AllocStatus", "Allocation", "Allocator", "BaseAllocator", "Solution", "register_allocator",
-           "build_allocator", "available_allocators", "bool_option", "int_option", "float_option"]
+           "build_allocator", "available_allocators", "bool_option", "int_option", "float_option", "ignored_pairwise"]
 
 
 class AllocStatus(str, enum.Enum):
@@ -42,7 +55,7 @@ class AllocStatus(str, enum.Enum):
 class Allocation:
     """Result of one allocation.
 
-    ``objective`` and ``size_bits`` are :meth:`CostTable.plan_cost` and :meth:`CostTable.plan_size` of the plan.
+    ``objective`` and ``size_bits`` are :meth:`CostTable.objective` and :meth:`CostTable.plan_size` of the plan.
     ``gap``: proven bound on ``(objective - optimum) / objective``; 0.0 when ``optimal``, ``None`` when unknown
     (heuristics). ``extra`` carries solver details (e.g. ``lp_bound``, ``beta``; ``extra["gap"]`` repeats ``gap``
     for readers of older results).
@@ -89,10 +102,15 @@ class Solution:
 
 class BaseAllocator:
     """Shared frame: validate the budget against the table before any solver runs, time ``_solve``, build the
-    :class:`Allocation`, and check that the plan really fits (a plan over budget is an ``error``)."""
+    :class:`Allocation`, and check that the plan really fits (a plan over budget is an ``error``).
+
+    ``supports_extra``: the solver honours ``budget.extra`` (else such a budget is refused). ``supports_pairwise``:
+    the solver accounts for the table's pairwise terms (else its result says it ignored them, and is at best
+    ``feasible``)."""
 
     name: ClassVar[str] = ""
     supports_extra: ClassVar[bool] = False
+    supports_pairwise: ClassVar[bool] = False
 
     def allocate(self, table: CostTable, budget: Budget) -> Allocation:
         budget.check(table)
@@ -102,6 +120,8 @@ class BaseAllocator:
         t0 = time.perf_counter()
         sol = self._solve(table, budget)
         dt = time.perf_counter() - t0
+        if table.pairwise and not self.supports_pairwise and sol.status != AllocStatus.ERROR:
+            sol = ignored_pairwise(table, sol, self.name)
         gap = 0.0 if sol.status == AllocStatus.OPTIMAL else sol.gap
         extra = dict(sol.extra)
         if gap is not None:
@@ -110,7 +130,7 @@ class BaseAllocator:
             return Allocation(None, sol.status, None, None, dt, sol.iterations, sol.message, extra, gap)
         choice = np.asarray(sol.choice, dtype=np.int64)
         size = table.plan_size(choice)
-        objective = table.plan_cost(choice)
+        objective = table.objective(choice)
         status, message = sol.status, sol.message
         over = budget.exceeded(table, choice)
         if over is not None and not sol.allow_over_budget:
@@ -130,6 +150,17 @@ class BaseAllocator:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({opts})"
+
+
+def ignored_pairwise(table: CostTable, sol: Solution, name: str) -> Solution:
+    """``sol`` of an allocator that optimised only the additive part of a table with pairwise terms: the message
+    says so, and ``optimal`` becomes ``feasible`` with an unknown gap."""
+    status, gap = sol.status, sol.gap
+    if status == AllocStatus.OPTIMAL:
+        status, gap = AllocStatus.FEASIBLE, None
+    note = (f"{name} ignored the {len(table.pairwise)} pairwise terms of the cost table (it optimises the "
+            "per-layer costs only; 'iqp' optimises both)")
+    return replace(sol, status=status, gap=gap, message=f"{note}; {sol.message}" if sol.message else note)
 
 
 def bool_option(owner: str, name: str, value: Any) -> bool:

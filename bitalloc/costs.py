@@ -7,20 +7,20 @@ A :class:`CostTable` holds, for L layers and B ascending candidate bit-widths ``
 * ``size_bits[l, j]``: the storage of layer l at ``bits[j]`` (strictly increasing in bits; typically
   ``num_params * b`` plus a per-channel-scale overhead that does not depend on b).
 
-Allocators solve the multiple-choice knapsack over this table::
+and optionally, for a sparse set of layer pairs, B x B matrices of interaction costs (``pairwise``,
+:mod:`bitalloc.pairwise`). Allocators solve::
 
-    minimize    sum_l cost[l, x_l]
+    minimize    f(x) = sum_l cost[l, x_l] + sum_{(i, j) in pairwise} P_ij[x_i, x_j]
     subject to  sum_l size_bits[l, x_l] <= budget.max_size_bits   (+ budget.extra linear constraints)
                 x_l in {0, ..., B-1}
 
-(HAWQ-V3, arXiv 2011.10680; Hubara et al., arXiv 2006.10518).
+without pairwise terms the multiple-choice knapsack (HAWQ-V3, arXiv 2011.10680; Hubara et al., arXiv
+2006.10518). f is :func:`plan_objective` (:meth:`CostTable.objective`): the one function every allocator,
+:class:`~bitalloc.plan.BitPlan` and the harness use for a plan's objective.
 
-**When a plan fits.** A plan's size and objective are sums over layers, and float sums depend on their order.
-Every sum here is :func:`exact_sum` (``math.fsum``: the correctly rounded sum, the same in every order), and a
-plan fits iff that sum is at most the budget (:meth:`Budget.fits`), with no tolerance. So a budget built from a
-plan's size (``Budget.from_avg_bits`` at a candidate, ``min_size_bits``, ``max_size_bits``) is met by that plan
-exactly, and nothing above the budget is ever accepted. Allocators may search with a small slack internally but
-accept a plan only under this rule (:meth:`CostTable.plan_size`, :meth:`CostTable.plan_cost`).
+Sizes and objectives are sums over layers, and float sums depend on their order: every one here is
+:func:`exact_sum` (``math.fsum``: the correctly rounded sum, the same in every order). A plan fits a budget iff
+its :meth:`CostTable.plan_size` is at most the budget, with no tolerance (:mod:`bitalloc.budget`).
 """
 
 from __future__ import annotations
@@ -36,11 +36,15 @@ import pandas as pd
 
 from bitalloc.atomic import atomic_write_text  # re-exported: callers import it from here too
 from bitalloc.errors import BudgetError, CostTableError
+from bitalloc.pairwise import PairTerms, validate_pairwise
+from bitalloc.tablecheck import check_fields, per_layer
 
-__all__ = ["LayerSpec", "CostTable", "Budget", "LinearConstraint", "atomic_write_text", "exact_sum"]
+__all__ = ["LayerSpec", "CostTable", "Budget", "LinearConstraint", "atomic_write_text", "exact_sum",
+           "plan_objective"]
 
 TABLE_FORMAT = "bitalloc.costtable"
-TABLE_VERSION = 1
+TABLE_VERSION = 1  # written when the table has no pairwise terms (files of older bitalloc read the same)
+TABLE_VERSION_PAIRWISE = 2  # with pairwise terms: a reader that would drop them refuses the file instead
 
 
 def exact_sum(values: Any) -> float:
@@ -56,6 +60,23 @@ def exact_sum(values: Any) -> float:
             return float(arr.sum())
 
 
+def plan_objective(cost: np.ndarray, choice: Any, pairs: PairTerms | None = None) -> Any:
+    """The objective of a plan: ``sum_l cost[l, choice[l]] + sum_p P_p[choice[i_p], choice[j_p]]``.
+
+    The one definition of a plan's objective (:meth:`CostTable.objective` calls it; solvers call it on their
+    scaled or reduced arrays). ``choice`` of shape (L,) gives a float, the :func:`exact_sum` of the terms; a batch
+    of shape (N, L) gives N float64 sums (numpy's, for ranking many plans at once).
+    """
+    choice = np.asarray(choice, dtype=np.int64)
+    terms = cost[np.arange(cost.shape[0]), choice]
+    if pairs is not None and len(pairs):
+        terms = np.concatenate([terms, pairs.values(choice)], axis=-1)
+    if terms.ndim == 1:
+        return exact_sum(terms)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return terms.sum(axis=-1)
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """One quantizable layer: its module path, kind (e.g. ``"Conv2d"``), parameter count and branch."""
@@ -66,30 +87,13 @@ class LayerSpec:
     branch: str = ""
 
 
-def _readonly(a: Any, dtype: Any = np.float64) -> np.ndarray:
-    out = np.array(a, dtype=dtype, copy=True)
-    out.setflags(write=False)
-    return out
-
-
-def _optional_per_layer(name: str, values: Any, layers: Sequence[LayerSpec]) -> np.ndarray | None:
-    if values is None:
-        return None
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.shape != (len(layers),):
-        raise CostTableError(f"{name} has shape {arr.shape}, expected ({len(layers)},) (one value per layer)")
-    for spec, v in zip(layers, arr):
-        if not math.isfinite(v) or v < 0:
-            raise CostTableError(f"{name} of layer '{spec.name}' is {v}; it must be finite and non-negative")
-    return _readonly(arr)
-
-
 @dataclass(frozen=True)
 class CostTable:
-    """Layers x ascending candidate bit-widths, with ``cost`` and ``size_bits`` arrays of shape (L, B).
+    """Layers x ascending candidate bit-widths, with ``cost`` and ``size_bits`` arrays of shape (L, B), and
+    optional ``pairwise`` interaction terms ``{(layer_i, layer_j): (B, B) array}`` (:mod:`bitalloc.pairwise`).
 
     Validated on construction; the arrays are stored as read-only copies. Costs must be finite and
-    non-negative but need not be monotone in bits (see :meth:`monotone`).
+    non-negative but need not be monotone in bits (see :meth:`monotone`); pairwise terms may have any sign.
     """
 
     layers: tuple[LayerSpec, ...]
@@ -98,83 +102,30 @@ class CostTable:
     size_bits: np.ndarray
     hessian_trace: np.ndarray | None = None
     weight_variance: np.ndarray | None = None
+    pairwise: Mapping[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        layers = tuple(self.layers)
-        if not layers:
-            raise CostTableError("cost table is empty: it needs at least one layer")
-        for spec in layers:
-            if not isinstance(spec, LayerSpec):
-                raise CostTableError(f"layers must be LayerSpec instances, got {type(spec).__name__}")
-            if not isinstance(spec.name, str) or not spec.name:
-                raise CostTableError(f"layer name {spec.name!r} must be a non-empty string")
-            if isinstance(spec.num_params, bool) or not isinstance(spec.num_params, (int, np.integer)) \
-                    or spec.num_params < 0:
-                raise CostTableError(
-                    f"num_params of layer '{spec.name}' is {spec.num_params!r}; it must be a non-negative int")
-        seen: set[str] = set()
-        for spec in layers:
-            if spec.name in seen:
-                raise CostTableError(f"duplicate layer name '{spec.name}' in cost table")
-            seen.add(spec.name)
-
-        bits = tuple(self.bits)
-        if not bits:
-            raise CostTableError("cost table has no candidate bit-widths (field 'bits' is empty)")
-        for b in bits:
-            if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= 32:
-                raise CostTableError(f"candidate bit-width {b!r} in field 'bits' must be an int in 1..32")
-        bits = tuple(int(b) for b in bits)
-        if any(b1 >= b2 for b1, b2 in zip(bits, bits[1:])):
-            raise CostTableError(f"field 'bits' must be strictly ascending, got {bits}")
-
-        shape = (len(layers), len(bits))
-        arrays = {}
-        for fname in ("cost", "size_bits"):
-            try:
-                arr = np.asarray(getattr(self, fname), dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise CostTableError(f"field '{fname}' is not numeric: {exc}") from None
-            if arr.shape != shape:
-                raise CostTableError(f"field '{fname}' has shape {arr.shape}, expected {shape} (layers x bits)")
-            bad = ~np.isfinite(arr) | (arr < 0)
-            if bad.any():
-                l, j = map(int, np.argwhere(bad)[0])
-                what = "cost" if fname == "cost" else "size_bits"
-                raise CostTableError(
-                    f"{what} of layer '{layers[l].name}' at {bits[j]} bits is {arr[l, j]}; "
-                    "it must be finite and non-negative")
-            worst = arr.max(axis=1)
-            if not math.isfinite(exact_sum(worst)):
-                l = int(np.argmax(worst))
-                raise CostTableError(
-                    f"field '{fname}' adds up to more than the float range (largest entry: layer "
-                    f"'{layers[l].name}', {arr[l].max():.6g}): a plan's total would be inf; rescale the table")
-            arrays[fname] = arr
-        size = arrays["size_bits"]
-        if len(bits) > 1:
-            not_growing = np.diff(size, axis=1) <= 0
-            if not_growing.any():
-                l, j = map(int, np.argwhere(not_growing)[0])
-                raise CostTableError(
-                    f"size_bits of layer '{layers[l].name}' does not grow with bits: {size[l, j]} at "
-                    f"{bits[j]} bits, {size[l, j + 1]} at {bits[j + 1]} bits")
-
+        layers, bits, cost, size = check_fields(self.layers, self.bits, self.cost, self.size_bits)
         object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "bits", bits)
-        object.__setattr__(self, "cost", _readonly(arrays["cost"]))
-        object.__setattr__(self, "size_bits", _readonly(size))
-        object.__setattr__(self, "hessian_trace", _optional_per_layer("hessian_trace", self.hessian_trace, layers))
-        object.__setattr__(self, "weight_variance",
-                           _optional_per_layer("weight_variance", self.weight_variance, layers))
+        object.__setattr__(self, "cost", cost)
+        object.__setattr__(self, "size_bits", size)
+        object.__setattr__(self, "hessian_trace", per_layer("hessian_trace", self.hessian_trace, layers))
+        object.__setattr__(self, "weight_variance", per_layer("weight_variance", self.weight_variance, layers))
+        names = tuple(s.name for s in layers)
+        pairwise = validate_pairwise(self.pairwise, names, bits)
+        object.__setattr__(self, "pairwise", pairwise)
+        object.__setattr__(self, "_pairs", PairTerms.from_mapping(pairwise, names, len(bits)) if pairwise else None)
 
     # construction -----------------------------------------------------------------------------------------
     @classmethod
     def from_arrays(cls, layer_names: Sequence[str], bits: Sequence[int], cost: Any, size_bits: Any = None, *,
                     num_params: Sequence[int] | None = None, kinds: Sequence[str] | None = None,
                     branches: Sequence[str] | None = None, hessian_trace: Any = None,
-                    weight_variance: Any = None) -> "CostTable":
-        """Build a table from plain arrays; ``size_bits=None`` means ``num_params * bits``."""
+                    weight_variance: Any = None,
+                    pairwise: Mapping[tuple[str, str], Any] | None = None) -> "CostTable":
+        """Build a table from plain arrays; ``size_bits=None`` means ``num_params * bits``; ``pairwise`` maps
+        layer-name pairs to (B, B) interaction costs (rows: bits of the first layer)."""
         names = list(layer_names)
         n = len(names)
         for fname, seq in (("num_params", num_params), ("kinds", kinds), ("branches", branches)):
@@ -191,7 +142,7 @@ class CostTable:
                 raise CostTableError("size_bits is None and num_params is not given: one of them is needed")
             size_bits = np.outer(np.asarray(params, dtype=np.float64), np.asarray(list(bits), dtype=np.float64))
         return cls(layers=layers, bits=tuple(bits), cost=cost, size_bits=size_bits, hessian_trace=hessian_trace,
-                   weight_variance=weight_variance)
+                   weight_variance=weight_variance, pairwise=pairwise or {})
 
     # properties -------------------------------------------------------------------------------------------
     @property
@@ -230,9 +181,15 @@ class CostTable:
         """Size in bits of the plan with column ``choice[l]`` for layer l (:func:`exact_sum`)."""
         return exact_sum(self.size_bits[np.arange(self.num_layers), self._rows(choice)])
 
-    def plan_cost(self, choice: Any) -> float:
-        """The objective: summed cost of the plan with column ``choice[l]`` for layer l (:func:`exact_sum`)."""
-        return exact_sum(self.cost[np.arange(self.num_layers), self._rows(choice)])
+    def objective(self, choice: Any) -> float:
+        """The objective of the plan with column ``choice[l]`` for layer l: its costs plus its pairwise terms
+        (:func:`plan_objective`, summed by :func:`exact_sum`)."""
+        return plan_objective(self.cost, self._rows(choice), self._pairs)
+
+    @property
+    def pair_terms(self) -> PairTerms | None:
+        """The pairwise terms as arrays for solvers (:class:`~bitalloc.pairwise.PairTerms`), None without any."""
+        return self._pairs
 
     @property
     def fp32_size_bits(self) -> float:
@@ -287,16 +244,19 @@ class CostTable:
 
     def replace(self, **changes: Any) -> "CostTable":
         kw = dict(layers=self.layers, bits=self.bits, cost=self.cost, size_bits=self.size_bits,
-                  hessian_trace=self.hessian_trace, weight_variance=self.weight_variance)
+                  hessian_trace=self.hessian_trace, weight_variance=self.weight_variance, pairwise=self.pairwise)
         kw.update(changes)
         return CostTable(**kw)
 
     def subset(self, names: Iterable[str]) -> "CostTable":
+        """The table of the layers ``names`` (in that order), with the pairwise terms among them."""
         idx = [self.index(n) for n in names]
+        kept = {self.layers[i].name for i in idx}
         pick = (lambda a: None if a is None else a[idx])
         return CostTable(layers=tuple(self.layers[i] for i in idx), bits=self.bits, cost=self.cost[idx],
                          size_bits=self.size_bits[idx], hessian_trace=pick(self.hessian_trace),
-                         weight_variance=pick(self.weight_variance))
+                         weight_variance=pick(self.weight_variance),
+                         pairwise={k: v for k, v in self.pairwise.items() if k[0] in kept and k[1] in kept})
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CostTable):
@@ -305,28 +265,23 @@ class CostTable:
             return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
         return (self.layers == other.layers and self.bits == other.bits and same(self.cost, other.cost)
                 and same(self.size_bits, other.size_bits) and same(self.hessian_trace, other.hessian_trace)
-                and same(self.weight_variance, other.weight_variance))
+                and same(self.weight_variance, other.weight_variance)
+                and self.pairwise.keys() == other.pairwise.keys()
+                and all(same(v, other.pairwise[k]) for k, v in self.pairwise.items()))
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __reduce__(self) -> tuple:
+        """Pickle (and deepcopy) by the constructor's arguments: the read-only pairwise mapping cannot be pickled."""
+        return (CostTable, (self.layers, self.bits, self.cost, self.size_bits, self.hessian_trace,
+                            self.weight_variance, dict(self.pairwise)))
+
     # serialisation ----------------------------------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
-        """Tidy frame, one row per (layer, bits)."""
-        L, B = self.cost.shape
-        data: dict[str, Any] = {
-            "layer": np.repeat(self.layer_names, B),
-            "kind": np.repeat([s.kind for s in self.layers], B),
-            "branch": np.repeat([s.branch for s in self.layers], B),
-            "num_params": np.repeat(self.num_params, B),
-            "bits": np.tile(np.asarray(self.bits, dtype=np.int64), L),
-            "cost": self.cost.reshape(-1),
-            "size_bits": self.size_bits.reshape(-1),
-        }
-        if self.hessian_trace is not None:
-            data["hessian_trace"] = np.repeat(self.hessian_trace, B)
-        if self.weight_variance is not None:
-            data["weight_variance"] = np.repeat(self.weight_variance, B)
-        return pd.DataFrame(data)
+        """Tidy frame, one row per (layer, bits); with pairwise terms also one row per (pair, bits, bits) with
+        columns ``pair_layer`` and ``pair_bits`` (blank on the layers' own rows; :mod:`bitalloc.tableio`)."""
+        from bitalloc.tableio import table_to_frame
+        return table_to_frame(self)
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> "CostTable":
@@ -344,23 +299,14 @@ class CostTable:
         return read_table_csv(path)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"format": TABLE_FORMAT, "version": TABLE_VERSION, "bits": list(self.bits),
-                               "layers": []}
-        for i, s in enumerate(self.layers):
-            row: dict[str, Any] = {"name": s.name, "kind": s.kind, "num_params": s.num_params, "branch": s.branch,
-                                   "cost": [float(c) for c in self.cost[i]],
-                                   "size_bits": [float(c) for c in self.size_bits[i]]}
-            if self.hessian_trace is not None:
-                row["hessian_trace"] = float(self.hessian_trace[i])
-            if self.weight_variance is not None:
-                row["weight_variance"] = float(self.weight_variance[i])
-            out["layers"].append(row)
-        return out
+        """JSON-ready mapping (:mod:`bitalloc.tablejson`; version 2 with the pairwise terms)."""
+        from bitalloc.tablejson import table_to_dict
+        return table_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CostTable":
         """Inverse of :meth:`to_dict`; errors name the layer and field."""
-        from bitalloc.tableio import table_from_dict
+        from bitalloc.tablejson import table_from_dict
         return table_from_dict(data)
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
@@ -373,130 +319,8 @@ class CostTable:
     def from_json(cls, path_or_text: str | os.PathLike) -> "CostTable":
         """Read JSON text or :meth:`to_json`'s file; a truncated or hand-edited one raises naming the file,
         the layer and the field."""
-        from bitalloc.tableio import read_table_json
+        from bitalloc.tablejson import read_table_json
         return read_table_json(path_or_text)
 
 
-@dataclass(frozen=True)
-class LinearConstraint:
-    """An extra resource: ``sum_l coeffs[layer][j(l)] <= max_value`` (e.g. bit-operations, latency).
-
-    ``coeffs`` maps every layer name to one coefficient per candidate bit-width of the table it is used with.
-    """
-
-    name: str
-    coeffs: Mapping[str, tuple[float, ...]]
-    max_value: float
-
-    def __post_init__(self) -> None:
-        if not math.isfinite(self.max_value):
-            raise BudgetError(f"constraint '{self.name}' has a non-finite limit {self.max_value}")
-        object.__setattr__(self, "coeffs", {str(k): tuple(float(x) for x in v) for k, v in self.coeffs.items()})
-
-    @classmethod
-    def bit_operations(cls, table: CostTable, macs: Mapping[str, float], max_value: float, *,
-                       activation_bits: int = 8, name: str = "bit_operations") -> "LinearConstraint":
-        """BOPs = MACs x weight bits x activation bits per layer (HAWQ-V3's second resource)."""
-        missing = [n for n in table.layer_names if n not in macs]
-        if missing:
-            raise BudgetError(f"bit_operations: no MAC count for layer '{missing[0]}'")
-        return cls(name, {n: tuple(float(macs[n]) * b * activation_bits for b in table.bits)
-                          for n in table.layer_names}, max_value)
-
-    def matrix(self, table: CostTable) -> np.ndarray:
-        """Coefficients as an (L, B) array aligned with ``table``."""
-        out = np.empty(table.cost.shape)
-        for i, n in enumerate(table.layer_names):
-            if n not in self.coeffs:
-                raise BudgetError(f"constraint '{self.name}' has no coefficients for layer '{n}'")
-            row = self.coeffs[n]
-            if len(row) != len(table.bits):
-                raise BudgetError(f"constraint '{self.name}' has {len(row)} coefficients for layer '{n}', "
-                                  f"expected one per candidate ({len(table.bits)})")
-            out[i] = row
-        if not np.isfinite(out).all():
-            raise BudgetError(f"constraint '{self.name}' has non-finite coefficients")
-        return out
-
-    def value(self, table: CostTable, choice: Any) -> float:
-        """The constraint's left-hand side for the plan with column ``choice[l]`` per layer (:func:`exact_sum`)."""
-        m = self.matrix(table)
-        return exact_sum(m[np.arange(table.num_layers), np.asarray(choice, dtype=np.int64)])
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A model-size budget ``max_size_bits`` plus optional extra linear constraints."""
-
-    max_size_bits: float
-    extra: tuple[LinearConstraint, ...] = field(default=())
-
-    def __post_init__(self) -> None:
-        try:
-            v = float(self.max_size_bits)
-        except (TypeError, ValueError):
-            raise BudgetError(f"max_size_bits must be a number, got {self.max_size_bits!r}") from None
-        if not math.isfinite(v) or v <= 0:
-            raise BudgetError(f"max_size_bits must be positive and finite, got {self.max_size_bits!r}")
-        object.__setattr__(self, "max_size_bits", v)
-        extra = tuple(self.extra)
-        for c in extra:
-            if not isinstance(c, LinearConstraint):
-                raise BudgetError(f"budget extra constraints must be LinearConstraint, got {type(c).__name__}")
-        object.__setattr__(self, "extra", extra)
-
-    @classmethod
-    def from_avg_bits(cls, table: CostTable, avg_bits: float, **kw: Any) -> "Budget":
-        """The size of the uniform ``avg_bits`` plan (exact at a candidate, per-layer linear in between)."""
-        size = table.uniform_size_bits(avg_bits)
-        if size <= 0:
-            raise BudgetError(f"avg_bits {avg_bits} gives a non-positive size {size} bits")
-        budget = cls(size, **kw)
-        budget.check(table)
-        return budget
-
-    @classmethod
-    def from_compression_ratio(cls, table: CostTable, ratio: float, **kw: Any) -> "Budget":
-        """``fp32_size_bits / ratio`` (e.g. ratio 4 is about 8 bits per weight)."""
-        if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 0):
-            raise BudgetError(f"compression ratio must be positive and finite, got {ratio!r}")
-        budget = cls(table.fp32_size_bits / ratio, **kw)
-        budget.check(table)
-        return budget
-
-    def fits(self, size_bits: float) -> bool:
-        """Whether a plan of ``size_bits`` (as :meth:`CostTable.plan_size` sums it) meets the budget.
-
-        The one rule every allocator, :meth:`check` and the harness use: ``size_bits <= max_size_bits``, with no
-        tolerance; sizes are :func:`exact_sum` totals, so a plan exactly at the budget fits in every code path.
-        """
-        return float(size_bits) <= self.max_size_bits
-
-    def exceeded(self, table: CostTable, choice: Any) -> str | None:
-        """``None`` if the plan (column ``choice[l]`` per layer) meets the size and every extra constraint under
-        :meth:`fits`'s rule, else a sentence naming what it exceeds and by how much."""
-        size = table.plan_size(choice)
-        if not self.fits(size):
-            return (f"plan of {size:.10g} bits exceeds the budget of {self.max_size_bits:.10g} bits by "
-                    f"{size - self.max_size_bits:.6g} bits")
-        for c in self.extra:
-            v = c.value(table, choice)
-            if not v <= c.max_value:
-                return f"plan's '{c.name}' of {v:.10g} exceeds its limit {c.max_value:.10g} by {v - c.max_value:.6g}"
-        return None
-
-    def check(self, table: CostTable) -> None:
-        """Raise :class:`BudgetError` if no plan of ``table`` can fit (stating the smallest size)."""
-        smallest = table.min_size_bits
-        if not self.fits(smallest):
-            raise BudgetError(
-                f"budget of {self.max_size_bits:.6g} bits ({table.size_to_avg_bits(self.max_size_bits):.4g} "
-                f"avg bits) is below the smallest achievable size {smallest:.6g} bits "
-                f"({table.size_to_avg_bits(smallest):.4g} avg bits: every layer at its lowest candidate, "
-                f"{table.bits[0]} bits)")
-        for c in self.extra:
-            m = c.matrix(table)
-            low = exact_sum(m.min(axis=1))
-            if not low <= c.max_value:
-                raise BudgetError(f"constraint '{c.name}' limit {c.max_value:.6g} is below its smallest "
-                                  f"achievable value {low:.6g}")
+from bitalloc.budget import Budget, LinearConstraint  # noqa: E402  (re-exported; budget.py imports this module)

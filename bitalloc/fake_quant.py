@@ -38,10 +38,11 @@ exactly zero however the original weight is trained.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn as nn
+
+from bitalloc.bits import QUANT_MAX_BITS as MAX_BITS, QUANT_MIN_BITS as MIN_BITS, check_bits  # the one rule
 
 __all__ = [
     "CALIBRATIONS", "ESTIMATORS", "MAX_BITS", "MIN_BITS", "ActQuantizer", "RoundClamp", "WeightQuantizer",
@@ -50,23 +51,6 @@ __all__ = [
 
 ESTIMATORS = ("ste", "leaky_clip", "dgm")
 CALIBRATIONS = ("minmax", "percentile", "mse")
-MIN_BITS, MAX_BITS = 2, 16
-
-
-def check_bits(bits: Any, layer: str | None = None) -> int:
-    """Validate a weight bit-width: an int in 2..16 (1 is named separately: it is a valid plan width elsewhere
-    but this symmetric grid cannot represent it)."""
-    where = f"layer '{layer}'" if layer else "quantizer"
-    if isinstance(bits, bool) or not hasattr(bits, "__index__"):
-        raise ValueError(f"bits of {where} must be an int, got {bits!r}")
-    b = int(bits)
-    if b == 1:
-        raise ValueError(f"bits of {where} is 1; the symmetric per-channel quantizer needs 2..16 bits "
-                         "(1 bit would leave only the level 0)")
-    if not 1 <= b <= MAX_BITS:
-        raise ValueError(f"bits of {where} is {b}; bit-widths must be in 1..16 ({MIN_BITS}..{MAX_BITS} for "
-                         "weight quantizers)")
-    return b
 
 
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:

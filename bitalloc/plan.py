@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from bitalloc.bits import check_bits
 from bitalloc.errors import PlanError
 
 if TYPE_CHECKING:
@@ -26,17 +27,12 @@ __all__ = ["BitPlan", "PLAN_FORMAT", "PLAN_VERSION"]
 
 PLAN_FORMAT = "bitalloc.plan"
 PLAN_VERSION = 1
-MIN_BITS, MAX_BITS = 1, 32
 
 
-def _check_bits(name: Any, b: Any) -> int:
+def _check_entry(name: Any, b: Any) -> int:
     if not isinstance(name, str) or not name:
         raise PlanError(f"layer name {name!r} must be a non-empty string")
-    if isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, np.integer)):
-        raise PlanError(f"bits of layer '{name}' must be an int, got {b!r} ({type(b).__name__})")
-    if not MIN_BITS <= int(b) <= MAX_BITS:
-        raise PlanError(f"bits of layer '{name}' is {int(b)}; it must be in {MIN_BITS}..{MAX_BITS}")
-    return int(b)
+    return check_bits(b, name, quantizer=False, error=PlanError)
 
 
 @dataclass(frozen=True)
@@ -52,7 +48,7 @@ class BitPlan:
         for name, b in items:
             if name in checked:
                 raise PlanError(f"duplicate layer '{name}' in bit plan")
-            checked[name] = _check_bits(name, b)
+            checked[name] = _check_entry(name, b)
         object.__setattr__(self, "bits", MappingProxyType(checked))
         object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
 
@@ -98,7 +94,8 @@ class BitPlan:
         unknown = [n for n in self.bits if n not in names]
         problems = []
         if missing:
-            problems.append(f"no entry for {_names(missing)} of the cost table")
+            others = f" (nor for {_names(missing[1:], quoted_only=True)})" if len(missing) > 1 else ""
+            problems.append(f"no entry for layer '{missing[0]}'{others} of the cost table")
         if unknown:
             problems.append(f"{_names(unknown)} which the cost table lacks")
         if problems:
@@ -136,8 +133,8 @@ class BitPlan:
         return table.plan_size(self.choices(table))
 
     def cost(self, table: "CostTable") -> float:
-        """The plan's objective, :meth:`CostTable.plan_cost`."""
-        return table.plan_cost(self.choices(table))
+        """The plan's objective, :meth:`CostTable.objective` (its costs plus any pairwise terms)."""
+        return table.objective(self.choices(table))
 
     # JSON -------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -176,10 +173,13 @@ class BitPlan:
         return cls.from_dict(data)
 
 
-def _names(names: list[str], limit: int = 8) -> str:
-    """``layer 'a'`` or ``layers 'a', 'b'``: at most ``limit`` names, then how many more."""
+def _names(names: list[str], limit: int = 8, quoted_only: bool = False) -> str:
+    """``layer 'a'`` or ``layers 'a', 'b'`` (``quoted_only``: ``'a', 'b'``): at most ``limit`` names, then how
+    many more."""
     shown = ", ".join(f"'{n}'" for n in names[:limit])
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    if quoted_only:
+        return shown + more
     return f"layer {shown}" if len(names) == 1 else f"layers {shown}{more}"
 
 

@@ -1,39 +1,41 @@
-"""Reading cost tables from CSV, JSON and data frames, checking every cell.
+"""Cost tables as tidy data frames and CSV files (JSON: :mod:`bitalloc.tablejson`), every cell checked.
 
 A truncated or hand-edited file is refused with a :class:`CostTableError` that names the file, the row (CSV: the
-line; JSON: the layer's position and name) and the field, never a bare ``ValueError``, ``KeyError`` or
-``JSONDecodeError``. Bit-widths must be integers: ``8.7`` is refused, not truncated to 8 (``8.0`` reads as 8).
-:meth:`CostTable.from_csv`, :meth:`~CostTable.from_json`, :meth:`~CostTable.from_dict` and
+line; JSON: the layer's position and name, or the pairwise term's position and pair) and the field, never a bare
+``ValueError``, ``KeyError`` or ``JSONDecodeError``. Bit-widths must be integers: ``8.7`` is refused, not truncated
+to 8 (``8.0`` reads as 8). :meth:`CostTable.from_csv`, :meth:`~CostTable.from_json`, :meth:`~CostTable.from_dict` and
 :meth:`~CostTable.from_frame` call these functions.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from bitalloc.costs import CostTable
 from bitalloc.errors import CostTableError
+from bitalloc.pairwise import pairwise_frame
 
-__all__ = ["table_from_frame", "table_from_dict", "read_table_csv", "read_table_json"]
+__all__ = ["table_from_frame", "table_to_frame", "read_table_csv", "as_int", "as_float", "as_text", "is_blank",
+           "build_table"]
 
 REQUIRED = ("layer", "bits", "cost", "size_bits")
 PER_LAYER = ("kind", "branch", "num_params", "hessian_trace", "weight_variance")
 
 
-def _blank(v: Any) -> bool:
+def is_blank(v: Any) -> bool:
+    """An empty cell: None, blank text or NaN."""
     return v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, (float, np.floating))
                                                                    and math.isnan(v))
 
 
-def _as_int(v: Any, where: str, field: str) -> int:
+def as_int(v: Any, where: str, field: str) -> int:
     """An integer cell: an int, or a float or text equal to an integer (``8``, ``8.0``); ``8.7`` is refused."""
-    if _blank(v):
+    if is_blank(v):
         raise CostTableError(f"{where}: field '{field}' is missing")
     if isinstance(v, (bool, np.bool_)):
         raise CostTableError(f"{where}: field '{field}' is {v!r}, not an integer")
@@ -48,9 +50,9 @@ def _as_int(v: Any, where: str, field: str) -> int:
     return int(x)
 
 
-def _as_float(v: Any, where: str, field: str) -> float:
+def as_float(v: Any, where: str, field: str) -> float:
     """A finite number cell."""
-    if _blank(v):
+    if is_blank(v):
         raise CostTableError(f"{where}: field '{field}' is missing")
     if isinstance(v, (bool, np.bool_)):
         raise CostTableError(f"{where}: field '{field}' is {v!r}, not a number")
@@ -63,8 +65,9 @@ def _as_float(v: Any, where: str, field: str) -> float:
     return x
 
 
-def _as_text(v: Any, where: str, field: str, required: bool = False) -> str:
-    if _blank(v):
+def as_text(v: Any, where: str, field: str, required: bool = False) -> str:
+    """A text cell (blank: "" unless ``required``)."""
+    if is_blank(v):
         if required:
             raise CostTableError(f"{where}: field '{field}' is missing")
         return ""
@@ -73,7 +76,8 @@ def _as_text(v: Any, where: str, field: str, required: bool = False) -> str:
     return v if isinstance(v, str) else str(v)
 
 
-def _build(source: str, names: list[str], bits: Any, cost: Any, size: Any, **kw: Any) -> CostTable:
+def build_table(source: str, names: list[str], bits: Any, cost: Any, size: Any, **kw: Any) -> CostTable:
+    """``CostTable.from_arrays`` with ``source`` in front of its errors."""
     try:
         return CostTable.from_arrays(names, bits, cost, size, **kw)
     except CostTableError as exc:
@@ -89,19 +93,21 @@ def table_from_frame(frame: pd.DataFrame, source: str = "cost-table frame", firs
         raise CostTableError(f"{source} lacks the column '{missing[0]}' (needs {', '.join(REQUIRED)})")
     if len(frame) == 0:
         raise CostTableError(f"{source} has no rows")
-    records = frame.to_dict(orient="records")
+    records = list(enumerate(frame.to_dict(orient="records")))
+    pair_rows = [(i, r) for i, r in records if not is_blank(r.get("pair_layer"))]
+    records = [(i, r) for i, r in records if is_blank(r.get("pair_layer"))]
     optional = [c for c in PER_LAYER if c in frame.columns]
     cells: dict[tuple[str, int], tuple[float, float, int]] = {}
     per_layer: dict[str, dict[str, Any]] = {}
     first_at: dict[str, int] = {}
     all_bits: set[int] = set()
-    for i, rec in enumerate(records):
+    for i, rec in records:
         n = first_row + i
         where = f"{source}, {row_word} {n}"
-        name = _as_text(rec["layer"], where, "layer", required=True)
-        b = _as_int(rec["bits"], where, "bits")
-        c = _as_float(rec["cost"], where, "cost")
-        s = _as_float(rec["size_bits"], where, "size_bits")
+        name = as_text(rec["layer"], where, "layer", required=True)
+        b = as_int(rec["bits"], where, "bits")
+        c = as_float(rec["cost"], where, "cost")
+        s = as_float(rec["size_bits"], where, "size_bits")
         if (name, b) in cells:
             raise CostTableError(f"{where}: layer '{name}' has a second row at {b} bits (first at {row_word} "
                                  f"{cells[name, b][2]})")
@@ -111,11 +117,11 @@ def table_from_frame(frame: pd.DataFrame, source: str = "cost-table frame", firs
         for col in optional:
             v = rec[col]
             if col in ("kind", "branch"):
-                vals[col] = _as_text(v, where, col)
+                vals[col] = as_text(v, where, col)
             elif col == "num_params":
-                vals[col] = 0 if _blank(v) else _as_int(v, where, col)
+                vals[col] = 0 if is_blank(v) else as_int(v, where, col)
             else:
-                vals[col] = None if _blank(v) else _as_float(v, where, col)
+                vals[col] = None if is_blank(v) else as_float(v, where, col)
         if name not in per_layer:
             per_layer[name], first_at[name] = vals, n
         else:
@@ -143,10 +149,43 @@ def table_from_frame(frame: pd.DataFrame, source: str = "cost-table frame", firs
                 raise CostTableError(f"{source}, {row_word} {first_at[n]}: field '{col}' of layer '{n}' is "
                                      "missing while other layers have it")
             proxies[col] = vals
-    return _build(source, names, bits, cost, size,
+    pairwise = _pairs_from_rows(pair_rows, bits, source, first_row, row_word) if pair_rows else None
+    return build_table(source, names, bits, cost, size,
                   num_params=[per_layer[n].get("num_params", 0) for n in names],
                   kinds=[per_layer[n].get("kind", "") for n in names],
-                  branches=[per_layer[n].get("branch", "") for n in names], **proxies)
+                  branches=[per_layer[n].get("branch", "") for n in names], pairwise=pairwise, **proxies)
+
+
+def _pairs_from_rows(rows: list[tuple[int, dict]], bits: list[int], source: str, first_row: int,
+                     row_word: str) -> dict[tuple[str, str], np.ndarray]:
+    """The pairwise terms of :func:`~bitalloc.pairwise.pairwise_frame`'s rows: every pair needs one row per
+    (bits, pair_bits) of the table's candidates."""
+    col = {b: k for k, b in enumerate(bits)}
+    cells: dict[tuple[str, str], dict[tuple[int, int], int]] = {}
+    values: dict[tuple[str, str], np.ndarray] = {}
+    for i, rec in rows:
+        n = first_row + i
+        where = f"{source}, {row_word} {n}"
+        pair = (as_text(rec["layer"], where, "layer", required=True),
+                as_text(rec["pair_layer"], where, "pair_layer", required=True))
+        a, b = as_int(rec["bits"], where, "bits"), as_int(rec.get("pair_bits"), where, "pair_bits")
+        for field, v in (("bits", a), ("pair_bits", b)):
+            if v not in col:
+                raise CostTableError(f"{where}: field '{field}' of the pairwise term ('{pair[0]}', '{pair[1]}') is "
+                                     f"{v}, not a candidate bit-width of the table {bits}")
+        seen = cells.setdefault(pair, {})
+        if (a, b) in seen:
+            raise CostTableError(f"{where}: the pairwise term ('{pair[0]}', '{pair[1]}') has a second row at "
+                                 f"({a}, {b}) bits (first at {row_word} {seen[a, b]})")
+        seen[a, b] = n
+        values.setdefault(pair, np.full((len(bits), len(bits)), np.nan))[col[a], col[b]] = \
+            as_float(rec["cost"], where, "cost")
+    for pair, m in values.items():
+        if np.isnan(m).any():
+            a, b = map(int, np.argwhere(np.isnan(m))[0])
+            raise CostTableError(f"{source} is not complete: the pairwise term ('{pair[0]}', '{pair[1]}') has no row "
+                                 f"at ({bits[a]}, {bits[b]}) bits (every pair needs one per pair of candidates)")
+    return values
 
 
 def read_table_csv(path: str | os.PathLike) -> CostTable:
@@ -161,77 +200,22 @@ def read_table_csv(path: str | os.PathLike) -> CostTable:
     return table_from_frame(frame, source=source, first_row=2, row_word="line")  # line 1 is the header
 
 
-def _field(row: Mapping[str, Any], key: str, where: str) -> Any:
-    if key not in row:
-        raise CostTableError(f"{where}: field '{key}' is missing")
-    return row[key]
-
-
-def table_from_dict(data: Any, source: str = "cost-table dict") -> CostTable:
-    """A table from the mapping of :meth:`CostTable.to_dict` (format ``bitalloc.costtable``, version 1)."""
-    from bitalloc.costs import TABLE_FORMAT, TABLE_VERSION
-
-    if not isinstance(data, Mapping):
-        raise CostTableError(f"{source}: not a cost table (a {type(data).__name__}, expected a JSON object)")
-    if data.get("format") != TABLE_FORMAT:
-        raise CostTableError(f"{source}: not a cost table: field 'format' is {data.get('format')!r}, "
-                             f"expected {TABLE_FORMAT!r}")
-    if data.get("version") != TABLE_VERSION:
-        raise CostTableError(f"{source}: unsupported cost-table version {data.get('version')!r} "
-                             f"(this bitalloc reads version {TABLE_VERSION})")
-    raw_bits = _field(data, "bits", source)
-    if not isinstance(raw_bits, list) or not raw_bits:
-        raise CostTableError(f"{source}: field 'bits' is {raw_bits!r}; expected a non-empty list of integers")
-    bits = [_as_int(b, f"{source}, bits[{k}]", "bits") for k, b in enumerate(raw_bits)]
-    rows = _field(data, "layers", source)
-    if not isinstance(rows, list) or not rows:
-        raise CostTableError(f"{source}: field 'layers' is {type(rows).__name__}; expected a non-empty list")
-    names, costs, sizes, params, kinds, branches = [], [], [], [], [], []
-    proxies: dict[str, list[float]] = {"hessian_trace": [], "weight_variance": []}
-    present = {k: k in rows[0] if isinstance(rows[0], Mapping) else False for k in proxies}
-    for i, row in enumerate(rows):
-        where = f"{source}, layers[{i}]"
-        if not isinstance(row, Mapping):
-            raise CostTableError(f"{where}: a {type(row).__name__}, expected an object")
-        name = _as_text(_field(row, "name", where), where, "name", required=True)
-        where = f"{where} ('{name}')"
-        vec = {}
-        for key in ("cost", "size_bits"):
-            v = _field(row, key, where)
-            if not isinstance(v, list) or len(v) != len(bits):
-                raise CostTableError(f"{where}: field '{key}' has {len(v) if isinstance(v, list) else repr(v)} "
-                                     f"entries, expected one per bit-width ({len(bits)})")
-            vec[key] = [_as_float(x, f"{where}, {key}[{k}]", key) for k, x in enumerate(v)]
-        names.append(name)
-        costs.append(vec["cost"])
-        sizes.append(vec["size_bits"])
-        params.append(_as_int(row.get("num_params", 0), where, "num_params"))
-        kinds.append(_as_text(row.get("kind", ""), where, "kind"))
-        branches.append(_as_text(row.get("branch", ""), where, "branch"))
-        for key in proxies:
-            if present[key]:
-                proxies[key].append(_as_float(_field(row, key, where), where, key))
-            elif key in row:
-                raise CostTableError(f"{where}: field '{key}' is given but layers[0] lacks it")
-    return _build(source, names, bits, np.array(costs), np.array(sizes), num_params=params, kinds=kinds,
-                  branches=branches, **{k: v for k, v in proxies.items() if present[k]})
-
-
-def read_table_json(path_or_text: str | os.PathLike) -> CostTable:
-    """Read JSON text, or a file written by :meth:`CostTable.to_json`; errors name the file, layer and field."""
-    s = os.fspath(path_or_text)
-    if s.lstrip().startswith("{"):
-        source, text = "cost-table JSON text", s
-    else:
-        source = s
-        try:
-            with open(s, encoding="utf-8") as fh:
-                text = fh.read()
-        except UnicodeDecodeError as exc:
-            raise CostTableError(f"{source}: not a text file ({exc})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CostTableError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}; "
-                             "truncated?)") from None
-    return table_from_dict(data, source)
+def table_to_frame(table: CostTable) -> pd.DataFrame:
+    """:meth:`CostTable.to_frame`: one row per (layer, bits); with pairwise terms also one row per (pair, bits,
+    bits) with ``pair_layer`` and ``pair_bits`` (:func:`~bitalloc.pairwise.pairwise_frame`)."""
+    L, B = table.cost.shape
+    data: dict[str, Any] = {
+        "layer": np.repeat(table.layer_names, B),
+        "kind": np.repeat([s.kind for s in table.layers], B),
+        "branch": np.repeat([s.branch for s in table.layers], B),
+        "num_params": np.repeat(table.num_params, B),
+        "bits": np.tile(np.asarray(table.bits, dtype=np.int64), L),
+        "cost": table.cost.reshape(-1),
+        "size_bits": table.size_bits.reshape(-1),
+    }
+    if table.hessian_trace is not None:
+        data["hessian_trace"] = np.repeat(table.hessian_trace, B)
+    if table.weight_variance is not None:
+        data["weight_variance"] = np.repeat(table.weight_variance, B)
+    frame = pd.DataFrame(data)
+    return pairwise_frame(frame, table.pairwise, table.bits) if table.pairwise else frame

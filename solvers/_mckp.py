@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from bitalloc.costs import exact_sum
+from bitalloc.costs import exact_sum, plan_objective
+from bitalloc.pairwise import ConditionalCost, PairTerms
 
 INF = np.inf
 SLACK = 1e-9  # relative margin around the capacity inside which a running sum is re-added exactly
@@ -123,7 +123,7 @@ def lp_relaxation(cost: np.ndarray, size: np.ndarray, hull: np.ndarray, capacity
     first = idx[:, 0]
     choice = first.copy()
     base_size = float(size[rows, first].sum())
-    value = float(cost[rows, first].sum())
+    value = plan_objective(cost, first)
     slack = capacity - base_size
     # steps from hull point k-1 to k, for k >= 1
     r, k = np.nonzero((np.arange(B)[None, :] >= 1) & (np.arange(B)[None, :] < counts[:, None]))
@@ -179,22 +179,28 @@ def _best_move(cost: np.ndarray, size: np.ndarray, keep: np.ndarray | None, l: i
 
 
 def descend(cost: np.ndarray, size: np.ndarray, choice: np.ndarray, capacity: float | None,
-            record: bool = False, keep: np.ndarray | None = None) -> tuple[np.ndarray, int, list[tuple[int, int]]]:
+            record: bool = False, keep: np.ndarray | None = None,
+            pairs: PairTerms | None = None) -> tuple[np.ndarray, int, list[tuple[int, int]]]:
     """Lower layers by least cost increase per bit saved until the plan fits ``capacity`` (None: to the end).
 
     AIMET's greedy descent, one heap entry per layer (stale entries skipped); moves only to ``keep`` columns when
-    given. Whether the plan fits is decided by its exact size near the capacity. Returns the final choice, the
-    number of moves and (if ``record``) the moves as (layer, new column).
+    given. With pairwise terms the cost of a move is its change of the whole objective (the layer's row of
+    :class:`~bitalloc.pairwise.ConditionalCost`), and a move re-prices the moved layer's partners. Whether the
+    plan fits is decided by its exact size near the capacity. Returns the final choice, the number of moves and
+    (if ``record``) the moves as (layer, new column).
     """
-    choice = np.array(choice, dtype=np.int64)
+    cond = ConditionalCost(cost, pairs, choice)
+    choice = cond.choice
+    cost = cond.matrix  # the cost itself without pairwise terms; updated in place by cond.move
     L = cost.shape[0]
     used = exact_size(size, choice)
     tol = margin(capacity, size) if capacity is not None else 0.0
+    version = np.zeros(L, dtype=np.int64)  # a partner's move re-prices a layer: older heap entries are stale
     heap = []
     for l in range(L):
         r, k = _best_move(cost, size, keep, l, int(choice[l]))
         if k >= 0:
-            heap.append((r, l, int(choice[l]), k))
+            heap.append((r, l, int(choice[l]), k, 0))
     heapq.heapify(heap)
     moves: list[tuple[int, int]] = []
     n = 0
@@ -208,26 +214,31 @@ def descend(cost: np.ndarray, size: np.ndarray, choice: np.ndarray, capacity: fl
         return used > capacity
 
     while heap and over():
-        r, l, j, k = heapq.heappop(heap)
-        if choice[l] != j:
+        r, l, j, k, v = heapq.heappop(heap)
+        if choice[l] != j or version[l] != v:
             continue  # stale entry
         used += float(size[l, k] - size[l, j])
-        choice[l] = k
+        cond.move(l, k)
         n += 1
         if record:
             moves.append((l, k))
-        r2, k2 = _best_move(cost, size, keep, l, k)
-        if k2 >= 0:
-            heapq.heappush(heap, (r2, l, k, k2))
-    return choice, n, moves
+        for m in (l, *cond.neighbours(l)):
+            version[m] += 1
+            r2, k2 = _best_move(cost, size, keep, m, int(choice[m]))
+            if k2 >= 0:
+                heapq.heappush(heap, (r2, m, int(choice[m]), k2, int(version[m])))
+    return choice.copy(), n, moves
 
 
 def fill_slack(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, choice: np.ndarray,
-               capacity: float, max_moves: int | None = None) -> np.ndarray:
+               capacity: float, max_moves: int | None = None, pairs: PairTerms | None = None) -> np.ndarray:
     """Improve a plan that fits: repeatedly make the single-layer change with the largest cost decrease that
-    still fits (upgrades into the slack, or downgrades that lower cost). Never leaves the budget: a move that
-    ends within the slack of the capacity is checked on the plan's exact size."""
-    choice = choice.copy()
+    still fits (upgrades into the slack, or downgrades that lower cost); with pairwise terms, the largest decrease
+    of the whole objective. Never leaves the budget: a move that ends within the slack of the capacity is checked
+    on the plan's exact size."""
+    cond = ConditionalCost(cost, pairs, choice)
+    choice = cond.choice
+    cost = cond.matrix
     L = cost.shape[0]
     rows = np.arange(L)
     used = exact_size(size, choice)
@@ -248,88 +259,12 @@ def fill_slack(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, choice: np.
             old = choice[l]
             choice[l] = j
             new_used = exact_size(size, choice)
+            choice[l] = old
             if new_used > capacity:
-                choice[l] = old
                 banned[l, j] = True
                 continue
-        choice[l] = j
+        cond.move(l, j)
         used = new_used
         banned[:] = False
         moves += 1
-    return choice
-
-
-def enumerate_pareto(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, capacity: float,
-                     rc: np.ndarray | None = None, rc_limit: float = INF,
-                     max_states: int = 2_000_000, cost_limit: float | None = None, lam: float = 0.0,
-                     tol: float | None = None, fits: Callable[[np.ndarray], bool] | None = None,
-                     ) -> tuple[np.ndarray | None, int, bool]:
-    """Exact MCKP by dynamic programming over Pareto-optimal partial plans (Nemhauser-Ullmann).
-
-    Exact for real-valued sizes (no grid). States are (size, cost) of partial plans; a state dominated in
-    both is dropped, as is one that cannot fit with the smallest remaining choices, or (with reduced costs
-    ``rc`` and the budget's dual price ``lam``) one whose reduced costs plus ``lam`` times the
-    capacity it must leave unused exceed ``rc_limit``, or (with ``cost_limit``, e.g. an incumbent's cost) one whose
-    cost plus the cheapest remaining choices exceeds it. Sizes are compared with the slack ``tol`` (default
-    :func:`margin`); of the complete plans, the cheapest that ``fits`` (default: exact size <= capacity) wins.
-    Returns the optimal choice (None if no plan passes), the largest number of states held, and whether the
-    enumeration completed (False: it stopped at more than ``max_states``).
-    """
-    L, B = cost.shape
-    if tol is None:
-        tol = margin(capacity, size)
-    if fits is None:
-        def fits(plan: np.ndarray) -> bool:
-            return exact_size(size, plan) <= capacity
-    min_rest = np.concatenate([np.cumsum(np.where(keep, size, INF).min(axis=1)[::-1])[::-1][1:], [0.0]])
-    max_rest = np.concatenate([np.cumsum(np.where(keep, size, -INF).max(axis=1)[::-1])[::-1][1:], [0.0]])
-    min_rest_cost = np.concatenate([np.cumsum(np.where(keep, cost, INF).min(axis=1)[::-1])[::-1][1:], [0.0]])
-    st_size = np.zeros(1)
-    st_cost = np.zeros(1)
-    st_rc = np.zeros(1)
-    parents: list[np.ndarray] = []
-    choices: list[np.ndarray] = []
-    peak = 1
-    for l in range(L):
-        js = np.nonzero(keep[l])[0]
-        n_s = st_size.size
-        # choice-major layout: B runs each sorted by size, which the stable sort (timsort) merges cheaply
-        ns = (size[l, js][:, None] + st_size[None, :]).ravel()
-        nc = (cost[l, js][:, None] + st_cost[None, :]).ravel()
-        nr = ((rc[l, js][:, None] if rc is not None else np.zeros((js.size, 1))) + st_rc[None, :]).ravel()
-        par = np.tile(np.arange(n_s), js.size)
-        ch = np.repeat(js, n_s)
-        # a complete plan x costs LB + sum rc + lam * (W - size(x)), and size(x) <= ns + max_rest
-        unused = np.maximum(capacity - ns - max_rest[l], 0.0)
-        ok = (ns + min_rest[l] <= capacity + tol) & (nr + lam * unused <= rc_limit)
-        if cost_limit is not None:
-            ok &= nc + min_rest_cost[l] <= cost_limit
-        ns, nc, nr, par, ch = ns[ok], nc[ok], nr[ok], par[ok], ch[ok]
-        if ns.size == 0:
-            return None, peak, True
-        # by size; equal sizes may keep a dominated twin, which is harmless
-        order = np.argsort(ns, kind="stable")
-        ns, nc, nr, par, ch = ns[order], nc[order], nr[order], par[order], ch[order]
-        prev_best = np.concatenate([[INF], np.minimum.accumulate(nc)[:-1]])
-        front = nc < prev_best
-        st_size, st_cost, st_rc = ns[front], nc[front], nr[front]
-        parents.append(par[front])
-        choices.append(ch[front])
-        peak = max(peak, st_size.size)
-        if st_size.size > max_states:
-            return None, peak, False
-    def plan(state: int) -> np.ndarray:
-        out = np.empty(L, dtype=np.int64)
-        for l in range(L - 1, -1, -1):
-            out[l] = choices[l][state]
-            state = int(parents[l][state])
-        return out
-
-    # the front runs from small and dear to large and cheap: the cheapest state that fits is the optimum
-    for state in np.argsort(st_cost, kind="stable"):
-        if st_size[state] <= capacity - tol:
-            return plan(int(state)), peak, True
-        p = plan(int(state))
-        if fits(p):
-            return p, peak, True
-    return None, peak, True
+    return choice.copy()

@@ -13,7 +13,11 @@ allocator on one (table, budget) and counts:
   whose gap is not 0;
 * ``optimal_worse``: an allocator says ``optimal`` but another allocator's plan that fits costs less (by more than
   1e-9 relative: float rounding of the sums);
-* ``disagreements``: the ILP's default path, its PuLP path and ``exact`` do not reach the same objective.
+* ``disagreements``: the exact allocators (``ilp``'s default path, its PuLP path, ``iqp`` and ``exact``; with
+  pairwise terms ``iqp`` and ``exact``) do not reach the same objective.
+
+With ``pairwise=True``, :func:`random_table` adds interaction terms of either sign on a random subset of the
+layer pairs, and objectives are checked with them (added in rational arithmetic as well).
 """
 
 from __future__ import annotations
@@ -36,17 +40,19 @@ BIT_SETS = ((2, 3, 4, 5, 6, 8), (2, 4, 8), (4, 8), (2, 3, 4), (1, 2, 3, 4, 5, 6,
 ALLOCATORS: dict[str, Callable[[], Any]] = {
     "ilp": lambda: build_allocator("ilp"),
     "ilp/pulp": lambda: build_allocator("ilp", method="pulp"),
+    "iqp": lambda: build_allocator("iqp"),
     "exact": lambda: build_allocator("exact"),
     "greedy": lambda: build_allocator("greedy"),
     "convex": lambda: build_allocator("convex"),
     "fmpq": lambda: build_allocator("fmpq"),
     "uniform": lambda: build_allocator("uniform"),
 }
-EXACT_ONES = ("ilp", "ilp/pulp", "exact")
+EXACT_ONES = ("ilp", "ilp/pulp", "iqp", "exact")
+EXACT_PAIRWISE = ("iqp", "exact")  # the ILP optimises the additive part only
 RTOL = 1e-9
 
 
-def random_table(rng: np.random.Generator, max_layers: int = 24) -> CostTable:
+def random_table(rng: np.random.Generator, max_layers: int = 24, pairwise: bool = False) -> CostTable:
     """A random small table; see the module docstring for the shapes it covers."""
     L = int(rng.integers(1, max_layers + 1)) if rng.random() > 0.05 else 1
     bits = BIT_SETS[int(rng.integers(len(BIT_SETS)))]
@@ -72,7 +78,19 @@ def random_table(rng: np.random.Generator, max_layers: int = 24) -> CostTable:
     else:  # all zero but one layer
         cost = np.zeros((L, len(bits)))
         cost[int(rng.integers(L))] = np.linspace(1.0, 0.0, len(bits))
-    return CostTable.from_arrays([f"l{i}" for i in range(L)], bits, cost, size, num_params=params.tolist())
+    pairs = {}
+    if pairwise:  # few enough plans for exact's brute force (B**L <= 100,000), the reference with pairs
+        L = min(L, max(1, int(math.log(100_000) / math.log(len(bits)))) if len(bits) > 1 else L)
+        size, cost, params = size[:L], cost[:L], params[:L]
+    names = [f"l{i}" for i in range(L)]
+    if pairwise:  # each pair with probability 1/2: interactions up to the typical cost, either sign, some zero
+        typical = float(np.median(cost)) or 1.0
+        for i in range(L):
+            for j in range(i + 1, L):
+                if rng.random() < 0.5:
+                    m = rng.normal(0.0, typical, (len(bits), len(bits))) * (rng.random((len(bits),) * 2) < 0.7)
+                    pairs[(names[i], names[j]) if rng.random() < 0.5 else (names[j], names[i])] = m
+    return CostTable.from_arrays(names, bits, cost, size, num_params=params.tolist(), pairwise=pairs)
 
 
 def boundary_budgets(table: CostTable, rng: np.random.Generator, n_random: int = 2) -> list[float]:
@@ -139,7 +157,9 @@ def check_case(table: CostTable, max_size_bits: float, counts: Counts, names: It
             continue
         choice = r.plan.choices(table)
         rows = np.arange(table.num_layers)
-        size, objective = _exact(table.size_bits[rows, choice]), _exact(table.cost[rows, choice])
+        pair_terms = [m[choice[table.index(i)], choice[table.index(j)]] for (i, j), m in table.pairwise.items()]
+        size = _exact(table.size_bits[rows, choice])
+        objective = _exact(np.concatenate([table.cost[rows, choice], pair_terms]))
         if size > max_size_bits:
             counts.note("violations", f"{where} {name}: size {size!r} > budget {max_size_bits!r}")
             continue
@@ -158,23 +178,25 @@ def check_case(table: CostTable, max_size_bits: float, counts: Counts, names: It
         if r.status == AllocStatus.OPTIMAL and _worse(r.objective, best):
             counts.note("optimal_worse", f"{where} {name}: optimal {r.objective!r} > {best!r} "
                                          f"({min(results, key=lambda n: results[n].objective)}): {r.message}")
-    exact = [results[n].objective for n in EXACT_ONES if n in results]
+    exact_ones = EXACT_PAIRWISE if table.pairwise else EXACT_ONES
+    exact = [results[n].objective for n in exact_ones if n in results]
     if len(exact) > 1 and _worse(max(exact), min(exact)):
         counts.note("disagreements", f"{where}: " + ", ".join(
-            f"{n} {results[n].objective!r} ({results[n].status})" for n in EXACT_ONES if n in results))
+            f"{n} {results[n].objective!r} ({results[n].status})" for n in exact_ones if n in results))
 
 
 def run(num_tables: int, seed: int | Sequence[int] = 0, pulp_every: int = 1,
         names: Iterable[str] = tuple(ALLOCATORS), max_layers: int = 24,
-        progress: Callable[[Counts], None] | None = None) -> Counts:
+        progress: Callable[[Counts], None] | None = None, pairwise: bool = False) -> Counts:
     """Check ``num_tables`` tables drawn from ``np.random.default_rng(seed)`` at their boundary budgets; the PuLP
-    path runs on every ``pulp_every``-th table (it starts a CBC process per solve)."""
+    path runs on every ``pulp_every``-th table (it starts a CBC process per solve); ``pairwise``: tables with
+    interaction terms."""
     rng = np.random.default_rng(seed)
     counts = Counts()
     t0 = time.perf_counter()
     names = tuple(names)
     for k in range(num_tables):
-        table = random_table(rng, max_layers)
+        table = random_table(rng, max_layers, pairwise)
         counts.tables += 1
         use = tuple(n for n in names if n != "ilp/pulp" or k % pulp_every == 0)
         for w in boundary_budgets(table, rng):

@@ -20,6 +20,10 @@ loss increase 1/2 tr(H) * Delta^2/12 with step Delta ~ range * 2^-b and range^2 
 cancels in theta). Otherwise ``w_l`` is fitted to the row: the geometric mean of ``c_l(b) * 2^(2 b)`` over its
 positive costs (a least-squares fit in the log domain); a row of zeros gets w_l = 0 (lowest bits before repair).
 ``p_l`` is the row's size slope per bit, so per-channel overheads are handled.
+
+Pairwise terms (a table's interaction costs) have no place in the per-layer model ``w_l 2^(-2b)``: the
+water-filling ignores them, and the repair steps count them (their moves are priced by the change of the whole
+objective, as in ``greedy``); the result's message says so.
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ class ConvexAllocator(BaseAllocator):
     """Options: ``use_proxies`` (Hessian trace x weight variance when the table has them, default True),
     ``repair`` (greedy fill of leftover slack after rounding, default True)."""
 
+    supports_pairwise = True  # in the repair only; the message says that the water-filling ignored them
+
     def __init__(self, use_proxies: bool = True, repair: bool = True) -> None:
         self.use_proxies = bool_option("convex", "use_proxies", use_proxies)
         self.repair = bool_option("convex", "repair", repair)
@@ -89,9 +95,12 @@ class ConvexAllocator(BaseAllocator):
         w = proxy_weights(table, self.use_proxies)
         b = water_fill(w, p, size[:, 0], bits[0], bits[-1], W)
         choice = np.abs(b[:, None] - bits[None, :]).argmin(axis=1)
-        choice, n_down, _ = descend(cost, size, choice, W)
+        pairs = table.pair_terms
+        choice, n_down, _ = descend(cost, size, choice, W, pairs=pairs)
         if self.repair:
-            choice = fill_slack(cost, size, np.ones_like(cost, dtype=bool), choice, W)
+            choice = fill_slack(cost, size, np.ones_like(cost, dtype=bool), choice, W, pairs=pairs)
+        note = "" if pairs is None else (f"; the water-filling ignored the {len(pairs)} pairwise terms, the repair "
+                                         "moves counted them")
         return Solution(choice, AllocStatus.FEASIBLE, n_down,
-                        f"water-filling, rounded, {n_down} repair moves down",
+                        f"water-filling, rounded, {n_down} repair moves down{note}",
                         {"continuous_bits": b, "weights": w})

@@ -13,8 +13,9 @@ Three exact methods (``method="auto"``: brute force for tiny tables, else the Pa
   real-valued sizes, limited to ``max_states`` states; partial plans whose cost plus the cheapest remaining
   choices exceeds a greedy plan's cost are pruned (a plain bound, no LP).
 
-Too large for all three: status ``error`` (use ``ilp``). This allocator shares no code with ``ilp``'s
-reduction, so tests can check one against the other. Plans are accepted by the budget rule
+Too large for all three: status ``error`` (use ``ilp``). With pairwise terms in the table only brute force is
+exact (the DPs add costs layer by layer), so larger tables are an ``error`` naming ``iqp``. This allocator shares
+no code with ``ilp``'s reduction, so tests can check one against the other. Plans are accepted by the budget rule
 (:meth:`Budget.fits` on exact sums), so a budget exactly at a plan's size admits that plan.
 """
 
@@ -25,14 +26,17 @@ import math
 import numpy as np
 
 from bitalloc.allocation import AllocStatus, BaseAllocator, Solution, int_option, register_allocator
-from bitalloc.costs import Budget, CostTable, exact_sum
+from bitalloc.costs import Budget, CostTable, exact_sum, plan_objective
+from bitalloc.pairwise import PairTerms
 
-from ._mckp import descend, enumerate_pareto, exact_size, margin
+from ._mckp import descend, exact_size, margin
+from ._pareto import enumerate_pareto
 
 METHODS = ("auto", "brute", "grid", "pareto")
 
 
-def brute_force(cost: np.ndarray, size: np.ndarray, W: float) -> np.ndarray | None:
+def brute_force(cost: np.ndarray, size: np.ndarray, W: float, pairs: PairTerms | None = None) -> np.ndarray | None:
+    """The cheapest of all B**L plans that fit (objective with the pairwise terms, if given)."""
     L, B = cost.shape
     plans = np.stack(np.unravel_index(np.arange(B ** L), (B,) * L), axis=1).astype(np.int64).reshape(-1, L)
     rows = np.arange(L)
@@ -41,7 +45,7 @@ def brute_force(cost: np.ndarray, size: np.ndarray, W: float) -> np.ndarray | No
     fits = total_s <= W - tol
     for k in np.nonzero(np.abs(total_s - W) <= tol)[0]:  # too close to the budget for a running sum
         fits[k] = exact_size(size, plans[k]) <= W
-    total_c = np.where(fits, cost[rows, plans].sum(axis=1), np.inf)
+    total_c = np.where(fits, plan_objective(cost, plans, pairs), np.inf)
     k = int(np.argmin(total_c))
     return plans[k] if np.isfinite(total_c[k]) else None
 
@@ -91,6 +95,8 @@ def grid_dp(cost: np.ndarray, size: np.ndarray, W: float) -> np.ndarray:
 
 @register_allocator("exact")
 class ExactAllocator(BaseAllocator):
+    supports_pairwise = True  # by brute force; the DPs refuse a table with pairwise terms
+
     def __init__(self, method: str = "auto", max_plans: int = 100_000, max_cells: int = 20_000_000,
                  max_states: int = 1_000_000) -> None:
         if method not in METHODS:
@@ -104,7 +110,7 @@ class ExactAllocator(BaseAllocator):
     def _ub(cost: np.ndarray, size: np.ndarray, W: float) -> float:
         """Cost of a greedy plan: partial plans that cannot beat it are pruned (with a margin for rounding)."""
         choice, _, _ = descend(cost, size, np.full(cost.shape[0], cost.shape[1] - 1), W)
-        ub = exact_sum(cost[np.arange(cost.shape[0]), choice])
+        ub = plan_objective(cost, choice)
         return ub + 1e-9 * max(1.0, abs(ub))
 
     def _pareto(self, cost: np.ndarray, size: np.ndarray, W: float) -> tuple[np.ndarray | None, int, bool]:
@@ -115,6 +121,11 @@ class ExactAllocator(BaseAllocator):
         cost, size, W = table.cost, table.size_bits, budget.max_size_bits
         L, B = cost.shape
         method = self.method
+        pairs = table.pair_terms
+        if pairs is not None and (method != "brute" and B ** L > self.max_plans or method in ("grid", "pareto")):
+            return Solution(None, AllocStatus.ERROR, 0,
+                            f"exact handles the {len(pairs)} pairwise terms by brute force only, and {B}**{L} plans "
+                            f"exceed max_plans={self.max_plans} (or method '{method}' was asked for); use 'iqp'")
         if method == "auto":
             if B ** L <= self.max_plans:
                 method = "brute"
@@ -130,7 +141,7 @@ class ExactAllocator(BaseAllocator):
         if method == "brute":
             if B ** L > self.max_plans:
                 return Solution(None, AllocStatus.ERROR, 0, f"{B}**{L} plans exceed max_plans={self.max_plans}")
-            return self._done(brute_force(cost, size, W), B ** L, "brute")
+            return self._done(brute_force(cost, size, W, pairs), B ** L, "brute")
         if method == "grid":
             frac = fractional_size(size)
             if frac is not None:

@@ -39,19 +39,19 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from bitalloc.allocation import AllocStatus, BaseAllocator, Solution, float_option, int_option, register_allocator
-from bitalloc.costs import Budget, CostTable, exact_sum
+from bitalloc.costs import Budget, CostTable, exact_sum, plan_objective
 
-from ._mckp import (descend, dominance_mask, enumerate_pareto, exact_size, fill_slack, hull_mask, lagrangian,
-                    lp_relaxation, margin)
+from ._mckp import descend, dominance_mask, exact_size, fill_slack, hull_mask, lagrangian, lp_relaxation, margin
+from ._pareto import enumerate_pareto
 from .milp import milp_solver, solve_mckp
 
-__all__ = ["ILPAllocator", "milp_solver"]
+__all__ = ["ILPAllocator", "milp_solver", "allowed_choices", "relative_gap"]
 
 METHODS = ("auto", "structured", "pulp")
 OBJ_RTOL = 1e-9  # objective comparisons: float rounding of the sums, relative
 
 
-def _bits_mask(table: CostTable, bounds: int | Mapping[str, int] | None, low: bool) -> np.ndarray:
+def _bits_mask(table: CostTable, bounds: int | Mapping[str, int] | None, low: bool, owner: str) -> np.ndarray:
     L, B = table.cost.shape
     bits = np.asarray(table.bits)
     if bounds is None:
@@ -59,11 +59,24 @@ def _bits_mask(table: CostTable, bounds: int | Mapping[str, int] | None, low: bo
     if isinstance(bounds, Mapping):
         unknown = [n for n in bounds if n not in set(table.layer_names)]
         if unknown:
-            raise ValueError(f"ilp: {'min' if low else 'max'}_bits names layer '{unknown[0]}', not in the table")
+            raise ValueError(f"{owner}: {'min' if low else 'max'}_bits names layer '{unknown[0]}', not in the table")
         lim = np.array([bounds.get(n, -np.inf if low else np.inf) for n in table.layer_names], dtype=float)
     else:
         lim = np.full(L, float(bounds))
     return bits[None, :] >= lim[:, None] if low else bits[None, :] <= lim[:, None]
+
+
+def allowed_choices(table: CostTable, min_bits: int | Mapping[str, int] | None,
+                    max_bits: int | Mapping[str, int] | None, tied: Sequence[Sequence[str]] = (),
+                    owner: str = "ilp") -> np.ndarray:
+    """(L, B) mask of the candidates within ``min_bits`` / ``max_bits`` (an int for all layers or
+    ``{layer: bits}``); a ValueError naming the layer if a bound or a ``tied`` group names one not in the table."""
+    names = set(table.layer_names)
+    for g in tied:
+        for n in g:
+            if n not in names:
+                raise ValueError(f"{owner}: tied group names layer '{n}', not in the table")
+    return _bits_mask(table, min_bits, True, owner) & _bits_mask(table, max_bits, False, owner)
 
 
 def _pow2_scale(cost: np.ndarray, allowed: np.ndarray) -> float:
@@ -98,16 +111,11 @@ class ILPAllocator(BaseAllocator):
 
     # ------------------------------------------------------------------------------------------------------
     def _solve(self, table: CostTable, budget: Budget) -> Solution:
-        allowed = _bits_mask(table, self.min_bits, True) & _bits_mask(table, self.max_bits, False)
+        allowed = allowed_choices(table, self.min_bits, self.max_bits, self.tied, self.name)
         empty = ~allowed.any(axis=1)
         if empty.any():
             return Solution(None, AllocStatus.INFEASIBLE, 0,
                             f"min_bits/max_bits leave layer '{table.layer_names[int(np.argmax(empty))]}' no candidate")
-        names = set(table.layer_names)
-        for g in self.tied:
-            for n in g:
-                if n not in names:
-                    raise ValueError(f"ilp: tied group names layer '{n}', not in the table")
         method = self.method
         if method == "auto":
             method = "pulp" if (budget.extra or self.tied) else "structured"
@@ -135,7 +143,7 @@ class ILPAllocator(BaseAllocator):
         if exact_size(size, inc) > W:  # the LP's running sums rounded into the budget: step back down
             inc, _, _ = descend(cost, size, inc, W, keep=keep)
         inc = fill_slack(cost, size, keep, inc, W)
-        ub = exact_sum(cost[rows, inc])
+        ub = plan_objective(cost, inc)
         lb, rc = lagrangian(cost, size, keep, lp.lam, W)
         tol = OBJ_RTOL * max(abs(ub), abs(lb)) + 1e-300
         info: dict[str, Any] = {"lp_bound": lb * scale, "incumbent_cost": ub * scale, "lam": lp.lam * scale,
@@ -170,11 +178,11 @@ class ILPAllocator(BaseAllocator):
             cost[fidx], size[fidx], live[fidx], cap, rc=rc[fidx] if bounded else None,
             rc_limit=gap + tol if bounded else math.inf, max_states=self.max_states,
             lam=lp.lam if bounded else 0.0, tol=margin(W, size), fits=fits,
-            cost_limit=None if bounded else exact_sum(cost[fidx, inc[fidx]]) + tol)
+            cost_limit=None if bounded else plan_objective(cost[fidx], inc[fidx]) + tol)
         info["states"] = n_states
         if complete:  # sub is None: no plan beats the incumbent
             choice = inc
-            if sub is not None and exact_sum(cost[rows, full(sub)]) < ub:
+            if sub is not None and plan_objective(cost, full(sub)) < ub:
                 choice = full(sub)
             return Solution(choice, AllocStatus.OPTIMAL, n_states,
                             f"proven optimal: {len(fidx)} layers left after reduced-cost fixing", info, gap=0.0)
@@ -186,18 +194,18 @@ class ILPAllocator(BaseAllocator):
         choice, obj = inc, ub
         if res.choice is not None:  # solve_mckp accepted it by the exact rule (fits)
             cand = full(res.choice)
-            if exact_sum(cost[rows, cand]) < ub:
-                choice, obj = cand, exact_sum(cost[rows, cand])
+            if plan_objective(cost, cand) < ub:
+                choice, obj = cand, plan_objective(cost, cand)
         if res.proven:  # every plan cheaper than the incumbent is in the reduced problem
             return Solution(choice, AllocStatus.OPTIMAL, n_states,
                             f"proven optimal: {len(fidx)} layers left after reduced-cost fixing, solved by "
                             f"{res.solver}", info, gap=0.0)
         low = lb if bounded else -math.inf
         if res.lower_bound is not None:  # the reduced problem's bound plus the fixed layers' cost
-            fixed_cost = exact_sum(cost[rows[~free], fixed_choice[~free]])
+            fixed_cost = plan_objective(cost[~free], fixed_choice[~free])
             low = max(low, min(ub, res.lower_bound + fixed_cost))
         return Solution(choice, AllocStatus.FEASIBLE, n_states, f"reduced problem: {res.message}", info,
-                        gap=_gap(obj, low))
+                        gap=relative_gap(obj, low))
 
     # ------------------------------------------------------------------------------------------------------
     def _pulp(self, table: CostTable, budget: Budget, allowed: np.ndarray) -> Solution:
@@ -224,14 +232,14 @@ class ILPAllocator(BaseAllocator):
             return Solution(None, AllocStatus.ERROR, 0, res.message, extra)
         if res.proven:
             return Solution(res.choice, AllocStatus.OPTIMAL, 0, res.message, extra, gap=0.0)
-        obj = table.plan_cost(res.choice)
+        obj = table.objective(res.choice)
         if res.lower_bound is not None:
             extra["lower_bound"] = res.lower_bound
         return Solution(res.choice, AllocStatus.FEASIBLE, 0, res.message, extra,
-                        gap=None if res.lower_bound is None else _gap(obj, res.lower_bound))
+                        gap=None if res.lower_bound is None else relative_gap(obj, res.lower_bound))
 
 
-def _gap(objective: float, lower_bound: float) -> float | None:
+def relative_gap(objective: float, lower_bound: float) -> float | None:
     """Relative gap ``(objective - bound) / objective`` (>= 0), or None if the bound says nothing."""
     if not math.isfinite(lower_bound):
         return None

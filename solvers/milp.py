@@ -46,7 +46,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bitalloc.costs import exact_sum
+from bitalloc.costs import exact_sum, plan_objective
 from bitalloc.errors import SolverUnavailableError
 
 from ._mckp import dominance_mask, exact_size, hull_mask, lp_relaxation
@@ -186,7 +186,7 @@ def solve_mckp(cost: np.ndarray, size: np.ndarray, capacity: float, allowed: np.
             v.setInitialValue(1 if warm[l] == j else 0)
 
     def value(choice: np.ndarray) -> float:
-        return exact_sum(cost[rows, choice])
+        return plan_objective(cost, choice)
 
     with tempfile.TemporaryDirectory(prefix="bitalloc-cbc-") as tmp:
         log_path = os.path.join(tmp, "cbc.log")

@@ -73,9 +73,9 @@ def test_plan_must_cover_table():
 
 
 @pytest.mark.parametrize("bits, text", [
-    ({"a": 8}, r"no entry for layers 'b', 'c' of the cost table"),
+    ({"a": 8}, r"no entry for layer 'b' \(nor for 'c'\) of the cost table"),
     ({"a": 8, "b": 4, "c": 4, "zz": 8, "yy": 2}, r"bit plan has layers 'zz', 'yy' which the cost table lacks"),
-    ({"a": 8, "zz": 8}, r"no entry for layers 'b', 'c' of the cost table; and has layer 'zz' which"),
+    ({"a": 8, "zz": 8}, r"no entry for layer 'b' \(nor for 'c'\) of the cost table; and has layer 'zz' which"),
 ], ids=["missing", "unknown", "both"])
 def test_measures_name_every_missing_or_unknown_layer(bits, text):
     t = CostTable.from_arrays(["a", "b", "c"], (4, 8), np.zeros((3, 2)), num_params=[100, 300, 50])
@@ -90,4 +90,4 @@ def test_size_and_cost_use_the_tables_exact_sums():
                               [[0.1, 0.2], [1e16, 2e16], [1.0, 2.0]])
     p = BitPlan({"a": 4, "b": 4, "c": 4})
     assert p.size_bits(t) == t.plan_size([0, 0, 0]) == 1e16 + 1.1
-    assert p.cost(t) == t.plan_cost([0, 0, 0])
+    assert p.cost(t) == t.objective([0, 0, 0])

@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 from bitalloc import (AllocStatus, Allocation, Allocator, BitPlan, Budget, BudgetError, CostTable, CostTableError,
                       LinearConstraint, available_allocators, build_allocator, pareto_front)
 from bitalloc.solvers import (ConvexAllocator, ExactAllocator, FMPQAllocator, GreedyAllocator, ILPAllocator,
-                              UniformAllocator)
+                              IQPAllocator, UniformAllocator)
 
-NAMES = ["convex", "exact", "fmpq", "greedy", "ilp", "uniform"]
+NAMES = ["convex", "exact", "fmpq", "greedy", "ilp", "iqp", "uniform"]
 CLASSES = {"fmpq": FMPQAllocator, "ilp": ILPAllocator, "convex": ConvexAllocator, "greedy": GreedyAllocator,
-           "uniform": UniformAllocator, "exact": ExactAllocator}
+           "uniform": UniformAllocator, "exact": ExactAllocator, "iqp": IQPAllocator}
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
