@@ -8,7 +8,7 @@ change of the loss on fixed calibration batches,
 computed in eval mode (for a CompressAI model y and z are rounded: deterministic). The table's cost is
 max(zeta, 0) (``fit="clip"``: measurement noise can be slightly negative; the raw values are in the frame
 returned with ``return_frame=True``), or the noise-aware fit of :mod:`bitalloc.noise` (``fit="isotonic"``:
-non-increasing in bits, 0 within the noise floor). With ``uncertainty=True`` every crop is one observation and
+non-increasing in bits, noisy cells pooled). With ``uncertainty=True`` every crop is one observation and
 each cell gets its standard error (``zeta_se`` and ``cost_se`` in the frame, ``noise_floor`` in its attrs). The
 size follows :func:`bitalloc.quant.layer_size_bits`. With the default RD loss on a model with a registered
 pipeline (:mod:`bitalloc.sensitivity.pipelines`) only the computation downstream of the quantized layer is redone
@@ -77,7 +77,7 @@ def _num_samples(batch: Any) -> int:
 
 
 def _table_costs(frame: pd.DataFrame, names: list[str], bits: tuple[int, ...], fit: str,
-                 noise_z: float) -> tuple[np.ndarray, np.ndarray | None]:
+                 snap_z: float) -> tuple[np.ndarray, np.ndarray | None]:
     """(cost, cost_se) of the table from the raw cells: clipped or noise-aware (:func:`bitalloc.noise.fit_costs`);
     non-finite cells become a prohibitive cost either way."""
     def pivot(col: str) -> np.ndarray:
@@ -88,7 +88,8 @@ def _table_costs(frame: pd.DataFrame, names: list[str], bits: tuple[int, ...], f
     if fit == "clip":
         return _penalize_non_finite(np.maximum(zeta, 0.0), names, bits), se
     bad = ~np.isfinite(zeta)
-    cost, cost_se = fit_costs(np.where(bad, 0.0, zeta), None if se is None else np.where(bad, np.nan, se), z=noise_z)
+    cost, cost_se = fit_costs(np.where(bad, 0.0, zeta), None if se is None else np.where(bad, np.nan, se),
+                              snap_z=snap_z)
     if bad.any():  # a prohibitive cost; the cells with fewer bits of that layer too (monotone)
         cost = _penalize_non_finite(np.where(np.logical_or.accumulate(bad[:, ::-1], axis=1)[:, ::-1], np.inf, cost),
                                     names, bits)
@@ -99,7 +100,7 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
                         loss: Loss | None = None, lmbda: float | None = None, calibration: str = "minmax",
                         method: str = "cached", hessian_samples: int = 4, gdn: bool = False, crop: int = 256,
                         limit: int | None = 4, progress: bool = True, return_frame: bool = False,
-                        uncertainty: bool = False, fit: str = "clip", noise_z: float = 2.0,
+                        uncertainty: bool = False, fit: str = "clip", snap_z: float = 0.0,
                         ) -> CostTable | tuple[CostTable, pd.DataFrame]:
     """Sensitivity cost table of every quantizable layer at every candidate bit-width (module docstring).
 
@@ -115,9 +116,9 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
 
     ``uncertainty``: evaluate every sample (crop) as its own batch and add ``zeta_se`` and ``cost_se`` (the
     standard error of the raw and of the table's cost) to the frame and ``noise_floor``
-    (:func:`bitalloc.noise.noise_floor` at ``noise_z``) to its attrs; the losses are the same up to rounding.
-    ``fit``: "clip" (max(zeta, 0), today's table) or "isotonic" (:func:`bitalloc.noise.fit_costs`: monotone in
-    bits and, with ``uncertainty``, 0 within ``noise_z`` standard errors).
+    (:func:`bitalloc.noise.noise_floor`) to its attrs; the losses are the same up to rounding. ``fit``: "clip"
+    (max(zeta, 0), today's table) or "isotonic" (:func:`bitalloc.noise.fit_costs`: monotone in bits, weighted
+    by the standard errors with ``uncertainty``, cells within ``snap_z`` of them set to 0 when ``snap_z > 0``).
     """
     if method not in ("cached", "naive"):
         raise ValueError(f"unknown method {method!r}; valid choices: cached, naive")
@@ -160,7 +161,7 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
     finally:
         model.train(was_training)
     frame = pd.DataFrame(rows)
-    cost, cost_se = _table_costs(frame, names, bits, fit, noise_z)
+    cost, cost_se = _table_costs(frame, names, bits, fit, snap_z)
     at = frame.columns.get_loc("zeta_se" if uncertainty else "zeta") + 1
     frame.insert(at, "cost", cost.ravel())  # rows are layer-major, bits ascending: the table's order
     if uncertainty:
@@ -168,7 +169,7 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
     frame.attrs.update(time_s=elapsed, method=probe.method, pipeline=probe.path if probe.pipes else None,
                        lmbda=getattr(objective, "lmbda", None), num_images=sum(map(_num_samples, batches)),
                        evaluations=probe.evaluations, fit=fit,
-                       **({"noise_floor": noise_floor(cost_se, noise_z), "noise_z": noise_z} if uncertainty else {}))
+                       **({"noise_floor": noise_floor(cost_se), "snap_z": snap_z} if uncertainty else {}))
     size = frame.pivot(index="layer", columns="bits", values="size_bits").loc[names, list(bits)].to_numpy()
     tensors = [getattr(m, quantized_tensor_name(m)).detach() for m in layers.values()]
     table = CostTable.from_arrays(

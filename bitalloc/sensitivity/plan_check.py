@@ -20,8 +20,8 @@ class PlanCheck:
     """What a cost table predicts for a plan against what the plan does when all its layers are quantized.
 
     ``predicted``: the table's objective for the plan (its per-layer costs, fractional loss increases, plus any
-    pairwise terms: what every allocator optimizes); ``measured``: the fractional loss increase of the whole plan at once, on the
-    same data. ``excess = measured - predicted`` is the interaction the table cannot see. ``bpp_fp`` and
+    pairwise terms: what every allocator optimizes); ``measured``: the fractional loss increase of the whole plan
+    at once, on the same data. ``excess = measured - predicted`` is the interaction the table cannot see. ``bpp_fp`` and
     ``bpp_plan`` are None when the loss reports no ``bpp``; ``parts_fp``/``parts_plan`` hold every named part.
     """
 
