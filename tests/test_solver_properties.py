@@ -21,6 +21,13 @@ def test_every_allocator_on_random_tables_at_boundary_budgets():
     assert_clean(counts)
 
 
+def test_every_allocator_on_random_tables_with_pairwise_terms():
+    # interactions of either sign on half the pairs; iqp and exact (brute force) must agree, nobody exceeds a budget
+    counts = conformance.run(12, seed=11, names=FAST, pairwise=True)
+    assert counts.tables == 12 and counts.cases >= 60
+    assert_clean(counts)
+
+
 def test_pulp_path_default_path_and_exact_agree():
     counts = conformance.run(24, seed=7, names=("ilp", "ilp/pulp", "exact", "greedy"), max_layers=12)
     assert counts.cases >= 150
