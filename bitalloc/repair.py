@@ -1,0 +1,297 @@
+"""Measured verify-and-repair around any allocator: the plan returned is the best one *measured*.
+
+A cost table predicts a plan's loss by adding single-layer (and measured pairwise) costs; layers that interact
+beyond that make the prediction wrong (the Mean-Scale Hyperprior's hyper-synthesis layers at 2 bits: each free
+alone, +25 % RD loss together). :func:`verify_and_repair`:
+
+1. allocates with the given allocator and measures the plan's joint loss (all its layers quantized at once,
+   :class:`~bitalloc.sensitivity.plan_check.JointLoss`, the measure of :func:`bitalloc.check_plan`);
+2. while the measured loss exceeds the (learned) prediction by more than ``tolerance``, *learns*: the excess is
+   added to the table as a correction on the layers the plan pushed lowest (the layers at its lowest
+   bit-width; with fewer than two of them, those at the next bit-width too), on their cells at the plan's
+   bits and every lower one, so the learned table predicts this plan exactly and every plan that pushes the
+   same layers as low or lower costs at least as much; then re-solves on the learned table. The correction is
+   pairwise (spread over the group's pairs) for an allocator that optimizes pairwise terms
+   (``supports_pairwise``), else unary (spread over the group's layers), which every allocator optimizes;
+3. when the allocator proposes a plan already measured, or fails, a budget-feasible local search scored by the
+   measured joint loss takes over from the best plan: raise one layer a step (cheapest predicted first), paying
+   for it by lowering others where the learned table says it costs least; move on the first improvement;
+4. stops within ``max_evals`` measured plans and ``time_limit`` seconds, or when the learned prediction holds.
+
+It returns the best measured plan: never over the budget (every candidate is checked with
+:meth:`Budget.exceeded`), never worse measured than the allocator's own plan (which is measured first), with the
+history of every plan measured. :func:`verifying` wraps it as an allocator (``.allocate(table, budget)``), which
+the harness uses for names with the ``+verify`` suffix (``ilp+verify``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch.nn as nn
+
+from bitalloc.allocation import Allocation, Allocator, AllocStatus, build_allocator
+from bitalloc.costs import Budget, CostTable
+from bitalloc.errors import BudgetError
+from bitalloc.interactions import with_pairwise
+from bitalloc.objective import Loss, relative_increase
+from bitalloc.plan import BitPlan
+from bitalloc.sensitivity.plan_check import JointLoss
+
+__all__ = ["CORRECTIONS", "VERIFY_SUFFIX", "Repair", "VerifyingAllocator", "split_verify", "verify_and_repair",
+           "verifying"]
+
+VERIFY_SUFFIX = "+verify"
+CORRECTIONS = ("auto", "unary", "pairwise")
+
+
+@dataclass(frozen=True)
+class Repair:
+    """What :func:`verify_and_repair` found. ``plan``: the best measured plan; ``measured``/``predicted``: its
+    measured joint loss increase and the (original) table's prediction; ``start``: the allocator's own
+    allocation, measured ``start_measured``; ``history``: one row per measured plan (``iteration``, ``source``,
+    ``plan``, ``predicted``, ``learned`` (the learned table's prediction when it was proposed), ``measured``,
+    ``excess``, ``size_bits``, ``avg_bits``, ``time_s``); ``learned``: the table with the corrections;
+    ``converged``: the learned prediction of the last proposed plan held within the tolerance."""
+
+    plan: BitPlan
+    measured: float
+    predicted: float
+    start: Allocation
+    start_measured: float
+    history: pd.DataFrame = field(compare=False)
+    learned: CostTable = field(compare=False)
+    evaluations: int = 0
+    time_s: float = 0.0
+    converged: bool = False
+    correction: str = "unary"
+
+    @property
+    def improved(self) -> bool:
+        return self.plan != self.start.plan
+
+
+def split_verify(name: str) -> tuple[str, bool]:
+    """``("ilp", True)`` for ``"ilp+verify"``, ``("ilp", False)`` for ``"ilp"``."""
+    return (name[: -len(VERIFY_SUFFIX)], True) if name.endswith(VERIFY_SUFFIX) else (name, False)
+
+
+def _allocator(allocator: Any) -> Allocator:
+    if isinstance(allocator, str):
+        return build_allocator(allocator)
+    if not callable(getattr(allocator, "allocate", None)):
+        raise TypeError(f"allocator must be a registered name or have .allocate(table, budget), got "
+                        f"{type(allocator).__name__}")
+    return allocator
+
+
+def _correction_kind(correction: str, inner: Allocator) -> str:
+    if correction not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
+    if correction != "auto":
+        return correction
+    return "pairwise" if getattr(inner, "supports_pairwise", False) else "unary"
+
+
+class _Search:
+    """The state of one repair: measured plans, the learned corrections, the clock and the budgets."""
+
+    def __init__(self, table: CostTable, budget: Budget, joint: JointLoss, model: nn.Module, max_evals: int,
+                 time_limit: float | None, correction: str):
+        self.table, self.budget, self.joint, self.model = table, budget, joint, model
+        self.max_evals, self.time_limit, self.correction = max_evals, time_limit, correction
+        self.t0 = time.perf_counter()
+        self.unary = np.zeros(table.cost.shape)
+        self.pairs: dict[tuple[str, str], np.ndarray] = {}
+        self.learned = table
+        self.measured: dict[tuple[int, ...], float] = {}
+        self.rows: list[dict] = []
+
+    def out_of_budget(self) -> bool:
+        late = self.time_limit is not None and time.perf_counter() - self.t0 >= self.time_limit
+        return late or len(self.measured) >= self.max_evals
+
+    def measure(self, choice: np.ndarray, source: str) -> float:
+        key = tuple(int(c) for c in choice)
+        if key in self.measured:
+            return self.measured[key]
+        problem = self.budget.exceeded(self.table, choice)
+        if problem is not None:  # never measured, never returned
+            raise BudgetError(f"verify_and_repair: a {source} plan does not fit: {problem}")
+        plan = BitPlan.from_choices(self.table, choice)
+        value = relative_increase(self.joint.parts(plan)["loss"], self.joint.fp["loss"], self.model)
+        self.measured[key] = value
+        predicted = self.table.objective(choice)
+        self.rows.append({"iteration": len(self.rows), "source": source, "plan": dict(plan.bits),
+                          "predicted": predicted, "learned": self.learned.objective(choice), "measured": value,
+                          "excess": value - predicted, "size_bits": self.table.plan_size(choice),
+                          "avg_bits": plan.avg_bits(self.table), "time_s": time.perf_counter() - self.t0})
+        return value
+
+    def best(self) -> tuple[np.ndarray, float]:
+        key = min(self.measured, key=lambda k: (self.measured[k], list(self.measured).index(k)))
+        return np.array(key), self.measured[key]
+
+    def learn(self, choice: np.ndarray, excess: float) -> None:
+        """Add ``excess`` on the layers ``choice`` pushed lowest, at their bits and below (module docstring)."""
+        bits = np.asarray(self.table.bits)[choice]
+        levels = np.unique(bits)
+        group = np.nonzero(bits == levels[0])[0]
+        if len(group) < 2 and len(levels) > 1:
+            group = np.nonzero(bits <= levels[1])[0]
+        names = self.table.layer_names
+        if self.correction == "pairwise" and len(group) >= 2:
+            pairs = list(itertools.combinations(group, 2))
+            for a, b in pairs:
+                key = (names[a], names[b])
+                m = self.pairs.setdefault(key, np.zeros((len(self.table.bits),) * 2))
+                m[: choice[a] + 1, : choice[b] + 1] += excess / len(pairs)
+        else:
+            for l in group:
+                self.unary[l, : choice[l] + 1] += excess / len(group)
+        learned = self.table.replace(cost=np.asarray(self.table.cost) + self.unary)
+        self.learned = with_pairwise(learned, self.pairs, add=True) if self.pairs else learned
+
+    def neighbours(self, choice: np.ndarray) -> list[np.ndarray]:
+        """Budget-feasible plans one layer a step higher (others lowered where the learned table says it costs
+        least per bit saved), not measured yet, cheapest learned prediction first."""
+        cost, size = np.asarray(self.learned.cost), np.asarray(self.table.size_bits)
+        top = len(self.table.bits) - 1
+        out = []
+        for l in np.argsort(np.asarray(self.table.bits)[choice], kind="stable"):
+            if choice[l] == top:
+                continue
+            cand = choice.copy()
+            cand[l] += 1
+            while not self.budget.fits(self.table.plan_size(cand)):
+                rows = [k for k in range(len(cand)) if k != l and cand[k] > 0]
+                if not rows:
+                    break
+                k = min(rows, key=lambda k: (cost[k, cand[k] - 1] - cost[k, cand[k]])
+                        / (size[k, cand[k]] - size[k, cand[k] - 1]))
+                cand[k] -= 1
+            if self.budget.exceeded(self.table, cand) is None and tuple(cand) not in self.measured:
+                out.append(cand)
+        return sorted(out, key=lambda c: self.learned.objective(c))
+
+
+def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Budget, allocator: Any = "ilp", *,
+                      loss: Loss | None = None, lmbda: float | None = None, calibration: str = "minmax",
+                      crop: int = 256, limit: int | None = 4, tolerance: float = 0.05, max_evals: int = 12,
+                      time_limit: float | None = None, correction: str = "auto",
+                      start: Allocation | None = None) -> Repair:
+    """Allocate, measure, learn and re-solve, then search locally by measurement (module docstring).
+
+    ``data``, ``loss``, ``lmbda``, ``calibration``, ``crop``, ``limit``: the data and settings the table was
+    measured with (as :func:`bitalloc.check_plan` takes them). ``allocator``: a registered name or an
+    allocator object. ``tolerance``: the excess (fraction of the float loss) the learned prediction may miss
+    by. ``max_evals``: plans measured at most (the first is the allocator's); ``time_limit``: seconds after
+    which no new measurement starts. ``correction``: "auto", "unary" or "pairwise". ``start``: the allocator's
+    allocation when already computed.
+    """
+    if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
+        raise ValueError(f"verify_and_repair: max_evals must be an integer >= 1, got {max_evals!r}")
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"verify_and_repair: tolerance must be a finite number >= 0, got {tolerance!r}")
+    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
+        raise ValueError(f"verify_and_repair: time_limit must be a positive number of seconds, got {time_limit!r}")
+    inner = _allocator(allocator)
+    name = getattr(inner, "name", type(inner).__name__)
+    kind = _correction_kind(correction, inner)
+    t0 = time.perf_counter()
+    first = start if start is not None else inner.allocate(table, budget)
+    if first.plan is None or not first.ok:
+        raise ValueError(f"verify_and_repair: allocator '{name}' returned no plan ({first.status}: {first.message})")
+    choice = first.plan.choices(table)
+    over = budget.exceeded(table, choice)
+    if over is not None:
+        raise BudgetError(f"verify_and_repair: allocator '{name}' returned a plan over the budget: {over}")
+    joint = JointLoss(model, data, loss=loss, calibration=calibration, lmbda=lmbda, crop=crop, limit=limit)
+    search = _Search(table, budget, joint, model, max_evals, time_limit, kind)
+    search.t0 = t0
+    start_measured = measured = search.measure(choice, "allocator")
+    converged = False
+    while not search.out_of_budget():  # learn and re-solve
+        excess = measured - search.learned.objective(choice)
+        if excess <= tolerance:
+            converged = True
+            break
+        search.learn(choice, excess)
+        alloc = inner.allocate(search.learned, budget)
+        if alloc.plan is None or not alloc.ok:
+            break
+        nxt = alloc.plan.choices(table)
+        if tuple(nxt) in search.measured or budget.exceeded(table, nxt) is not None:
+            break
+        choice, measured = nxt, search.measure(nxt, "allocator (learned)")
+    if not converged:  # local search by measurement from the best plan
+        best, best_m = search.best()
+        improved = True
+        while improved and not search.out_of_budget():
+            improved = False
+            for cand in search.neighbours(best):
+                if search.out_of_budget():
+                    break
+                if search.measure(cand, "local search") < best_m:
+                    best, best_m = search.best()
+                    improved = True
+                    break
+    best, best_m = search.best()
+    history = pd.DataFrame(search.rows)
+    return Repair(plan=BitPlan.from_choices(table, best, allocator=f"{name}{VERIFY_SUFFIX}"), measured=best_m,
+                  predicted=table.objective(best), start=first, start_measured=start_measured, history=history,
+                  learned=search.learned, evaluations=len(search.measured), time_s=time.perf_counter() - t0,
+                  converged=converged, correction=kind)
+
+
+class VerifyingAllocator:
+    """An allocator that runs :func:`verify_and_repair` around ``allocator`` on ``model`` and ``data``;
+    ``options`` go to :func:`verify_and_repair`. ``allocate(table, budget)`` returns an :class:`Allocation` of
+    the best measured plan: ``objective``/``size_bits`` as the table says, ``solve_time_s`` the whole repair
+    (allocations and measurements), ``iterations`` the plans measured, ``extra`` the start's and the best
+    plan's predicted and measured losses, the history (a list of records) and the inner allocator's name."""
+
+    def __init__(self, allocator: Any, model: nn.Module, data: Any, **options: Any):
+        self.inner = _allocator(allocator)
+        self.model, self.data, self.options = model, data, options
+        self.inner_name = getattr(self.inner, "name", type(self.inner).__name__)
+        self.name = f"{self.inner_name}{VERIFY_SUFFIX}"
+        self.last: Repair | None = None
+
+    def allocate(self, table: CostTable, budget: Budget) -> Allocation:
+        t0 = time.perf_counter()
+        first = self.inner.allocate(table, budget)
+        if first.plan is None or not first.ok:
+            return first
+        rep = verify_and_repair(self.model, self.data, table, budget, self.inner, start=first, **self.options)
+        self.last = rep
+        choice = rep.plan.choices(table)
+        same = not rep.improved
+        msg = (f"verified {rep.evaluations} plan(s): measured {rep.measured:.4g} (predicted {rep.predicted:.4g}); "
+               f"the {self.inner_name} plan measured {rep.start_measured:.4g} (predicted {first.objective:.4g})"
+               + ("" if same else f"; repaired ({rep.correction} corrections, local search)"))
+        extra = {"inner": self.inner_name, "measured": rep.measured, "predicted": rep.predicted,
+                 "start_measured": rep.start_measured, "start_predicted": first.objective,
+                 "evaluations": rep.evaluations, "converged": rep.converged, "correction": rep.correction,
+                 "history": rep.history.to_dict("records")}
+        return Allocation(BitPlan.from_choices(table, choice, allocator=self.name),
+                          first.status if same else AllocStatus.FEASIBLE, table.objective(choice),
+                          table.plan_size(choice), time.perf_counter() - t0, rep.evaluations, msg, extra,
+                          first.gap if same else None)
+
+    def __repr__(self) -> str:
+        return f"VerifyingAllocator({self.inner!r}, options={self.options!r})"
+
+
+def verifying(allocator: Any, model: nn.Module, data: Any, **options: Any) -> VerifyingAllocator:
+    """``allocator`` (a name, with or without the ``+verify`` suffix, or an allocator object) wrapped in
+    :func:`verify_and_repair` on ``model`` and ``data``; ``options`` as :func:`verify_and_repair` takes them."""
+    if isinstance(allocator, str):
+        allocator = split_verify(allocator)[0]
+    return VerifyingAllocator(allocator, model, data, **options)

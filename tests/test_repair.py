@@ -1,0 +1,131 @@
+"""Measured verify-and-repair (bitalloc.repair): never over budget, never worse measured than the start."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from bitalloc import AllocStatus, BitPlan, Budget
+from bitalloc.repair import VERIFY_SUFFIX, split_verify, verify_and_repair, verifying
+from bitalloc.sensitivity import calibration_batch, check_plan, measure_sensitivity
+
+
+@pytest.fixture(scope="module")
+def hyperprior_case():
+    """The shipped compact Mean-Scale q4 on two 64x64 crops, and its table with the side-information layers
+    (h_a, h_s) made to look free at 2 bits (cost 0, rising to 2e-4 at 8 bits): the table the ILP trusts when
+    each hyper layer at 2 bits lowers the loss alone; quantized together they do not."""
+    from bitalloc.models import load_model
+
+    model = load_model("mbt2018-mean", 4).eval()
+    x = calibration_batch(None, crop=64, limit=2)
+    table = measure_sensitivity(model, x, bits=(2, 4, 8), calibration="mse", hessian_samples=0, progress=False)
+    cost = np.array(table.cost)
+    for i, name in enumerate(table.layer_names):
+        if name.startswith("h_"):
+            cost[i] = [0.0, 1e-4, 2e-4]
+    return model, x, table.replace(cost=cost)
+
+
+@pytest.mark.parametrize("allocator", ["ilp", "greedy"])
+def test_repair_raises_the_layers_that_interact_and_returns_a_better_measured_plan(hyperprior_case, allocator):
+    model, x, table = hyperprior_case
+    budget = Budget.from_avg_bits(table, 8)
+    rep = verify_and_repair(model, x, table, budget, allocator, calibration="mse", max_evals=6)
+    start = rep.start.plan
+    assert all(start[n] == 2 for n in table.layer_names if n.startswith("h_"))  # the table calls them free
+    assert rep.start_measured == pytest.approx(check_plan(model, start, table, x, calibration="mse").measured)
+    assert rep.start_measured > 0.3 and rep.measured < rep.start_measured / 5
+    assert rep.improved and budget.fits(rep.plan.size_bits(table))
+    assert rep.correction == ("pairwise" if allocator == "greedy" else "unary")  # greedy optimizes pair terms
+    h = rep.history
+    assert 2 <= len(h) <= 6 and h.iteration.tolist() == list(range(len(h)))
+    assert h.plan.iloc[0] == dict(start.bits) and h.measured.iloc[0] == rep.start_measured
+    assert h.measured.min() == rep.measured and (h.size_bits <= budget.max_size_bits).all()
+    assert rep.predicted == pytest.approx(rep.plan.cost(table)) and rep.evaluations == len(h)
+
+
+def test_the_verifying_allocator_returns_an_allocation_of_the_best_measured_plan(hyperprior_case):
+    model, x, table = hyperprior_case
+    budget = Budget.from_avg_bits(table, 8)
+    alloc = verifying("ilp" + VERIFY_SUFFIX, model, x, calibration="mse", max_evals=4)
+    assert alloc.name == "ilp+verify" and split_verify("iqp+verify") == ("iqp", True)
+    assert split_verify("ilp") == ("ilp", False)
+    out = alloc.allocate(table, budget)
+    assert out.ok and out.status == AllocStatus.FEASIBLE and out.gap is None
+    assert out.plan.meta["allocator"] == "ilp+verify" and out.plan == alloc.last.plan
+    assert out.objective == pytest.approx(out.plan.cost(table)) and out.size_bits <= budget.max_size_bits
+    assert 1 <= out.iterations <= 4 and out.extra["measured"] < out.extra["start_measured"]
+    assert out.extra["inner"] == "ilp" and len(out.extra["history"]) == out.iterations
+    assert "repaired" in out.message and "ilp plan measured" in out.message
+
+
+class _MLP(nn.Sequential):
+    def __init__(self):
+        torch.manual_seed(0)
+        super().__init__(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                         nn.Linear(32, 4))
+
+
+def _mse(model, batch):
+    x, y = batch
+    return torch.nn.functional.mse_loss(model(x), y)
+
+
+@pytest.fixture(scope="module")
+def mlp_case():
+    model = _MLP().eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    with torch.no_grad():
+        y = model(x) + 0.02 * torch.randn(64, 4, generator=g)
+    data = [(x, y)]
+    table = measure_sensitivity(model, data, bits=(2, 3, 4, 8), loss=_mse, hessian_samples=2, progress=False)
+    return model, data, table
+
+
+@pytest.mark.parametrize("allocator", ["ilp", "greedy", "convex", "fmpq", "uniform"])
+@pytest.mark.parametrize("avg_bits", [2.5, 3.0, 4.0, 6.0])
+def test_never_over_budget_and_never_worse_measured_than_the_start(mlp_case, allocator, avg_bits):
+    model, data, table = mlp_case
+    budget = Budget.from_avg_bits(table, avg_bits)
+    rep = verify_and_repair(model, data, table, budget, allocator, loss=_mse, max_evals=5, tolerance=0.0)
+    assert budget.exceeded(table, rep.plan.choices(table)) is None
+    assert rep.measured <= rep.start_measured
+    assert (rep.history.size_bits <= budget.max_size_bits).all() and len(rep.history) <= 5
+    assert rep.measured == rep.history.measured.min()
+    if allocator == "uniform":  # its plan ignores the costs: the learned table changes nothing, local search runs
+        assert rep.converged or "local search" in set(rep.history.source)
+
+
+def test_the_evaluation_and_time_budgets_stop_the_search(mlp_case):
+    model, data, table = mlp_case
+    budget = Budget.from_avg_bits(table, 3.0)
+    one = verify_and_repair(model, data, table, budget, "uniform", loss=_mse, max_evals=1, tolerance=0.0)
+    assert one.evaluations == 1 and one.plan == one.start.plan and not one.improved
+    quick = verify_and_repair(model, data, table, budget, "uniform", loss=_mse, max_evals=50, tolerance=0.0,
+                              time_limit=1e-9)
+    assert quick.evaluations == 1 and quick.plan == quick.start.plan
+    low = Budget.from_avg_bits(table, 2.5)  # uniform 2 bits, measured far above its prediction
+    wide = verify_and_repair(model, data, table, low, "uniform", loss=_mse, max_evals=6, tolerance=0.0)
+    assert set(wide.history.source) == {"allocator", "local search"} and wide.evaluations == 6
+    assert wide.measured < wide.start_measured / 2 and low.fits(wide.plan.size_bits(table))
+
+
+def test_options_are_checked_and_a_failed_allocation_passes_through(mlp_case):
+    model, data, table = mlp_case
+    budget = Budget.from_avg_bits(table, 3.0)
+    with pytest.raises(ValueError, match="max_evals must be an integer >= 1"):
+        verify_and_repair(model, data, table, budget, loss=_mse, max_evals=0)
+    with pytest.raises(ValueError, match="correction must be one of auto, unary, pairwise"):
+        verify_and_repair(model, data, table, budget, loss=_mse, correction="group")
+    with pytest.raises(ValueError, match="time_limit must be a positive number"):
+        verify_and_repair(model, data, table, budget, loss=_mse, time_limit=0)
+    with pytest.raises(TypeError, match="allocator must be a registered name"):
+        verify_and_repair(model, data, table, budget, object(), loss=_mse)
+    start = BitPlan.uniform(table.layer_names, 8)
+    from bitalloc.allocation import Allocation
+
+    over = Allocation(start, AllocStatus.FEASIBLE, start.cost(table), start.size_bits(table), 0.0, 0, "")
+    with pytest.raises(Exception, match="returned a plan over the budget"):
+        verify_and_repair(model, data, table, budget, loss=_mse, start=over)
