@@ -12,7 +12,8 @@ figure can be redrawn anywhere); the figure and a markdown table are drawn from 
     python studies/learning_curves.py
 
 ``--start-from RUN=CHECKPOINT`` measures the checkpoint a run started from on the same validation crops and
-records it as step 0 of that run, for runs started before ``train`` validated its starting weights itself.
+Kodak monitor crops and records it as step 0 of that run, for runs started before ``train`` validated its
+starting weights itself.
 
 The Kodak column is the single-point rate difference against JPEG at equal PSNR: ``bpp / bpp_JPEG(PSNR) - 1``,
 with JPEG's published Kodak curve (``bitalloc.reference_curve("jpeg")``) interpolated by PCHIP in log-rate. It
@@ -70,8 +71,15 @@ def add_start(csv: Path, checkpoint: Path, crop: int = 256) -> None:
     torch.set_num_threads(1)
     model = load_checkpoint(checkpoint)
     crops = validation_crops(data_root() / "train", crop)
-    row = {"step": 0, **validate(model, crops, RateDistortionLoss(model.meta["lambda"])), "lr": 0.0}
-    atomic_write_text(csv, pd.concat([pd.DataFrame([row]), df]).to_csv(index=False))
+    from bitalloc.data import resolve_images
+
+    criterion = RateDistortionLoss(model.meta["lambda"])
+    rows = [{"step": 0, **validate(model, crops, criterion), "lr": 0.0}]
+    kodak = [x[..., : x.shape[-2] // 64 * 64, : x.shape[-1] // 64 * 64]  # as train()'s Kodak monitor crops
+             for x in resolve_images(data_root() / "kodak").values()]
+    monitor = validate(model, kodak, criterion)
+    rows.append({"step": 0, **{k.replace("val_", "monitor_"): v for k, v in monitor.items()}})
+    atomic_write_text(csv, pd.concat([pd.DataFrame(rows), df]).to_csv(index=False))
 
 
 def load(path: Path, steps_before: int = 0) -> pd.DataFrame:
@@ -102,13 +110,14 @@ def figure(runs: dict[str, pd.DataFrame], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, df in runs.items():
+    for i, (name, df) in enumerate(runs.items()):
+        color = f"C{i}"  # one colour per run in both panels
         if "val_loss" in df:
             val = df.dropna(subset=["val_loss"])
-            ax1.plot(val.step, val.val_loss, marker=".", label=name)
+            ax1.plot(val.step, val.val_loss, marker=".", label=name, color=color)
         if "monitor_bpp" in df:
             mon = df.dropna(subset=["monitor_bpp"])
-            ax2.plot(mon.step, rate_vs_jpeg(mon.monitor_bpp, mon.monitor_psnr), marker="o", label=name)
+            ax2.plot(mon.step, rate_vs_jpeg(mon.monitor_bpp, mon.monitor_psnr), marker="o", label=name, color=color)
     ax1.set(xlabel="step of this run", ylabel="validation RD loss (bpp + lambda 255^2 MSE)",
             title="Held-out validation split of train/ (lower is better)")
     ax2.set(xlabel="step of this run", ylabel="rate vs JPEG at equal PSNR (%)",
