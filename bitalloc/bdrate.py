@@ -145,14 +145,8 @@ def bd_rate(
     return float(np.expm1(dr) * 100.0)
 
 
-def bd_psnr(
-    rate_anchor: ArrayLike,
-    dist_anchor: ArrayLike,
-    rate_test: ArrayLike,
-    dist_test: ArrayLike,
-    *,
-    method: str = "pchip",
-) -> float:
+def bd_psnr(rate_anchor: ArrayLike, dist_anchor: ArrayLike, rate_test: ArrayLike, dist_test: ArrayLike, *,
+            method: str = "pchip") -> float:
     """Bjontegaard-delta quality (BD-PSNR, in the unit of ``dist_*``, dB for PSNR) of the test curve vs the anchor.
 
     Mean over the common log-rate range of ``D_test(ln R) - D_anchor(ln R)``; positive means the test curve has
