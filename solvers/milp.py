@@ -243,18 +243,22 @@ def solve_mckp(cost: np.ndarray, size: np.ndarray, capacity: float, allowed: np.
                 for k, lim in limits.items():
                     prob.constraints[k].changeRHS(lim * (1 - t) if lim > 0 else lim - t)
         cbc_bound = _cbc_log_bound(log_path) if solver_name == "PULP_CBC_CMD" else None
-    bounds = [b for b in (bound, lp_bound) if b is not None]
-    if cbc_bound is not None and math.isfinite(cbc_bound):
-        bounds.append(offset + cbc_bound * scale)  # CBC's bound on the scaled excess, back in cost units
-    lower = max(bounds) if bounds else None
+    solver_bound = None if cbc_bound is None or not math.isfinite(cbc_bound) else offset + cbc_bound * scale
+
+    def lower_bound(plan_cost: float, trusted: bool) -> float | None:
+        """The best valid lower bound: the LP's, and the solver's own when its answers can be trusted; never above
+        the cost of a plan that fits."""
+        found = [b for b in [lp_bound] + ([bound, solver_bound] if trusted else []) if b is not None]
+        return min(max(found), plan_cost) if found else None
+
     known = [p for p in (warm, incumbent) if p is not None and fits(p)]
     if choice is None:
         stop = "time limit" if time_limit_s is not None and status_name != "Infeasible" else status_name
         if known:
             best = min(known, key=value)
-            return MilpResult(best, False, lower, False, solver_name, status_name,
+            return MilpResult(best, False, lower_bound(value(best), True), False, solver_name, status_name,
                               f"solver returned no plan within the budget ({stop}); kept the incumbent")
-        return MilpResult(None, False, lower, False, solver_name, status_name,
+        return MilpResult(None, False, lower_bound(math.inf, True), False, solver_name, status_name,
                           f"solver returned no plan within the budget ({stop})")
     obj = value(choice)
     beaten = False
@@ -265,6 +269,7 @@ def solve_mckp(cost: np.ndarray, size: np.ndarray, capacity: float, allowed: np.
     # of the objective, or the plan meets the LP bound
     resolved = not clamped or L * 1e-10 * scale <= 1e-9 * abs(obj) or (
         lp_bound is not None and obj <= lp_bound + 1e-9 * abs(lp_bound))
+    lower = lower_bound(obj, trusted=resolved and not beaten)
     if proven_now and resolved and (not tightened or (bound is not None and obj <= bound + 1e-9 * abs(bound))):
         return MilpResult(choice, True, obj, False, solver_name, status_name, f"{solver_name}: optimal")
     if beaten:
