@@ -252,7 +252,10 @@ class CostTable:
         """The table of the layers ``names`` (in that order), with the pairwise terms among them."""
         idx = [self.index(n) for n in names]
         kept = {self.layers[i].name for i in idx}
-        pick = (lambda a: None if a is None else a[idx])
+
+        def pick(a):
+            return None if a is None else a[idx]
+
         return CostTable(layers=tuple(self.layers[i] for i in idx), bits=self.bits, cost=self.cost[idx],
                          size_bits=self.size_bits[idx], hessian_trace=pick(self.hessian_trace),
                          weight_variance=pick(self.weight_variance),

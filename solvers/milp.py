@@ -10,8 +10,9 @@ What makes "optimal" mean optimal here:
   choices are ~1e-5 of 2-bit ones, so with costs merely divided by their maximum, CBC stopped on plans up to 4 %
   worse and called them optimal. The model minimises each row's *excess* over its cheapest allowed choice (a
   constant offset), divided by the LP relaxation's value (a lower bound on the optimum, so the optimal plan
-  scores about 1 and CBC's tolerances are relative to it), and CBC runs with ``dualTolerance 1e-10``, ``allowableGap 0``, ``ratioGap 0`` and
-  ``increment 0`` (its default cutoff increment, derived from the coefficients, pruned real improvements).
+  scores about 1 and CBC's tolerances are relative to it), and CBC runs with ``dualTolerance 1e-10``,
+  ``allowableGap 0``, ``ratioGap 0`` and ``increment 0`` (its default cutoff increment, derived from the
+  coefficients, pruned real improvements).
   Choices whose excess alone exceeds a known incumbent's are dropped. If the LP value is still below 1e-6 of the
   largest excess (costs spanning more than a million times the optimum), the scale is clamped there so that no
   coefficient exceeds 1e6, and CBC's "optimal" is then accepted only if its resolution (1e-10 of the scale per

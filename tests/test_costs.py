@@ -3,7 +3,6 @@
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from bitalloc import Budget, BudgetError, CostTable, CostTableError, LayerSpec, LinearConstraint
@@ -252,8 +251,10 @@ def test_hand_edited_csv_names_file_line_and_field(tmp_path, edit, text):
 
 @pytest.mark.parametrize("edit, text", [
     (lambda s: s[: len(s) // 2], r"t.json: not valid JSON \(.* at line \d+, column \d+; truncated\?\)"),
-    (lambda s: s.replace('"bits": [\n  2,', '"bits": [\n  2.5,'), r"t.json, bits\[0\]: field 'bits' is 2.5, not an int"),
-    (lambda s: s.replace('"size_bits"', '"sizes"', 1), r"t.json, layers\[0\] \('g_a.0'\): field 'size_bits' is missing"),
+    (lambda s: s.replace('"bits": [\n  2,', '"bits": [\n  2.5,'),
+     r"t.json, bits\[0\]: field 'bits' is 2.5, not an int"),
+    (lambda s: s.replace('"size_bits"', '"sizes"', 1),
+     r"t.json, layers\[0\] \('g_a.0'\): field 'size_bits' is missing"),
     (lambda s: s.replace('"layers"', '"rows"'), r"t.json: field 'layers' is missing"),
     (lambda s: s.replace("0.5,", '"half",', 1), r"t.json, layers\[2\] \('g_s.0'\), cost\[1\]: field 'cost' is 'half'"),
     (lambda s: "[1, 2]", r"t.json: not a cost table \(a list"),

@@ -3,12 +3,11 @@
 import itertools
 
 import numpy as np
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bitalloc import (AllocStatus, Allocation, Allocator, BitPlan, Budget, BudgetError, CostTable, CostTableError,
+from bitalloc import (AllocStatus, Allocation, Allocator, Budget, BudgetError, CostTable, CostTableError,
                       LinearConstraint, available_allocators, build_allocator, pareto_front)
 from bitalloc.solvers import (ConvexAllocator, ExactAllocator, FMPQAllocator, GreedyAllocator, ILPAllocator,
                               IQPAllocator, UniformAllocator)
@@ -145,7 +144,8 @@ def test_allocate_does_not_mutate_table():
 def random_table(L, bits=(2, 4, 6, 8), seed=0):
     rng = np.random.default_rng(seed)
     p = rng.integers(10, 500, L)
-    cost = (rng.lognormal(0, 1, L) * p)[:, None] * 2.0 ** (-2 * np.array(bits))[None, :] * rng.uniform(0.7, 1.3, (L, len(bits)))
+    scale = rng.lognormal(0, 1, L) * p  # drawn before the noise, as the one-line form did
+    cost = scale[:, None] * 2.0 ** (-2 * np.array(bits))[None, :] * rng.uniform(0.7, 1.3, (L, len(bits)))
     return CostTable.from_arrays([f"l{i}" for i in range(L)], bits, cost, num_params=p)
 
 
