@@ -18,9 +18,10 @@ negative term, and on small calibration sets most of them are noise that adds up
 otherwise the *structure pairs*: neighbours in the layer graph (:func:`bitalloc.graph.layer_graph`, an edge u->v
 when v reads u's output) plus the couplings of the hyperprior, every pair among the side-information layers
 (h_a, h_s, entropy_parameters, context_prediction: h_a makes z, h_s and the entropy-parameter path turn z_hat
-and the context into p(y), so all of them move the rate together). The cost of all pairs grows as L^2 against
-the table's L: on the 14-layer compact hyperpriors it is about 1,600 pair evaluations against the table's 84,
-the structure pairs a quarter of that (README, "Interaction costs").
+and the context into p(y), so all of them move the rate together). All pairs cost about (L-1)/2 * B'^2/B
+single-layer tables (B' bits in play of B): on the shipped compact Mean-Scale q4 (14 layers, 4.2 of 6 bits in
+play) 1,610 evaluations against the table's 84 (19x), the structure pairs 362 (4.3x, 24 pairs;
+``studies/interaction_cost.py``); at 8 layers all pairs are about 10x, the price of the structure pairs at 14.
 
 **Which bit-widths**: an interaction is a product of two perturbations, so only where both layers' single
 costs leave the noise: layer l's bits in play are the candidates at or below the largest bit-width whose raw

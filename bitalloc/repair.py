@@ -13,10 +13,12 @@ alone, +25 % RD loss together). :func:`verify_and_repair`:
    same layers as low or lower costs at least as much; then re-solves on the learned table. The correction is
    pairwise (spread over the group's pairs) for an allocator that optimizes pairwise terms
    (``supports_pairwise``), else unary (spread over the group's layers), which every allocator optimizes;
-3. when the allocator proposes a plan already measured, or fails, a budget-feasible local search scored by the
-   measured joint loss takes over from the best plan: raise one layer a step (cheapest predicted first), paying
-   for it by lowering others where the learned table says it costs least; move on the first improvement;
-4. stops within ``max_evals`` measured plans and ``time_limit`` seconds, or when the learned prediction holds.
+3. when the allocator proposes a plan already measured, or fails, or the learned prediction holds for a plan
+   that measures worse than an earlier one, a budget-feasible local search scored by the measured joint loss
+   takes over from the best plan: raise one layer a step (cheapest learned prediction first), paying for it
+   by lowering others where the learned table says it costs least; move on the first improvement;
+4. stops within ``max_evals`` measured plans and ``time_limit`` seconds, when the learned prediction holds for
+   the best plan measured, or when no neighbour of the best plan measures better.
 
 It returns the best measured plan: never over the budget (every candidate is checked with
 :meth:`Budget.exceeded`), never worse measured than the allocator's own plan (which is measured first), with the
@@ -58,7 +60,7 @@ class Repair:
     allocation, measured ``start_measured``; ``history``: one row per measured plan (``iteration``, ``source``,
     ``plan``, ``predicted``, ``learned`` (the learned table's prediction when it was proposed), ``measured``,
     ``excess``, ``size_bits``, ``avg_bits``, ``time_s``); ``learned``: the table with the corrections;
-    ``converged``: the learned prediction of the last proposed plan held within the tolerance."""
+    ``converged``: the learned prediction held within the tolerance for the allocator's last plan."""
 
     plan: BitPlan
     measured: float
@@ -230,8 +232,8 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
         if tuple(nxt) in search.measured or budget.exceeded(table, nxt) is not None:
             break
         choice, measured = nxt, search.measure(nxt, "allocator (learned)")
-    if not converged:  # local search by measurement from the best plan
-        best, best_m = search.best()
+    best, best_m = search.best()
+    if not converged or measured > best_m:  # local search by measurement from the best plan
         improved = True
         while improved and not search.out_of_budget():
             improved = False
