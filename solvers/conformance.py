@@ -117,6 +117,7 @@ def _worse(a: float, b: float) -> bool:
 class Counts:
     tables: int = 0
     cases: int = 0
+    pulp_cases: int = 0  # budgets on which the PuLP path ran
     runs: int = 0
     crashes: int = 0
     violations: int = 0
@@ -127,7 +128,8 @@ class Counts:
 
     def merge(self, other: "Counts") -> None:
         """Add another run's counts (``seconds`` adds up CPU work, not wall time)."""
-        for k in ("tables", "cases", "runs", "crashes", "violations", "optimal_worse", "disagreements", "seconds"):
+        for k in ("tables", "cases", "pulp_cases", "runs", "crashes", "violations", "optimal_worse", "disagreements",
+                  "seconds"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.examples.extend(other.examples[:max(0, 20 - len(self.examples))])
 
@@ -144,6 +146,7 @@ def check_case(table: CostTable, max_size_bits: float, counts: Counts, names: It
     """Run the allocators ``names`` on one (table, budget) and add what goes wrong to ``counts``."""
     budget = Budget(max_size_bits)
     counts.cases += 1
+    counts.pulp_cases += "ilp/pulp" in names
     results = {}
     for name in names:
         counts.runs += 1

@@ -169,17 +169,18 @@ def property_check(args: argparse.Namespace) -> int:
         "Tables: `bitalloc.solvers.conformance.random_table` (1-24 layers, 1-8 candidates, integer / tenth-of-a-bit / "
         "real sizes, costs LIC-like, uniform, tied with zeros, spanning 12 orders of magnitude). Budgets per table: "
         "exactly the smallest, the largest and every uniform size, one float step below each, and 2 random ones.  ",
-        f"Allocators on every budget: {names} (`ilp/pulp` = `ILPAllocator(method=\"pulp\")`"
-        + (f", on every {args.pulp_every}th table" if args.pulp_every != 1 else "") + ").",
+        f"Allocators: {names}; all on every budget but `ilp/pulp` (`ILPAllocator(method=\"pulp\")`, the full "
+        f"MILP in PuLP/CBC), which ran on the budgets of one table in {args.pulp_every}: {total.pulp_cases} budgets.",
         "",
         "| tables | budgets | allocator runs | budget violations | crashes | `optimal` worse than another plan "
-        "| ilp / ilp (PuLP) / exact disagree |",
+        "| exact allocators disagree |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| {total.tables} | {total.cases} | {total.runs} | {total.violations} | {total.crashes} | "
         f"{total.optimal_worse} | {total.disagreements} |",
         "",
         "A violation: the plan's size, added exactly (rational arithmetic) and rounded once, exceeds the budget; or "
-        "its reported size or objective is not the plan's; or an `optimal` plan reports a gap. A crash: an "
+        "its reported size or objective is not the plan's; or an `optimal` plan reports a gap. Exact allocators: "
+        "`ilp` (default path), `ilp/pulp`, `iqp` and `exact` must reach the same objective. A crash: an "
         "exception or a status other than optimal/feasible. Worse and disagree: beyond 1e-9 relative.",
     ]
     if total.examples:
