@@ -164,14 +164,19 @@ def lagrangian(cost: np.ndarray, size: np.ndarray, keep: np.ndarray, lam: float,
 
 
 def _best_move(cost: np.ndarray, size: np.ndarray, keep: np.ndarray | None, l: int, j: int) -> tuple[float, int]:
-    """The cheapest move of layer l down from column j: (cost increase per bit saved, new column)."""
+    """The cheapest move of layer l down from column j: (cost increase per bit saved, new column).
+
+    Callers silence overflow (:func:`descend`): a huge cost over a tiny size step is an infinite ratio, the last
+    resort, but still a move."""
     if j == 0:
         return INF, -1
-    ok = np.ones(j, dtype=bool) if keep is None else keep[l, :j]
+    ratio = (cost[l, :j] - cost[l, j]) / (size[l, j] - size[l, :j])
+    if keep is None:
+        k = int(np.argmin(ratio))
+        return float(ratio[k]), k
+    ok = keep[l, :j]
     if not ok.any():
         return INF, -1
-    with np.errstate(over="ignore"):  # a huge cost over a tiny size step: an infinite ratio, the last resort
-        ratio = (cost[l, :j] - cost[l, j]) / (size[l, j] - size[l, :j])
     k = int(np.argmin(np.where(ok, ratio, INF)))
     if not ok[k]:  # every allowed move has an infinite ratio and argmin picked a disallowed one
         k = int(np.nonzero(ok)[0][-1])
@@ -189,6 +194,12 @@ def descend(cost: np.ndarray, size: np.ndarray, choice: np.ndarray, capacity: fl
     plan fits is decided by its exact size near the capacity. Returns the final choice, the number of moves and
     (if ``record``) the moves as (layer, new column).
     """
+    with np.errstate(over="ignore"):  # see _best_move
+        return _descend(cost, size, choice, capacity, record, keep, pairs)
+
+
+def _descend(cost: np.ndarray, size: np.ndarray, choice: np.ndarray, capacity: float | None, record: bool,
+             keep: np.ndarray | None, pairs: PairTerms | None) -> tuple[np.ndarray, int, list[tuple[int, int]]]:
     cond = ConditionalCost(cost, pairs, choice)
     choice = cond.choice
     cost = cond.matrix  # the cost itself without pairwise terms; updated in place by cond.move
