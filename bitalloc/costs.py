@@ -25,70 +25,25 @@ its :meth:`CostTable.plan_size` is at most the budget, with no tolerance (:mod:`
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from bitalloc.atomic import atomic_write_text  # re-exported: callers import it from here too
 from bitalloc.errors import BudgetError, CostTableError
 from bitalloc.pairwise import PairTerms, validate_pairwise
+from bitalloc.tablebase import LayerSpec, exact_sum, plan_objective  # re-exported: the public home is here
 from bitalloc.tablecheck import check_fields, per_layer
+from bitalloc.tableformats import TABLE_FORMAT, TABLE_VERSION, TABLE_VERSION_PAIRWISE, TableFormats
 
 __all__ = ["LayerSpec", "CostTable", "Budget", "LinearConstraint", "atomic_write_text", "exact_sum",
-           "plan_objective"]
-
-TABLE_FORMAT = "bitalloc.costtable"
-TABLE_VERSION = 1  # written when the table has no pairwise terms (files of older bitalloc read the same)
-TABLE_VERSION_PAIRWISE = 2  # with pairwise terms: a reader that would drop them refuses the file instead
-
-
-def exact_sum(values: Any) -> float:
-    """The correctly rounded sum of ``values`` (``math.fsum``), independent of their order; ``inf`` on overflow.
-
-    The one way bitalloc adds up sizes and costs, so a plan's size compares with a budget the same way everywhere.
-    """
-    arr = np.asarray(values, dtype=np.float64).ravel()
-    try:
-        return math.fsum(arr.tolist())
-    except OverflowError:  # an intermediate sum left the float range: the plain sum says +-inf (or nan)
-        with np.errstate(over="ignore", invalid="ignore"):
-            return float(arr.sum())
-
-
-def plan_objective(cost: np.ndarray, choice: Any, pairs: PairTerms | None = None) -> Any:
-    """The objective of a plan: ``sum_l cost[l, choice[l]] + sum_p P_p[choice[i_p], choice[j_p]]``.
-
-    The one definition of a plan's objective (:meth:`CostTable.objective` calls it; solvers call it on their
-    scaled or reduced arrays). ``choice`` of shape (L,) gives a float, the :func:`exact_sum` of the terms; a batch
-    of shape (N, L) gives N float64 sums (numpy's, for ranking many plans at once).
-    """
-    choice = np.asarray(choice, dtype=np.int64)
-    terms = cost[np.arange(cost.shape[0]), choice]
-    if pairs is not None and len(pairs):
-        terms = np.concatenate([terms, pairs.values(choice)], axis=-1)
-    if terms.ndim == 1:
-        return exact_sum(terms)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return terms.sum(axis=-1)
+           "plan_objective", "TABLE_FORMAT", "TABLE_VERSION", "TABLE_VERSION_PAIRWISE"]
 
 
 @dataclass(frozen=True)
-class LayerSpec:
-    """One quantizable layer: its module path, kind (e.g. ``"Conv2d"``), parameter count and branch."""
-
-    name: str
-    kind: str = ""
-    num_params: int = 0
-    branch: str = ""
-
-
-@dataclass(frozen=True)
-class CostTable:
+class CostTable(TableFormats):
     """Layers x ascending candidate bit-widths, with ``cost`` and ``size_bits`` arrays of shape (L, B), and
     optional ``pairwise`` interaction terms ``{(layer_i, layer_j): (B, B) array}`` (:mod:`bitalloc.pairwise`).
 
@@ -278,52 +233,6 @@ class CostTable:
         """Pickle (and deepcopy) by the constructor's arguments: the read-only pairwise mapping cannot be pickled."""
         return (CostTable, (self.layers, self.bits, self.cost, self.size_bits, self.hessian_trace,
                             self.weight_variance, dict(self.pairwise)))
-
-    # serialisation ----------------------------------------------------------------------------------------
-    def to_frame(self) -> pd.DataFrame:
-        """Tidy frame, one row per (layer, bits); with pairwise terms also one row per (pair, bits, bits) with
-        columns ``pair_layer`` and ``pair_bits`` (blank on the layers' own rows; :mod:`bitalloc.tableio`)."""
-        from bitalloc.tableio import table_to_frame
-        return table_to_frame(self)
-
-    @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> "CostTable":
-        """Inverse of :meth:`to_frame` (layer order = first appearance); errors name the row and field."""
-        from bitalloc.tableio import table_from_frame
-        return table_from_frame(frame)
-
-    def to_csv(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, self.to_frame().to_csv(index=False))
-
-    @classmethod
-    def from_csv(cls, path: str | os.PathLike) -> "CostTable":
-        """Read :meth:`to_csv`'s file; a truncated or hand-edited one raises naming the file, line and field."""
-        from bitalloc.tableio import read_table_csv
-        return read_table_csv(path)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready mapping (:mod:`bitalloc.tablejson`; version 2 with the pairwise terms)."""
-        from bitalloc.tablejson import table_to_dict
-        return table_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CostTable":
-        """Inverse of :meth:`to_dict`; errors name the layer and field."""
-        from bitalloc.tablejson import table_from_dict
-        return table_from_dict(data)
-
-    def to_json(self, path: str | os.PathLike | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            atomic_write_text(path, text)
-        return text
-
-    @classmethod
-    def from_json(cls, path_or_text: str | os.PathLike) -> "CostTable":
-        """Read JSON text or :meth:`to_json`'s file; a truncated or hand-edited one raises naming the file,
-        the layer and the field."""
-        from bitalloc.tablejson import read_table_json
-        return read_table_json(path_or_text)
 
 
 from bitalloc.budget import Budget, LinearConstraint  # noqa: E402  (re-exported; budget.py imports this module)

@@ -13,6 +13,7 @@ import numpy as np
 
 from bitalloc.bits import check_bits
 from bitalloc.errors import CostTableError
+from bitalloc.tablebase import LayerSpec, exact_sum
 
 __all__ = ["check_fields", "per_layer", "readonly"]
 
@@ -42,8 +43,6 @@ def check_fields(layers_in: Any, bits_in: Any, cost: Any,
     """The layers (LayerSpec, unique non-empty names, non-negative num_params), the ascending candidate bits and
     read-only (L, B) ``cost`` and ``size_bits`` (finite, non-negative, sizes growing with bits, totals within the
     float range), or a :class:`CostTableError` naming the culprit."""
-    from bitalloc.costs import LayerSpec, exact_sum  # costs imports this module
-
     arrays_in = {"cost": cost, "size_bits": size_bits}
     layers = tuple(layers_in)
     if not layers:

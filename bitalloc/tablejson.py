@@ -15,8 +15,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from bitalloc.costs import TABLE_FORMAT, TABLE_VERSION, TABLE_VERSION_PAIRWISE, CostTable
+from bitalloc.costs import CostTable
 from bitalloc.errors import CostTableError
+from bitalloc.tableformats import TABLE_FORMAT, TABLE_VERSION, TABLE_VERSION_PAIRWISE
 from bitalloc.tableio import as_float, as_int, as_text, build_table
 
 __all__ = ["table_to_dict", "table_from_dict", "read_table_json"]
