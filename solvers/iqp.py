@@ -14,7 +14,8 @@ negative interactions need no convexification, unlike CLADO's eigenvalue clippin
   tolerance can return a plan a hair over the budget: that plan is cut off (``sum_l x[l, plan_l] <= L - 1``,
   which removes no plan that fits) and the model re-solved, up to ``N_CUTS`` times, then the budget rows are
   tightened and the answer is ``optimal`` only if it costs no more than the last proven optimum of the uncut
-  rows. A time limit (``time_limit_s``) or ``gap_rel`` gives ``feasible`` with ``gap`` from the solver's bound.
+  rows (:class:`~bitalloc.solvers.cutretry.CutAndRetry`, as for ``ilp``). A time limit (``time_limit_s``) or
+  ``gap_rel`` gives ``feasible`` with ``gap`` from the solver's bound.
 * **Incumbent and scale.** Greedy descent with pairwise marginal costs plus slack filling gives a plan that fits
   (without extra resources or tied groups; else a first solve at a 1e-4 gap does); it bounds the choices worth
   modelling and scales the objective. If the optimum's excess is below 1 % of the incumbent's, the model is
@@ -33,8 +34,8 @@ from bitalloc.allocation import AllocStatus, Solution, register_allocator
 from bitalloc.costs import Budget, CostTable
 
 from ._mckp import descend, fill_slack
+from .cutretry import CutAndRetry
 from .ilp import ILPAllocator, allowed_choices, relative_gap
-from .milp import N_CUTS, TIGHTEN
 from .qmodel import SolveResult, build_model, incumbent_excess, solve_cbc, solve_highs
 
 __all__ = ["IQPAllocator"]
@@ -129,31 +130,23 @@ class IQPAllocator(ILPAllocator):
                                 extras, tied, incumbent)
             info.update(variables=int(model.c.size), binaries=model.n_x, product_pairs=model.num_pairs,
                         scale=model.scale)
-            lower, first_optimum, choice, tightened, proven = None, None, None, False, False
-            steps = [("cut", 0.0)] * N_CUTS + [("tighten", t) for t in TIGHTEN]
+            lower, first_optimum, choice, proven = None, None, None, False
+            retry = CutAndRetry(fits, model.cut, model.tighten)
             status = "not solved"
-            for attempt in range(len(steps) + 1):
+            for _ in retry.attempts():
                 res = solve(model, left(), self.gap_rel)
                 status = res.status
                 picked = model.choice_of(res.v, L) if res.v is not None else None
-                if not tightened and res.bound is not None:
+                if not retry.tightened and res.bound is not None:
                     lower = model.offset + res.bound * model.scale
                 if picked is None:
                     break
                 proven = res.optimal and not self.gap_rel
-                if proven and not tightened:
+                if proven and not retry.tightened:
                     first_optimum = table.objective(picked)  # optimum of a relaxation: a lower bound
-                if fits(picked):
+                if retry.accept(picked):
                     choice = picked
                     break
-                if attempt == len(steps):
-                    break
-                kind, t = steps[attempt]
-                if kind == "cut":
-                    model.cut(picked)
-                else:
-                    tightened = True
-                    model.tighten(t)
             if choice is None:
                 return None, False, lower, f"the solver returned no plan within the budget ({status})"
             obj = table.objective(choice)
@@ -164,6 +157,7 @@ class IQPAllocator(ILPAllocator):
             break
         bounds = [b for b in (lower, first_optimum) if b is not None]
         low = max(bounds) if bounds else None
-        proven = proven and (not tightened or (first_optimum is not None and obj <= first_optimum + RTOL * abs(obj)))
+        proven = proven and (not retry.tightened
+                             or (first_optimum is not None and obj <= first_optimum + RTOL * abs(obj)))
         info["solver_status"] = status
         return choice, proven, low, f"{status}; {model.num_pairs} pairs with product variables"

@@ -29,7 +29,8 @@ What makes "optimal" mean optimal here:
   (a budget one float step below a plan's size): that plan is excluded by a cut (``sum_l x[l, plan_l] <= L-1``,
   which removes no plan that fits) and the model re-solved, so a proven optimum of the cut model is the optimum.
   After ``N_CUTS`` such plans the rows' limits are tightened instead; the last proven optimum before that stays a
-  lower bound, and the re-solved plan is proven optimal only if it costs no more.
+  lower bound, and the re-solved plan is proven optimal only if it costs no more (the schedule,
+  :class:`~bitalloc.solvers.cutretry.CutAndRetry`, is shared with ``iqp``).
 * **Gap.** Otherwise the lower bound is the best of that first optimum, CBC's own reported bound (parsed from its
   log) and the LP relaxation, and ``gap = (objective - bound) / objective``.
 """
@@ -51,13 +52,12 @@ from bitalloc.costs import exact_sum, plan_objective
 from bitalloc.errors import SolverUnavailableError
 
 from ._mckp import dominance_mask, exact_size, hull_mask, lp_relaxation
+from .cutretry import CutAndRetry
 
 __all__ = ["milp_solver", "solve_mckp", "MilpResult", "CBC_OPTIONS"]
 
 CBC_OPTIONS = ("allowableGap 0", "increment 0", "dualTolerance 1e-10", "primalTolerance 1e-10",
                "integerTolerance 1e-9", "preprocess off", "cuts off")
-N_CUTS = 10  # re-solves that exclude a plan that came back a hair over the budget (solver tolerance)
-TIGHTEN = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4)  # then relative cuts of the rows' limits
 
 
 def milp_solver(name: str = "auto", time_limit_s: float | None = None, gap_rel: float | None = None,
@@ -196,10 +196,18 @@ def solve_mckp(cost: np.ndarray, size: np.ndarray, capacity: float, allowed: np.
         bound: float | None = None  # optimum of the last proven solve before any tightening: a lower bound
         choice = None
         status_name = "not solved"
-        proven_now = tightened = False
-        steps = [("cut", 0.0)] * N_CUTS + [("tighten", t) for t in TIGHTEN]
+        proven_now = False
+
+        def cut(plan: np.ndarray) -> None:  # the solver's tolerance let a plan a hair over a row through
+            prob.addConstraint(pulp.lpSum(x[l, int(j)] for l, j in enumerate(plan)) <= L - 1, f"cut_{retry.applied}")
+
+        def tighten(t: float) -> None:  # still over after the cuts: cut the rows' room instead
+            for k, lim in limits.items():
+                prob.constraints[k].changeRHS(lim * (1 - t) if lim > 0 else lim - t)
+
+        retry = CutAndRetry(fits, cut, tighten)
         deadline = None if time_limit_s is None else time.monotonic() + time_limit_s  # for all solves together
-        for attempt in range(len(steps) + 1):
+        for attempt in retry.attempts():
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0 and attempt > 0:
@@ -217,7 +225,7 @@ def solve_mckp(cost: np.ndarray, size: np.ndarray, capacity: float, allowed: np.
                     return MilpResult(known, False, lp_bound, False, solver_name, status_name,
                                       f"solver called the model infeasible ({status_name}) but a known plan fits; "
                                       "kept it")
-                if not tightened:  # the model (with cuts of plans over the budget) holds every plan that fits
+                if not retry.tightened:  # the model (with cuts of plans over the budget) holds every plan that fits
                     return MilpResult(None, False, None, True, solver_name, status_name,
                                       "the integer program is infeasible")
                 break
@@ -229,20 +237,11 @@ def solve_mckp(cost: np.ndarray, size: np.ndarray, capacity: float, allowed: np.
             if (picked < 0).any():
                 break
             proven_now = getattr(prob, "sol_status", None) == pulp.LpSolutionOptimal and not gap_rel
-            if proven_now and not tightened:
+            if proven_now and not retry.tightened:
                 bound = value(picked)
-            if fits(picked):
+            if retry.accept(picked):  # else the plan is cut off, or the rows tightened (then optimal only at `bound`)
                 choice = picked
                 break
-            if attempt == len(steps):
-                break
-            kind, t = steps[attempt]
-            if kind == "cut":  # the solver's tolerance let a plan a hair over a row through: exclude that plan
-                prob += pulp.lpSum(x[l, int(j)] for l, j in enumerate(picked)) <= L - 1, f"cut_{attempt}"
-            else:  # still over after the cuts: cut the rows' room instead (then optimal only if it costs `bound`)
-                tightened = True
-                for k, lim in limits.items():
-                    prob.constraints[k].changeRHS(lim * (1 - t) if lim > 0 else lim - t)
         cbc_bound = _cbc_log_bound(log_path) if solver_name == "PULP_CBC_CMD" else None
     solver_bound = None if cbc_bound is None or not math.isfinite(cbc_bound) else offset + cbc_bound * scale
 
@@ -271,7 +270,7 @@ def solve_mckp(cost: np.ndarray, size: np.ndarray, capacity: float, allowed: np.
     resolved = not clamped or L * 1e-10 * scale <= 1e-9 * abs(obj) or (
         lp_bound is not None and obj <= lp_bound + 1e-9 * abs(lp_bound))
     lower = lower_bound(obj, trusted=resolved and not beaten)
-    if proven_now and resolved and (not tightened or (bound is not None and obj <= bound + 1e-9 * abs(bound))):
+    if proven_now and resolved and (not retry.tightened or (bound is not None and obj <= bound + 1e-9 * abs(bound))):
         return MilpResult(choice, True, obj, False, solver_name, status_name, f"{solver_name}: optimal")
     if beaten:
         why = "a known plan costs less than the solver's answer; kept it"

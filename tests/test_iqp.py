@@ -219,3 +219,26 @@ def test_greedy_front_follows_the_whole_objective():
         plans.append({**plans[-1], layer: b})
     for plan, cost in zip(plans, f["cost"]):
         assert cost == pytest.approx(t.objective([t.bits.index(plan[n]) for n in t.layer_names]))
+
+
+def test_a_solver_always_over_the_budget_runs_the_shared_schedule_to_its_end(monkeypatch):
+    from bitalloc.solvers import qmodel
+    from bitalloc.solvers.cutretry import N_CUTS, TIGHTEN
+
+    t, budget = two_layers_that_hurt_together()
+    calls = []
+
+    def over(model, time_limit_s=None, gap_rel=0.0):  # every answer: every layer at 8 bits, over the budget
+        calls.append((model.A.shape[0], float(model.hi[model.size_row])))
+        v = np.zeros(model.c.size)
+        v[: model.n_x] = model.column[:, 1] == 1
+        return qmodel.SolveResult(v, True, False, None, "HiGHS: over")
+
+    monkeypatch.setattr("bitalloc.solvers.iqp.solve_highs", over)
+    r = IQPAllocator().allocate(t, budget)
+    assert len(calls) == 1 + N_CUTS + len(TIGHTEN)  # the first solve, one per cut, one per tightening
+    rows = [c[0] for c in calls]
+    assert rows[N_CUTS] == rows[0] + N_CUTS and rows[-1] == rows[N_CUTS]  # cuts first, then no more rows
+    limits = [c[1] for c in calls]
+    assert limits[N_CUTS] == limits[0] and limits[-1] < limits[N_CUTS]  # then the budget row tightened
+    assert r.status == AllocStatus.FEASIBLE and "kept the incumbent" in r.message and budget.fits(r.size_bits)

@@ -470,3 +470,48 @@ def test_pulp_path_distrusts_an_optimal_that_a_known_plan_beats(monkeypatch):
     r = ILPAllocator(method="pulp").allocate(t, budget)
     assert r.status == AllocStatus.FEASIBLE and "a known plan costs less" in r.message
     assert r.gap is not None and r.gap > 0
+
+
+# the cut-and-retry schedule shared by the PuLP path and iqp (solvers/cutretry.py) --------------------------------
+def test_cut_and_retry_cuts_then_tightens_then_gives_up():
+    from bitalloc.solvers.cutretry import N_CUTS, TIGHTEN, CutAndRetry
+
+    log = []
+    retry = CutAndRetry(lambda p: False, lambda p: log.append(("cut", int(p[0]))),
+                        lambda t: log.append(("tighten", t)))
+    solves = 0
+    for attempt in retry.attempts():
+        assert attempt == solves
+        solves += 1
+        assert not retry.accept(np.array([attempt]))
+        assert retry.tightened == (attempt >= N_CUTS)
+    assert solves == 1 + N_CUTS + len(TIGHTEN)
+    assert log == [("cut", a) for a in range(N_CUTS)] + [("tighten", t) for t in TIGHTEN]
+
+
+def test_cut_and_retry_accepts_a_plan_that_fits_without_a_step():
+    from bitalloc.solvers.cutretry import CutAndRetry
+
+    cuts, tightenings = [], []
+    retry = CutAndRetry(lambda p: p[0] == 2, lambda p: cuts.append(int(p[0])), tightenings.append)
+    for attempt in retry.attempts():
+        if retry.accept(np.array([attempt])):
+            break
+    assert attempt == 2 and cuts == [0, 1] and tightenings == [] and not retry.tightened
+
+
+def test_the_pulp_path_repairs_through_the_shared_schedule(monkeypatch):
+    from bitalloc.solvers import cutretry, milp
+
+    accepted = []
+
+    class Recording(cutretry.CutAndRetry):
+        def accept(self, plan):
+            accepted.append(super().accept(plan))
+            return accepted[-1]
+
+    monkeypatch.setattr(milp, "CutAndRetry", Recording)
+    t = CostTable.from_arrays(["a"], (2, 4, 8), [[0.43, 0.14, 0.026]], [[2498.57693269, 3728.13604531, 4957.6951579]])
+    r = ILPAllocator(method="pulp").allocate(t, Budget(np.nextafter(t.plan_size([1]), 0)))
+    assert r.status == AllocStatus.OPTIMAL and r.plan["a"] == 2
+    assert accepted[-1] and not all(accepted)  # CBC's 4-bit plan over the budget was cut, then the 2-bit one fit
