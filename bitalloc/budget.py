@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from bitalloc.costs import CostTable, exact_sum
-from bitalloc.errors import BudgetError
+from bitalloc.errors import BudgetError, BudgetTooSmallError
 
 __all__ = ["Budget", "LinearConstraint"]
 
@@ -131,10 +131,14 @@ class Budget:
         return None
 
     def check(self, table: CostTable) -> None:
-        """Raise :class:`BudgetError` if no plan of ``table`` can fit (stating the smallest size)."""
+        """Raise :class:`~bitalloc.errors.BudgetTooSmallError` if no plan of ``table`` can fit, naming the budget
+        and the smallest achievable size (or the extra constraint, its limit and its smallest value).
+
+        Every allocator calls it before solving (:meth:`bitalloc.allocation.BaseAllocator.allocate`), so a budget
+        below the table's smallest plan raises this one type everywhere."""
         smallest = table.min_size_bits
         if not self.fits(smallest):
-            raise BudgetError(
+            raise BudgetTooSmallError(
                 f"budget of {self.max_size_bits:.6g} bits ({table.size_to_avg_bits(self.max_size_bits):.4g} "
                 f"avg bits) is below the smallest achievable size {smallest:.6g} bits "
                 f"({table.size_to_avg_bits(smallest):.4g} avg bits: every layer at its lowest candidate, "
@@ -143,5 +147,5 @@ class Budget:
             m = c.matrix(table)
             low = exact_sum(m.min(axis=1))
             if not low <= c.max_value:
-                raise BudgetError(f"constraint '{c.name}' limit {c.max_value:.6g} is below its smallest "
+                raise BudgetTooSmallError(f"constraint '{c.name}' limit {c.max_value:.6g} is below its smallest "
                                   f"achievable value {low:.6g}")

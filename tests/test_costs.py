@@ -164,6 +164,22 @@ def test_budget_below_smallest_size_states_it():
         Budget.from_avg_bits(t, 1.5)
 
 
+def test_a_budget_too_small_raises_the_typed_error_naming_budget_and_smallest_size():
+    from bitalloc.errors import BudgetTooSmallError
+
+    t = table()
+    with pytest.raises(BudgetTooSmallError, match=r"budget of 899 bits .* below the smallest achievable size 900 bits"):
+        Budget(899).check(t)
+    with pytest.raises(BudgetTooSmallError, match="smallest achievable size 900 bits"):
+        Budget.from_avg_bits(t, 1.5)
+    with pytest.raises(BudgetTooSmallError, match=r"below the smallest achievable size 900 bits"):
+        Budget.from_compression_ratio(t, 32 * 450 / 899)
+    c = LinearConstraint("lat", {n: (1.0, 2.0, 3.0) for n in t.layer_names}, 2.0)
+    with pytest.raises(BudgetTooSmallError, match="constraint 'lat' limit 2 is below its smallest achievable value 3"):
+        Budget(1e9, extra=(c,)).check(t)
+    Budget(900).check(t)  # exactly the smallest plan: fits
+
+
 def test_bit_operations_constraint():
     t = table()
     c = LinearConstraint.bit_operations(t, {"g_a.0": 10, "g_a.2": 20, "g_s.0": 5}, 1e9)

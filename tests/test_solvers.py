@@ -131,6 +131,15 @@ def test_budget_below_smallest_size_raises_before_solving(name):
         build_allocator(name).allocate(t, Budget(79))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_every_allocator_raises_the_typed_error_for_a_budget_too_small(name):
+    from bitalloc.errors import BudgetTooSmallError
+
+    t = CostTable.from_arrays(["a", "b"], (4, 8), [[1.0, 0.0], [1.0, 0.0]], num_params=[10, 10])
+    with pytest.raises(BudgetTooSmallError, match=r"budget of 79 bits .* smallest achievable size 80 bits"):
+        build_allocator(name).allocate(t, Budget(79))
+
+
 def test_allocate_does_not_mutate_table():
     rng = np.random.default_rng(1)
     t = CostTable.from_arrays([f"l{i}" for i in range(8)], (2, 4, 8), rng.random((8, 3)), num_params=[5] * 8)
