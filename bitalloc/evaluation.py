@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_write_text
 from .data import resolve_images
 
-__all__ = ["compress_image", "evaluate", "psnr", "summarize", "to_compressai_json"]
+__all__ = ["compress_image", "evaluate", "pad_to_multiple", "psnr", "summarize", "to_compressai_json"]
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -28,7 +28,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else -10 * math.log10(mse)
 
 
-def _pad(x: torch.Tensor, p: int = 64) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+def pad_to_multiple(x: torch.Tensor, p: int = 64) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """``x`` (..., H, W) zero-padded (centred) to a multiple of ``p`` per side, and the padding (l, r, t, b)."""
     h, w = x.shape[-2:]
     nh, nw = (h + p - 1) // p * p, (w + p - 1) // p * p
     left, top = (nw - w) // 2, (nh - h) // 2
@@ -44,7 +45,7 @@ def _crop(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
 def compress_image(model, x: torch.Tensor) -> dict:
     """Encode and decode one (3,H,W) image; returns bytes, x_hat and timings."""
     x4 = x.unsqueeze(0) if x.dim() == 3 else x
-    xp, pad = _pad(x4)
+    xp, pad = pad_to_multiple(x4)
     t0 = time.perf_counter()
     enc = model.compress(xp)
     t1 = time.perf_counter()
@@ -62,9 +63,15 @@ def evaluate(model, images=None, *, root=None, progress: bool = True, limit: int
     ``images``: a folder, a list of paths, a dict ``{name: (3,H,W) tensor}``, or None (``<data root>/kodak``,
     else scikit-image's photos). Columns: image, height, width, num_bytes, bpp, psnr_rgb, ms_ssim_rgb,
     encoding_time, decoding_time.
+
+    Evaluation never sets an activation range: a model with an uncalibrated activation quantizer is refused
+    before the first image (:func:`bitalloc.calibrate_activations` first), so no result depends on image order.
     """
     from pytorch_msssim import ms_ssim
 
+    from .act_quant import check_calibrated
+
+    check_calibrated(model)
     imgs = resolve_images(images, root=root, limit=limit)
     model = model.eval()
     model.update(force=False)

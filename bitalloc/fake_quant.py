@@ -45,8 +45,8 @@ import torch.nn as nn
 from bitalloc.bits import QUANT_MAX_BITS as MAX_BITS, QUANT_MIN_BITS as MIN_BITS, check_bits  # the one rule
 
 __all__ = [
-    "CALIBRATIONS", "ESTIMATORS", "MAX_BITS", "MIN_BITS", "ActQuantizer", "RoundClamp", "WeightQuantizer",
-    "calibrate_range", "check_bits", "check_choice", "dgm_grad", "fake_quantize",
+    "CALIBRATIONS", "ESTIMATORS", "MAX_BITS", "MIN_BITS", "RoundClamp", "WeightQuantizer", "calibrate_range",
+    "check_bits", "check_choice", "dgm_grad", "fake_quantize",
 ]
 
 ESTIMATORS = ("ste", "leaky_clip", "dgm")
@@ -192,28 +192,3 @@ class WeightQuantizer(nn.Module):
         masked = ", masked" if self.mask is not None else ""
         return (f"bits={self.bits}, axis={self.axis}, estimator={self.estimator}, "
                 f"calibration={self.calibration}{masked}")
-
-
-class ActQuantizer(nn.Module):
-    """Per-tensor asymmetric fake quantizer of a layer's input, range from the first batch it sees (min-max),
-    straight-through gradient; optional (``apply_plan(..., act_bits=8)``)."""
-
-    def __init__(self, bits: int = 8):
-        super().__init__()
-        self.bits = check_bits(bits)
-        self.register_buffer("lo", torch.tensor(0.0))
-        self.register_buffer("hi", torch.tensor(0.0))
-        self.register_buffer("calibrated", torch.tensor(False))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not bool(self.calibrated):
-            with torch.no_grad():
-                self.lo.copy_(x.min().clamp_max(0))
-                self.hi.copy_(x.max().clamp_min(0))
-                self.calibrated.fill_(True)
-        levels = 2 ** self.bits - 1
-        s = ((self.hi - self.lo) / levels).clamp_min(1e-12)
-        z = torch.round(-self.lo / s)
-        u = x / s + z
-        q = u + (torch.clamp(torch.round(u), 0, levels) - u).detach()
-        return (q - z) * s

@@ -1,15 +1,21 @@
 """BitPlan: layer name -> bit-width, with a versioned JSON format.
 
-JSON form (version 1)::
+A plan may also give layers an input-activation bit-width (``act_bits``, a subset of the weight layers; a layer
+without one keeps float activations). JSON form: version 1 for a weight-only plan (unchanged), version 2 when
+the plan has activation bits::
 
     {"format": "bitalloc.plan", "version": 1, "bits": {"g_a.0": 8, "g_a.2": 6, ...}, "meta": {...}}
+    {"format": "bitalloc.plan", "version": 2, "bits": {...}, "act_bits": {"g_a.0": 8, ...}, "meta": {...}}
 
-Readers reject any other ``format`` or ``version`` with a sentence, so a future format never loads silently.
+A weight-only plan is written as version 1, so readers that predate activation bits still read it; a plan with
+activation bits is version 2, which they refuse instead of dropping its activation bits. Readers reject any
+other ``format`` or ``version`` with a sentence, so a future format never loads silently.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -23,10 +29,11 @@ from bitalloc.errors import PlanError
 if TYPE_CHECKING:
     from bitalloc.costs import CostTable
 
-__all__ = ["BitPlan", "PLAN_FORMAT", "PLAN_VERSION"]
+__all__ = ["BitPlan", "PLAN_FORMAT", "PLAN_VERSION", "PLAN_VERSIONS"]
 
 PLAN_FORMAT = "bitalloc.plan"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # the newest version written (only when the plan has activation bits)
+PLAN_VERSIONS = (1, 2)
 
 
 def _check_entry(name: Any, b: Any) -> int:
@@ -37,10 +44,12 @@ def _check_entry(name: Any, b: Any) -> int:
 
 @dataclass(frozen=True)
 class BitPlan:
-    """An ordered, read-only mapping from layer name to bit-width; equality compares the bits only."""
+    """An ordered, read-only mapping from layer name to weight bit-width, with optional input-activation
+    bit-widths ``act_bits`` ({layer: bits}, layers of the plan only); equality compares both, not ``meta``."""
 
     bits: Mapping[str, int]
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    act_bits: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         items = self.bits.items() if isinstance(self.bits, Mapping) else self.bits
@@ -49,12 +58,21 @@ class BitPlan:
             if name in checked:
                 raise PlanError(f"duplicate layer '{name}' in bit plan")
             checked[name] = _check_entry(name, b)
+        act: dict[str, int] = {}
+        for name, b in (self.act_bits or {}).items():
+            if name not in checked:
+                raise PlanError(f"activation bits for layer '{name}', which has no weight bits in the plan")
+            act[name] = check_bits(b, name, quantizer=False, error=PlanError,
+                                   subject=f"activation bits of layer '{name}'")
         object.__setattr__(self, "bits", MappingProxyType(checked))
+        object.__setattr__(self, "act_bits", MappingProxyType({n: act[n] for n in checked if n in act}))
         object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
 
     @classmethod
-    def uniform(cls, names: Iterable[str], bits: int, **meta: Any) -> "BitPlan":
-        return cls({n: bits for n in names}, meta)
+    def uniform(cls, names: Iterable[str], bits: int, act_bits: int | None = None, **meta: Any) -> "BitPlan":
+        """Every layer at ``bits`` (and, with ``act_bits``, every layer's input at ``act_bits``)."""
+        names = list(names)
+        return cls({n: bits for n in names}, meta, {n: act_bits for n in names} if act_bits is not None else {})
 
     @classmethod
     def from_choices(cls, table: "CostTable", choice: Any, **meta: Any) -> "BitPlan":
@@ -78,13 +96,27 @@ class BitPlan:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, BitPlan):
             return NotImplemented
-        return dict(self.bits) == dict(other.bits)
+        return dict(self.bits) == dict(other.bits) and dict(self.act_bits) == dict(other.act_bits)
 
     def __hash__(self) -> int:
-        return hash(tuple(sorted(self.bits.items())))
+        return hash((tuple(sorted(self.bits.items())), tuple(sorted(self.act_bits.items()))))
 
     def __repr__(self) -> str:
-        return f"BitPlan({dict(self.bits)!r})"
+        act = f", act_bits={dict(self.act_bits)!r}" if self.act_bits else ""
+        return f"BitPlan({dict(self.bits)!r}{act})"
+
+    def weights_only(self) -> "BitPlan":
+        """The same weight bits without activation bits."""
+        return BitPlan(self.bits, self.meta)
+
+    def bit_operations(self, macs: Mapping[str, float], *, float_act_bits: int = 32) -> float:
+        """BOPs = sum over the plan's layers of MACs x weight bits x activation bits (HAWQ-V3); a layer without
+        activation bits counts ``float_act_bits`` (float32 inputs). ``macs``: {layer: MACs}, e.g.
+        :func:`bitalloc.macs.count_macs`; a layer it lacks is a :class:`PlanError` naming it."""
+        missing = [n for n in self.bits if n not in macs]
+        if missing:
+            raise PlanError(f"bit_operations: no MAC count for {_names(missing)}")
+        return math.fsum(float(macs[n]) * b * self.act_bits.get(n, float_act_bits) for n, b in self.bits.items())
 
     # measures ---------------------------------------------------------------------------------------------
     def check_layers(self, table: "CostTable") -> None:
@@ -138,7 +170,11 @@ class BitPlan:
 
     # JSON -------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "bits": dict(self.bits), "meta": dict(self.meta)}
+        """Version 1 without activation bits (as bitalloc always wrote it), version 2 with them."""
+        if not self.act_bits:
+            return {"format": PLAN_FORMAT, "version": 1, "bits": dict(self.bits), "meta": dict(self.meta)}
+        return {"format": PLAN_FORMAT, "version": 2, "bits": dict(self.bits), "act_bits": dict(self.act_bits),
+                "meta": dict(self.meta)}
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """The JSON text; with ``path`` also written atomically."""
@@ -153,12 +189,17 @@ class BitPlan:
         if not isinstance(data, Mapping) or data.get("format") != PLAN_FORMAT:
             got = data.get("format") if isinstance(data, Mapping) else type(data).__name__
             raise PlanError(f"not a bit plan: field 'format' is {got!r}, expected {PLAN_FORMAT!r}")
-        if data.get("version") != PLAN_VERSION:
-            raise PlanError(f"unsupported bit-plan version {data.get('version')!r} "
-                            f"(this bitalloc reads version {PLAN_VERSION})")
+        version = data.get("version")
+        if isinstance(version, bool) or version not in PLAN_VERSIONS:
+            raise PlanError(f"unsupported bit-plan version {version!r} "
+                            f"(this bitalloc reads versions {', '.join(map(str, PLAN_VERSIONS))})")
         if not isinstance(data.get("bits"), Mapping):
             raise PlanError("bit plan JSON lacks the mapping field 'bits'")
-        return cls(dict(data["bits"]), dict(data.get("meta", {})))
+        if version == 1 and "act_bits" in data:
+            raise PlanError("bit plan JSON of version 1 has the field 'act_bits', which needs version 2")
+        if version == 2 and not isinstance(data.get("act_bits"), Mapping):
+            raise PlanError("bit plan JSON of version 2 lacks the mapping field 'act_bits'")
+        return cls(dict(data["bits"]), dict(data.get("meta", {})), dict(data.get("act_bits", {})))
 
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike) -> "BitPlan":

@@ -102,7 +102,8 @@ def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: A
              batch_size: int = 8, crop: int = 128, lr: float = 1e-4, aux_lr: float = 1e-3,
              lmbda: float | None = None, loss: Loss | None = None, estimator: str = "leaky_clip",
              calibration: str = "mse", learn_scale: bool = True, alpha: float = 0.01, beta: float = 2.0,
-             workdir: str | os.PathLike | None = None,
+             act_observer: str = "minmax", act_calibration: Any = None, act_calibration_batches: int = 4,
+             learn_act_range: bool | None = None, workdir: str | os.PathLike | None = None,
              save_every: int = 50, clip_norm: float | None = 1.0, seed: int = 0, progress: bool = True,
              ) -> tuple[nn.Module, pd.DataFrame]:
     """QAT of ``plan`` on ``model`` (a copy); returns (fine-tuned fake-quantized model in eval mode, log).
@@ -115,7 +116,15 @@ def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: A
     parts (:mod:`bitalloc.objective`); default: the RD loss at ``lmbda`` or the model's lambda (CompressAI
     models). The log has one row per step: step, the loss's parts (RD: loss, bpp, mse, psnr), aux_loss, lr,
     time_s.
+
+    Activation bits (a plan's ``act_bits``): before the first step every activation range is calibrated with
+    ``act_observer`` (:func:`bitalloc.act_quant.calibrate_activations`) on ``act_calibration`` (any form it
+    takes), by default on ``act_calibration_batches`` batches drawn from ``data`` by a separate stream (seed + 1,
+    so the training batches are those of a run without activation bits); ranges already frozen in a
+    fake-quantized ``model`` (``plan=None``) are kept. ``learn_act_range`` (default: ``learn_scale``) then
+    trains them LSQ-style with the weights; otherwise they stay frozen.
     """
+    from bitalloc.act_quant import activation_quantizers, calibrate_activations, learn_activation_ranges
     from bitalloc.models import split_parameters
 
     if steps < 1:
@@ -133,6 +142,14 @@ def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: A
         qmodel = apply_plan(model, plan, estimator=estimator, calibration=calibration, learn_scale=learn_scale,
                             alpha=alpha, beta=beta)
     the_plan = plan_of(qmodel)
+    acts = activation_quantizers(qmodel)
+    if any(not q.frozen for q in acts.values()):
+        if act_calibration is None:
+            stream = Batches(data, batch_size, crop, seed + 1)
+            act_calibration = [stream.next() for _ in range(act_calibration_batches)]
+        calibrate_activations(qmodel, act_calibration, act_observer, batch_size=batch_size)
+    if acts:
+        learn_activation_ranges(qmodel, learn_scale if learn_act_range is None else learn_act_range)
     main, aux = split_parameters(qmodel)
     optimizer = torch.optim.Adam(main, lr=lr)
     aux_optimizer = torch.optim.Adam(aux, lr=aux_lr) if aux else None

@@ -3,7 +3,9 @@
 A plan ({layer: bits}) is applied with ``torch.nn.utils.parametrize``: the layer's ``weight`` (GDN: ``gamma``)
 becomes ``WeightQuantizer(original)``, which works for every layer type (ConvTranspose2d included) without
 re-implementing their forward passes. The quantizers themselves (grid, calibration, gradient estimators, LSQ)
-are in :mod:`bitalloc.fake_quant` and re-exported here.
+are in :mod:`bitalloc.fake_quant` and re-exported here. A layer the plan gives an activation bit-width gets an
+:class:`~bitalloc.act_quant.ActQuantizer` on its input (``input_quantizer``, run by a forward pre-hook), which
+must be calibrated (:func:`bitalloc.act_quant.calibrate_activations`) before the model is evaluated.
 
 A layer that masks its weight in its own forward by writing ``self.weight.data`` (CompressAI's
 ``MaskedConv2d``, the causal context model of ``mbt2018`` and ``cheng2020-*``) would lose its mask once the
@@ -21,9 +23,9 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from bitalloc.fake_quant import (CALIBRATIONS, ESTIMATORS, MAX_BITS, MIN_BITS, ActQuantizer, RoundClamp,
-                                 WeightQuantizer, calibrate_range, check_bits, check_choice, dgm_grad,
-                                 fake_quantize)
+from bitalloc.act_quant import ActQuantizer
+from bitalloc.fake_quant import (CALIBRATIONS, ESTIMATORS, MAX_BITS, MIN_BITS, RoundClamp, WeightQuantizer,
+                                 calibrate_range, check_bits, check_choice, dgm_grad, fake_quantize)
 from bitalloc.graph import channel_axis, is_gdn, quantizable_layers
 from bitalloc.plan import BitPlan
 
@@ -92,7 +94,7 @@ def remove_plan(model: nn.Module) -> nn.Module:
 
 def apply_plan(model: nn.Module, plan: BitPlan | Mapping[str, int], *, keep_float: bool | Collection[str] = (),
                estimator: str = "ste", calibration: str = "minmax", learn_scale: bool = False,
-               alpha: float = 0.01, beta: float = 2.0, act_bits: int | None = None,
+               alpha: float = 0.01, beta: float = 2.0, act_bits: int | Mapping[str, int] | None = None,
                inplace: bool = False) -> nn.Module:
     """Fake-quantize ``model`` by ``plan`` ({layer: bits}); returns a copy unless ``inplace``.
 
@@ -100,8 +102,15 @@ def apply_plan(model: nn.Module, plan: BitPlan | Mapping[str, int], *, keep_floa
     are quantized (their gamma) only when the plan names them. A plan naming a layer the model lacks, a missing
     layer, or bits outside 2..16 raise ValueError naming the layer. An already quantized model is re-planned
     from its original weights.
+
+    Activation bits: a :class:`BitPlan`'s ``act_bits`` ({layer: bits}), or ``act_bits`` here (one int for every
+    non-GDN layer of the plan, or {layer: bits}); not both. Each such layer gets an uncalibrated
+    :class:`ActQuantizer`: run :func:`bitalloc.act_quant.calibrate_activations` before evaluating.
     """
     bits = dict(plan.bits if isinstance(plan, BitPlan) else plan)
+    acts = dict(plan.act_bits) if isinstance(plan, BitPlan) else {}
+    if act_bits is not None and acts:
+        raise ValueError("apply_plan: the plan has activation bits and act_bits= was passed too; pass one")
     check_choice(estimator, ESTIMATORS, "gradient estimator")
     check_choice(calibration, CALIBRATIONS, "calibration")
     out = model if inplace else copy.deepcopy(model)
@@ -113,6 +122,16 @@ def apply_plan(model: nn.Module, plan: BitPlan | Mapping[str, int], *, keep_floa
             raise ValueError(f"plan names layer '{name}', which is not a quantizable layer of "
                              f"{type(model).__name__}; quantizable layers: {', '.join(candidates)}")
         check_bits(bits[name], name)
+    if act_bits is not None:
+        acts = (dict(act_bits) if isinstance(act_bits, Mapping)
+                else {n: act_bits for n in bits if not is_gdn(candidates[n])})
+    for name, b in acts.items():
+        if name not in bits:
+            raise ValueError(f"activation bits for layer '{name}', which has no weight bits in the plan")
+        if is_gdn(candidates[name]):
+            raise ValueError(f"activation bits for layer '{name}', a GDN layer: only Conv/ConvTranspose/Linear "
+                             "inputs are quantized")
+        check_bits(b, name)
     if keep_float is not True:
         floats = set(keep_float or ())
         unknown = floats - set(candidates)
@@ -128,20 +147,22 @@ def apply_plan(model: nn.Module, plan: BitPlan | Mapping[str, int], *, keep_floa
         q = WeightQuantizer(getattr(m, tname), b, quant_axis(m), estimator=estimator, calibration=calibration,
                             learn_scale=learn_scale, alpha=alpha, beta=beta, layer=name, mask=weight_mask(m))
         parametrize.register_parametrization(m, tname, q)
-        if act_bits is not None and not is_gdn(m):
-            m.input_quantizer = ActQuantizer(act_bits)
+        if name in acts:
+            m.input_quantizer = ActQuantizer(acts[name], layer=name)
             m.register_forward_pre_hook(_quantize_input)
     return out
 
 
 def plan_of(model: nn.Module, **meta: Any) -> BitPlan:
-    """The bit plan a fake-quantized model carries (layers kept in float are absent)."""
-    bits = {}
+    """The bit plan a fake-quantized model carries, activation bits included (float layers are absent)."""
+    bits, acts = {}, {}
     for name, m in quantizable_layers(model, gdn=True).items():
         q = weight_quantizer(m)
         if q is not None:
             bits[name] = q.bits
-    return BitPlan(bits, meta)
+            if isinstance(getattr(m, "input_quantizer", None), ActQuantizer):
+                acts[name] = m.input_quantizer.bits
+    return BitPlan(bits, meta, acts)
 
 
 def weight_mask(module: nn.Module) -> torch.Tensor | None:

@@ -45,7 +45,41 @@ def test_json_round_trip_string_and_file(tmp_path):
     assert back == p and list(back) == list(p) and back.meta["allocator"] == "ilp"
 
 
-@pytest.mark.parametrize("patch, text", [({"version": 2}, "unsupported bit-plan version 2"),
+def test_activation_bits_round_trip_and_weight_only_plans_stay_version_1(tmp_path):
+    w = BitPlan({"g_a.0": 8, "h_s.1": 3}, {"allocator": "ilp"})
+    old_text = ('{"format": "bitalloc.plan", "version": 1, "bits": {"g_a.0": 8, "h_s.1": 3}, '
+                '"meta": {"allocator": "ilp"}}')  # what bitalloc wrote before activation bits existed
+    assert json.loads(w.to_json()) == json.loads(old_text) and BitPlan.from_json(old_text) == w
+    wa = BitPlan({"g_a.0": 8, "h_s.1": 3}, {"allocator": "ilp"}, act_bits={"h_s.1": 6, "g_a.0": 8})
+    d = json.loads(wa.to_json())
+    assert d["version"] == 2 and d["act_bits"] == {"g_a.0": 8, "h_s.1": 6}  # in the plan's layer order
+    wa.to_json(tmp_path / "p.json")
+    back = BitPlan.from_json(tmp_path / "p.json")
+    assert back == wa and back != w and hash(back) != hash(w) and back.weights_only() == w
+    assert BitPlan.uniform(["a", "b"], 4, act_bits=8).act_bits == {"a": 8, "b": 8}
+    assert "act_bits" in repr(wa) and "act_bits" not in repr(w)
+
+
+def test_activation_bits_are_checked():
+    with pytest.raises(PlanError, match="activation bits for layer 'x', which has no weight bits"):
+        BitPlan({"a": 4}, act_bits={"x": 8})
+    with pytest.raises(PlanError, match="activation bits of layer 'a' is 40"):
+        BitPlan({"a": 4}, act_bits={"a": 40})
+    with pytest.raises(PlanError, match="'act_bits', which needs version 2"):
+        BitPlan.from_dict({"format": "bitalloc.plan", "version": 1, "bits": {"a": 4}, "act_bits": {"a": 8}})
+    with pytest.raises(PlanError, match="version 2 lacks the mapping field 'act_bits'"):
+        BitPlan.from_dict({"format": "bitalloc.plan", "version": 2, "bits": {"a": 4}})
+
+
+def test_bit_operations_are_macs_times_weight_times_activation_bits():
+    p = BitPlan({"a": 4, "b": 8}, act_bits={"a": 6})
+    assert p.bit_operations({"a": 100, "b": 10}) == 100 * 4 * 6 + 10 * 8 * 32  # b's input stays float32
+    assert p.bit_operations({"a": 100, "b": 10}, float_act_bits=16) == 100 * 4 * 6 + 10 * 8 * 16
+    with pytest.raises(PlanError, match="no MAC count for layer 'b'"):
+        p.bit_operations({"a": 100})
+
+
+@pytest.mark.parametrize("patch, text", [({"version": 3}, "unsupported bit-plan version 3"),
                                          ({"format": "other"}, "not a bit plan"),
                                          ({"bits": [1, 2]}, "field 'bits'")],
                          ids=["version", "format", "bits"])

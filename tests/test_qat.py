@@ -90,3 +90,23 @@ def test_batches_accept_an_image_folder_object(tmp_path):
     folder = ImageFolder(tmp_path, crop=64, seed=0)
     b = Batches(folder, batch_size=3)
     assert b.folder is folder and b.next().shape == (3, 3, 64, 64)
+
+
+def test_activation_ranges_are_calibrated_then_learned_or_kept(hyperprior, images, tmp_path):
+    from bitalloc.act_quant import activation_qparams, calibrate_activations
+    from bitalloc.quant import apply_plan
+
+    plan = BitPlan.uniform(list(quantizable_layers(hyperprior)), 6, act_bits=6)
+    kw = dict(steps=2, batch_size=2, lr=1e-2, progress=False)
+    calibrated = activation_qparams(calibrate_activations(apply_plan(hyperprior, plan, calibration="mse"), images))
+    kept, _ = finetune(hyperprior, plan, images, act_calibration=images, learn_act_range=False, **kw)
+    assert plan_of(kept) == plan and activation_qparams(kept) == calibrated
+    learned, _ = finetune(hyperprior, plan, images, act_calibration=images, workdir=tmp_path, **kw)
+    got = activation_qparams(learned)
+    assert got.keys() == calibrated.keys()
+    assert any(got[n]["scale"] != calibrated[n]["scale"] for n in got)  # LSQ moved the ranges
+    assert all(isinstance(p["zero_point"], int) and 0 <= p["zero_point"] <= 63 for p in got.values())
+    resumed, _ = finetune(hyperprior, plan, images, act_calibration=images, workdir=tmp_path, **kw)
+    assert activation_qparams(resumed) == got  # the finished run's learned ranges come back from its state
+    default, _ = finetune(hyperprior, plan, images, steps=1, batch_size=2, progress=False)  # calibrates itself
+    assert all(a["bits"] == 6 for a in activation_qparams(default).values())
