@@ -106,6 +106,57 @@ def test_lower_precisions_are_derived_from_the_stored_8bit_integers(hyperprior):
             nw.unfreeze()
 
 
+# masked context layers (issue 11, item 2) -------------------------------------------------------------------
+def _mbt2018_tiny() -> torch.nn.Module:
+    from compressai.models import JointAutoregressiveHierarchicalPriors
+
+    torch.manual_seed(0)
+    return JointAutoregressiveHierarchicalPriors(N=16, M=24).eval()
+
+
+def test_the_context_model_weight_is_masked_in_every_forward_at_every_precision():
+    from bitalloc.dynaquant import DynamicLayer
+
+    ctx = _mbt2018_tiny().context_prediction  # a MaskedConv2d that never ran: masked positions still hold weights
+    hidden = 1 - ctx.mask
+    assert (ctx.weight.detach() * hidden).abs().max() > 0
+    layer = DynamicLayer(ctx, "context_prediction", (4, 6, 8), dynamic=True, act_bits=8, estimator="dgm", beta=2.0)
+    seen = []
+    layer.weight_q.register_forward_hook(lambda m, args, out: seen.append(out.detach()))
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 24, 8, 8, generator=g)
+    for step in range(3):  # training: every candidate runs, and the float weight moves at masked positions too
+        layer.choice = torch.nn.functional.one_hot(torch.tensor([step % 3, 2]), 3).float()
+        layer.train()
+        opt.zero_grad()
+        layer(y).pow(2).mean().backward()
+        opt.step()
+    assert (ctx.weight.detach() * hidden).abs().max() > 0  # the float weight is not masked: the quantizer masks
+    with torch.no_grad():
+        layer.eval()
+        for k in range(3):
+            layer.choice = torch.nn.functional.one_hot(torch.tensor([k, k]), 3).float()
+            out = layer(y)
+            assert torch.equal(out, torch.nn.functional.conv2d(layer.act(y), layer.weight_q(ctx.weight, (4, 6, 8)[k]),
+                                                               ctx.bias, padding=2))
+        layer.choice = None  # the fixed 8 bits
+        layer(y)
+        layer.weight_q.freeze(ctx.weight)  # inference from the stored integers
+        layer(y)
+        assert layer.weight_q.integers(ctx.weight)[hidden.bool()].abs().max() == 0
+    assert len(seen) == 3 * 3 + 3 * 2 + 2  # training, inference and the direct calls, fixed, frozen
+    for w in seen:
+        assert w[hidden.bool()].abs().max() == 0  # exactly zero in every forward
+        assert (w[ctx.mask.bool()] != 0).any()
+
+
+def test_dynaquant_refuses_a_context_model_it_would_skip():
+    with pytest.raises(TypeError, match=r"JointAutoregressiveHierarchicalPriors has a causal context model "
+                                        r"\(masked layer 'context_prediction'\)"):
+        DynaQuantModel(_mbt2018_tiny())
+
+
 # selectors ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cap", [4, 6])
 def test_hard_choices_respect_the_max_bits_cap(dq, varied, cap):

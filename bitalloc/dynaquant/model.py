@@ -28,81 +28,24 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from bitalloc.errors import BudgetTooSmallError
 from bitalloc.graph import quantizable_layers
+from bitalloc.quant import weight_mask
 
-from .quantizers import ContentAwareActQuantizer, NestedWeight
+from .layer import FIXED_BITS, DynamicLayer
 from .selector import BitSelector
 
 __all__ = ["DynaQuantModel", "DynamicLayer"]
 
-FIXED_BITS = 8
-
-
-class DynamicLayer(nn.Module):
-    """One conv layer of the dynamic model: content-aware input quantizer, weight at the selected bits.
-
-    ``choice`` is set by the model before the layer runs: (N, K) one-hot rows (per image), or None for the
-    fixed 8 bits. Each forward records ``macs`` (per image) and ``bits_used`` ((N,) weight bits).
-    """
-
-    def __init__(self, layer: nn.Module, name: str, candidate_bits: tuple[int, ...], *, dynamic: bool,
-                 act_bits: int | None, estimator: str, beta: float, calibration: str = "minmax"):
-        super().__init__()
-        if not isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
-            raise TypeError(f"layer '{name}' is a {type(layer).__name__}; DynaQuant handles Conv2d and "
-                            "ConvTranspose2d")
-        self.layer, self.name, self.dynamic = layer, name, dynamic
-        self.candidate_bits = tuple(candidate_bits)
-        self.weight_q = NestedWeight(layer, max(max(candidate_bits), FIXED_BITS), estimator=estimator, beta=beta,
-                                     calibration=calibration)
-        self.act_bits = act_bits
-        self.act = (ContentAwareActQuantizer(layer.in_channels, act_bits, estimator=estimator, beta=beta)
-                    if act_bits is not None else None)
-        self.choice: torch.Tensor | None = None
-        self.macs = 0.0
-        self.bits_used: torch.Tensor | None = None
-
-    def _conv(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        m = self.layer
-        if isinstance(m, nn.ConvTranspose2d):
-            return F.conv_transpose2d(x, w, m.bias, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
-        return m._conv_forward(x, w, m.bias)
-
-    def _macs(self, x: torch.Tensor, out: torch.Tensor) -> float:
-        m = self.layer
-        k = m.kernel_size[0] * m.kernel_size[1]
-        if isinstance(m, nn.ConvTranspose2d):  # every input element meets C_out/groups kernels
-            return float(x[0].numel() * (m.out_channels // m.groups) * k)
-        return float(out[0].numel() * (m.in_channels // m.groups) * k)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act is not None:
-            x = self.act(x)
-        w = self.layer.weight
-        n = x.shape[0]
-        if not self.dynamic or self.choice is None:
-            out = self._conv(x, self.weight_q(w, FIXED_BITS))
-            self.bits_used = torch.full((n,), float(FIXED_BITS))
-        else:
-            c = self.choice
-            bits = torch.tensor(self.candidate_bits, dtype=x.dtype)
-            self.bits_used = (c.detach() * bits).sum(-1)
-            # training: every candidate runs, so the relaxation's gradient reaches every logit; inference:
-            # only the candidates some image chose
-            ks = range(len(bits)) if self.training else [int(k) for k in torch.nonzero(c.sum(0)).flatten()]
-            out = 0
-            for k in ks:
-                out = out + c[:, k].view(n, 1, 1, 1) * self._conv(x, self.weight_q(w, self.candidate_bits[k]))
-        self.macs = self._macs(x, out)
-        return out
-
-
 def _hyperprior_kind(model: nn.Module) -> str:
     from compressai.models import MeanScaleHyperprior, ScaleHyperprior
 
+    masked = [n for n, m in quantizable_layers(model).items() if weight_mask(m) is not None]
+    if masked:  # mbt2018 and cheng2020-* subclass MeanScaleHyperprior, but this forward skips their context model
+        raise TypeError(f"DynaQuant supports ScaleHyperprior and MeanScaleHyperprior; {type(model).__name__} has a "
+                        f"causal context model (masked layer '{masked[0]}') that its forward and bitstreams do not "
+                        "run")
     if isinstance(model, MeanScaleHyperprior):
         return "mean_scale"
     if isinstance(model, ScaleHyperprior):

@@ -22,6 +22,9 @@ min-max calibrated, then learned (log-parametrised);
 the stored weights are the B-bit integers q_B = clamp(round(w / s8), -Q_B, Q_B). A lower precision b is
 *derived* from them by a rounding right shift, ``q_b = clamp(round(q_B / 2^(B-b)), -Q_b, Q_b)`` with scale
 ``s8 * 2^(B-b)``, so a single integer tensor serves every candidate (no per-precision copy of the weights).
+A layer that masks its weight (CompressAI's ``MaskedConv2d``: :func:`bitalloc.quant.weight_mask`) is masked
+inside, as :class:`bitalloc.fake_quant.WeightQuantizer` does: calibration, the forward pass at every precision
+and the stored integers all see ``w * mask``, so masked positions are exactly zero however ``w`` is trained.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import math
 import torch
 import torch.nn as nn
 
-from bitalloc.quant import RoundClamp, calibrate_range, check_bits, quant_axis, quantized_tensor_name
+from bitalloc.quant import (RoundClamp, calibrate_range, check_bits, quant_axis, quantized_tensor_name,
+                            weight_mask)
 
 __all__ = ["ContentAwareActQuantizer", "NestedWeight", "round_with"]
 
@@ -81,11 +85,17 @@ class NestedWeight(nn.Module):
         self.axis = quant_axis(module)
         self.estimator, self.beta = estimator, float(beta)
         w = getattr(module, quantized_tensor_name(module)).detach()
+        mask = weight_mask(module)  # a MaskedConv2d's causal mask: kept here (not saved: the layer holds it)
+        self.register_buffer("mask", None if mask is None else mask.detach().to(w.dtype).clone(), persistent=False)
         # learnable in the log domain: an optimiser step changes the scale by a relative amount (a plain
         # per-channel scale of ~1e-3 would flip sign under Adam's first steps at lr 1e-3)
-        s0 = calibrate_range(w, self.max_bits, self.axis, calibration) / self.qmax_of(max_bits)
+        s0 = calibrate_range(self.masked(w), self.max_bits, self.axis, calibration) / self.qmax_of(max_bits)
         self.log_scale = nn.Parameter(s0.log())
         self.register_buffer("frozen", None, persistent=False)  # int8 codes cached at inference
+
+    def masked(self, w: torch.Tensor) -> torch.Tensor:
+        """``w * mask`` (``w`` for a layer without a mask)."""
+        return w if self.mask is None else w * self.mask
 
     def scale(self) -> torch.Tensor:
         """The per-channel scale s8 of the stored integers."""
@@ -107,7 +117,7 @@ class NestedWeight(nn.Module):
         if self.frozen is not None and not torch.is_grad_enabled():
             q = self.frozen.to(w.dtype)
         else:
-            q = round_with(w / s, self.qmax_of(self.max_bits), self.estimator, self.beta)
+            q = round_with(self.masked(w) / s, self.qmax_of(self.max_bits), self.estimator, self.beta)
         shift = 2 ** (self.max_bits - bits)
         if shift > 1:
             q = round_with(q / shift, self.qmax_of(bits), self.estimator, self.beta)
@@ -117,7 +127,7 @@ class NestedWeight(nn.Module):
     def integers(self, w: torch.Tensor, bits: int | None = None) -> torch.Tensor:
         """Integer codes at ``bits`` (default: the stored B-bit ones) as int32."""
         s = self.scale().reshape(self._shape(w))
-        q = torch.clamp(torch.round(w / s), -self.qmax_of(self.max_bits), self.qmax_of(self.max_bits))
+        q = torch.clamp(torch.round(self.masked(w) / s), -self.qmax_of(self.max_bits), self.qmax_of(self.max_bits))
         if bits is not None and bits < self.max_bits:
             q = torch.clamp(torch.round(q / 2 ** (self.max_bits - bits)), -self.qmax_of(bits), self.qmax_of(bits))
         return q.to(torch.int32)
