@@ -49,10 +49,13 @@ def layer_size_bits(module: nn.Module, bits: int) -> int:
     """Storage of a layer at ``bits``: n_weights * bits + n_channels * 32 (one float32 scale per channel).
 
     The one size convention shared by cost tables, allocators and :mod:`bitalloc.export`; biases, zero-points
-    and entropy tables are not part of a plan.
+    and entropy tables are not part of a plan. Weights a mask forces to zero (:func:`weight_mask`, a context
+    model's causal mask) are not stored, so n_weights counts the unmasked ones.
     """
     w = _original(module)
-    return int(w.numel()) * int(bits) + int(w.shape[quant_axis(module)]) * 32
+    mask = weight_mask(module)
+    n = int(w.numel()) if mask is None else int(torch.count_nonzero(mask))
+    return n * int(bits) + int(w.shape[quant_axis(module)]) * 32
 
 
 def quant_axis(module: nn.Module) -> int:
