@@ -155,14 +155,16 @@ def train_init_from(bad, tmp):
 
 
 def packed_export(bad, tmp):
-    from bitalloc.export import export_packed, load_packed
-    from bitalloc.graph import quantizable_layers
-    from bitalloc.quant import apply_plan
+    """A packed file of format 1 (the safetensors container of format 2 has no pickle): its .rest.pt sidecar."""
+    import json
+    import struct
 
-    model = _tiny()
-    qmodel = apply_plan(model, dict.fromkeys(quantizable_layers(model), 8), calibration="minmax")
-    report = export_packed(qmodel, tmp / "model.bin")
-    target = _place(bad, Path(report["rest_path"]))  # the part of a packed model that torch reads
+    from bitalloc.export import load_packed
+
+    header = json.dumps({"format": "bitalloc.packed", "version": 1, "meta": _tiny().meta, "act_bits": None,
+                         "rest": "model.bin.rest.pt", "layers": []}).encode()
+    (tmp / "model.bin").write_bytes(b"BAPK" + struct.pack("<I", len(header)) + header)
+    target = _place(bad, tmp / "model.bin.rest.pt")  # the part of a packed model that torch reads
     return target, lambda: load_packed(tmp / "model.bin")
 
 
