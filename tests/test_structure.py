@@ -123,3 +123,16 @@ def test_no_module_uses_another_modules_private_names():
         for v in violations(path.read_text(), name, set(modules), is_package=path.name == "__init__.py"):
             found.append(f"{path.relative_to(ROOT)} {v}")
     assert not found, "private names used across modules (promote them to public names):\n" + "\n".join(found)
+
+
+MAX_LINES = 300  # issue 11: no module over about 300 lines; split along real seams instead
+
+
+def test_no_library_module_is_over_300_lines():
+    long = []
+    for top in ("bitalloc", "solvers", "models"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            n = len(path.read_text().splitlines())
+            if n > MAX_LINES:
+                long.append(f"{path.relative_to(ROOT)}: {n} lines")
+    assert not long, f"modules over {MAX_LINES} lines (split them along their seams):\n" + "\n".join(long)
