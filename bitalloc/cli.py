@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 from . import cli_checks as checks
+from .cli_evaluate import add_evaluate
+from .cli_quantize import add_apply, add_export
+from .cli_stages import add_allocate, add_sensitivity
 
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
@@ -40,32 +43,6 @@ def _cmd_train(args) -> int:
     out = _train_out(args)
     meta = finalize(state, out, eval_dir=root / "kodak" if (root / "kodak").is_dir() else None)
     print(json.dumps({"checkpoint": str(out), **meta}, indent=2, default=str))
-    return 0
-
-
-# ---- evaluate ------------------------------------------------------------------------------------------------
-
-def _json_path(args) -> Path:
-    """``--json``: that file, or ``<folder>/<model>-q<quality>.json`` when it names an existing folder."""
-    path = Path(args.json)
-    return path / f"{args.model}-q{args.quality}.json" if path.is_dir() else path
-
-
-def _cmd_evaluate(args) -> int:
-    import torch
-
-    from .evaluation import evaluate, summarize, to_compressai_json
-    from .models import load_model
-
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model, args.quality, pretrained=args.pretrained)
-    df = evaluate(model, args.images, root=args.data, limit=args.limit)
-    print(df.to_string(index=False))
-    print(json.dumps(summarize(df), indent=2))
-    if args.json:
-        path = _json_path(args)
-        to_compressai_json([df], args.model, path=path)
-        print(f"json: {path}")
     return 0
 
 
@@ -131,20 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     checks.add_data(p)
     p.set_defaults(func=_cmd_train, check=checks.check_train, resumable=True, parser=p)
 
-    p = sub.add_parser("evaluate", help="entropy-code images with a model: bpp from bytes, PSNR, MS-SSIM",
-                       formatter_class=fmt)
-    p.add_argument("--model", required=True, help="model family (bitalloc.models.available_models())")
-    p.add_argument("--quality", type=int, required=True, help="quality of the checkpoint")
-    p.add_argument("--pretrained", default="bitalloc", help="bitalloc | compressai | path to a checkpoint")
-    p.add_argument("--images", default=None, help="image folder (default: <data>/kodak, else scikit-image's photos)")
-    p.add_argument("--limit", type=checks.positive_int, default=None,
-                   help="evaluate the first N images only (default: all)")
-    p.add_argument("--json", default=None,
-                   help="write CompressAI eval_model JSON to this file, or to <model>-q<quality>.json in this folder "
-                        "(default: no JSON)")
-    checks.add_threads(p)
-    checks.add_data(p)
-    p.set_defaults(func=_cmd_evaluate, check=checks.check_evaluate, resumable=False, parser=p)
+    add_sensitivity(sub, fmt)
+    add_allocate(sub, fmt)
+    add_apply(sub, fmt)
+    add_export(sub, fmt)
+    add_evaluate(sub, fmt)
 
     p = sub.add_parser("compare", help="rank allocators on the shipped checkpoints (real bitstreams, BD-rate)",
                        formatter_class=fmt)

@@ -28,6 +28,17 @@ positive_int = positive(int)
 positive_float = positive(float)
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse ``type`` accepting 0, 1, 2, ..."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows every default; where it is None, the help text says in words what happens instead."""
 
@@ -46,8 +57,37 @@ def add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="data root holding kodak/ and train/ (default: $BITALLOC_DATA)")
 
 
-def add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads for torch")
+def add_threads(p: argparse.ArgumentParser, default: int = 2, why: str = "") -> None:
+    p.add_argument("--threads", type=positive_int, default=default, help="CPU threads for torch" + why)
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse ``type``: integers separated by commas (``"1,3,4,6"``)."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"must be integers separated by commas, got {text!r}")
+    return values
+
+
+class Extend(argparse.Action):
+    """Collects list values across repeats and spaces: ``--qualities 1,3 4 --qualities 6`` is [1, 3, 4, 6]."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = getattr(namespace, self.dest, None)
+        fresh = [] if seen is None or seen is self.default else list(seen)
+        setattr(namespace, self.dest, fresh + [v for value in values for v in value])
+
+
+def add_model(p: argparse.ArgumentParser, quality: bool = True) -> None:
+    """``--model``, ``--quality`` and ``--pretrained``: the float model a command starts from."""
+    p.add_argument("--model", required=True, help="model family (bitalloc.models.available_models())")
+    if quality:
+        p.add_argument("--quality", type=int, required=True,
+                       help="CompressAI's 1-8 (its lambdas); the compact size also has bitalloc's low-rate 0")
+    p.add_argument("--pretrained", default="bitalloc", help="bitalloc | compressai | path to a checkpoint")
 
 
 # ---- checks shared by the commands (each raises InvalidArgument naming the flag) -----------------------------------
@@ -142,18 +182,30 @@ def check_train(args) -> None:
     check_root(args.data, "train", required=True)
 
 
-def check_evaluate(args) -> None:
-    check_model_quality(args.model, [args.quality], "paper" if args.pretrained == "compressai" else "compact")
-    if args.pretrained == "bitalloc":
-        check_shipped(args.model, [args.quality], "--quality")
-    elif args.pretrained != "compressai" and not Path(args.pretrained).is_file():
-        raise InvalidArgument("--pretrained", f"not 'bitalloc', 'compressai' or an existing file: {args.pretrained}")
-    if args.images is not None:
-        check_images(args.images, "--images")
-    else:
-        check_root(args.data, "kodak")
-    if args.json is not None and not Path(args.json).is_dir():
-        check_file_out(args.json, "--json")
+def check_model_source(model: str, qualities, pretrained: str, quality_flag: str = "--quality") -> None:
+    """``model`` at every quality can be loaded from ``pretrained`` (shipped, CompressAI's, or a file)."""
+    check_model_quality(model, qualities, "paper" if pretrained == "compressai" else "compact", quality_flag)
+    if pretrained == "bitalloc":
+        check_shipped(model, qualities, quality_flag)
+    elif pretrained != "compressai" and not Path(pretrained).is_file():
+        raise InvalidArgument("--pretrained", f"not 'bitalloc', 'compressai' or an existing file: {pretrained}")
+
+
+def check_file_in(path, flag: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """``path`` is an existing file (with one of ``suffixes``, when given)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidArgument(flag, f"no such file: {path}" if not path.exists() else f"{path} is not a file")
+    check_suffix(path, flag, suffixes)
+    return path
+
+
+def check_suffix(path, flag: str, suffixes: tuple[str, ...]) -> str:
+    """The file type ``path`` names by its suffix, one of ``suffixes`` (any when empty)."""
+    suffix = Path(path).suffix.lower()
+    if suffixes and suffix not in suffixes:
+        raise InvalidArgument(flag, f"{path} must end in {' or '.join(suffixes)} (the format is taken from it)")
+    return suffix
 
 
 def check_compare(args) -> None:

@@ -29,13 +29,16 @@ def no_work(monkeypatch):
     """Make every command's work fail loudly, so a test proves the refusal came first."""
     import bitalloc.evaluation
     import bitalloc.harness
+    import bitalloc.models
     import bitalloc.models.train
+    import bitalloc.sensitivity
 
     def work(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
 
     for module, name in ((bitalloc.harness, "run_study"), (bitalloc.models.train, "train"),
-                         (bitalloc.evaluation, "evaluate")):
+                         (bitalloc.evaluation, "evaluate"), (bitalloc.models, "load_model"),
+                         (bitalloc.sensitivity, "measure_sensitivity")):
         monkeypatch.setattr(module, name, work)
 
 
@@ -170,11 +173,15 @@ def test_train_writes_into_the_workdir_by_default(tmp_path, data, fake_training,
 @pytest.mark.parametrize("command,resume", [("train", True), ("compare", True), ("evaluate", False)])
 def test_ctrl_c_exits_130_without_a_traceback(monkeypatch, capsys, tmp_path, data, command, resume):
     import bitalloc.cli
+    import bitalloc.cli_evaluate
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bitalloc.cli, f"_cmd_{command}", interrupted)
+    if command == "evaluate":
+        monkeypatch.setattr(bitalloc.cli_evaluate, "run_evaluate", interrupted)
+    else:
+        monkeypatch.setattr(bitalloc.cli, f"_cmd_{command}", interrupted)
     argv = {"train": ["train", "--model", "mbt2018-mean", "--quality", "1", "--workdir", str(tmp_path / "r")],
             "compare": ["compare", "--out", str(tmp_path / "s")],
             "evaluate": ["evaluate", "--model", "mbt2018-mean", "--quality", "1"]}[command]
@@ -186,8 +193,8 @@ def test_ctrl_c_exits_130_without_a_traceback(monkeypatch, capsys, tmp_path, dat
 
 def test_evaluate_refuses_bad_arguments(capsys, tmp_path, data, no_work):
     base = ["evaluate", "--model", "mbt2018-mean", "--data", str(data)]
-    _refused(capsys, [*base, "--quality", "2"], "--quality", "no shipped checkpoint for mbt2018-mean quality 2")
-    _refused(capsys, [*base, "--quality", "0", "--pretrained", "compressai"], "--quality", "valid qualities: 1")
+    _refused(capsys, [*base, "--quality", "2"], "--qualities", "no shipped checkpoint for mbt2018-mean quality 2")
+    _refused(capsys, [*base, "--quality", "0", "--pretrained", "compressai"], "--qualities", "valid qualities: 1")
     _refused(capsys, [*base, "--quality", "1", "--pretrained", str(tmp_path / "x.pt")], "--pretrained",
              "not 'bitalloc', 'compressai' or an existing file")
     _refused(capsys, [*base, "--quality", "1", "--images", str(tmp_path / "nope")], "--images", "does not exist")
@@ -200,7 +207,7 @@ def test_evaluate_json_into_a_folder_leaves_no_temporary_file(tmp_path, data, ca
     folder.mkdir()
     assert main(["evaluate", "--model", "mbt2018-mean", "--quality", "1", "--data", str(data), "--limit", "1",
                  "--threads", "1", "--json", str(folder)]) == 0
-    written = folder / "mbt2018-mean-q1.json"
+    written = folder / "mbt2018-mean.json"
     assert [p.name for p in folder.iterdir()] == [written.name]
     assert json.loads(written.read_text())["name"] == "mbt2018-mean"
     assert f"json: {written}" in capsys.readouterr().out

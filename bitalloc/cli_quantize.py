@@ -1,0 +1,128 @@
+"""``bitalloc apply`` (model, plan -> quantized checkpoint) and ``bitalloc export`` (model, plan -> deployable file):
+the tour's third step, reading the plan ``bitalloc allocate`` wrote (see :mod:`bitalloc.cli`).
+
+    bitalloc apply --model bmshj2018-hyperprior --quality 4 --plan plan.json --out q4.pt
+    bitalloc export --model bmshj2018-hyperprior --quality 4 --plan plan.json --out q4.bin --format packed
+
+``apply`` writes a bitalloc checkpoint (loaded with ``weights_only=True``) whose float32 weights *are* the
+quantized ones (:func:`bitalloc.bake.bake`), with the plan in its metadata: ``bitalloc evaluate --files q4.pt``
+and ``bitalloc.load_model(name, quality, pretrained="q4.pt")`` read it like any checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import cli_checks as checks
+from .cli_checks import InvalidArgument
+
+#: ``--format`` -> the public ``bitalloc`` function that writes it; a format is offered when its function exists.
+EXPORTERS = {"packed": "export_packed", "safetensors": "export_baked", "onnx": "export_onnx"}
+
+
+def export_formats() -> list[str]:
+    import bitalloc
+
+    return [fmt for fmt, function in EXPORTERS.items() if function in bitalloc.__all__]
+
+
+def _add_common(p) -> None:
+    from .fake_quant import CALIBRATIONS
+    from .harness import StudySpec
+
+    checks.add_model(p)
+    p.add_argument("--plan", required=True, help="bit plan from `bitalloc allocate` (.json)")
+    p.add_argument("--calibration", default=StudySpec.calibration, choices=CALIBRATIONS,
+                   help="how each layer's quantization range is set (use the one the table was measured with)")
+    checks.add_threads(p)
+
+
+def add_apply(sub, fmt) -> None:
+    p = sub.add_parser("apply", formatter_class=fmt,
+                       help="quantize a model by a bit plan: a checkpoint holding the quantized weights")
+    _add_common(p)
+    p.add_argument("--out", required=True, help="checkpoint to write (.pt)")
+    p.set_defaults(func=run_apply, check=check_apply, resumable=False, parser=p)
+
+
+def add_export(sub, fmt) -> None:
+    p = sub.add_parser("export", formatter_class=fmt,
+                       help="quantize a model by a bit plan and write it for deployment (packed integer weights)")
+    _add_common(p)
+    p.add_argument("--format", default="packed", choices=export_formats(),
+                   help="packed: integer weights at their bit-widths (+ <out>.rest.pt for the rest)")
+    p.add_argument("--out", required=True, help="file to write")
+    p.set_defaults(func=run_export, check=check_export, resumable=False, parser=p)
+
+
+def _check_common(args) -> None:
+    from .errors import PlanError
+    from .plan import BitPlan
+
+    checks.check_model_source(args.model, [args.quality], args.pretrained)
+    path = checks.check_file_in(args.plan, "--plan", (".json",))
+    try:
+        args.bit_plan = BitPlan.from_json(path)
+    except (PlanError, ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument("--plan", f"{path}: {exc}") from None
+    checks.check_file_out(args.out, "--out")
+
+
+def check_apply(args) -> None:
+    _check_common(args)
+    checks.check_suffix(args.out, "--out", (".pt",))
+
+
+def check_export(args) -> None:
+    _check_common(args)
+
+
+def quantized_model(args):
+    """The float model of ``--model/--quality/--pretrained`` fake-quantized by ``--plan``; a plan that does not
+    fit the model (a layer it lacks, a layer the plan misses) is a ValueError naming ``--plan``."""
+    import torch
+
+    from .models import load_model
+    from .quant import apply_plan
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model, args.quality, pretrained=args.pretrained)
+    if not getattr(model, "meta", None):  # CompressAI's weights: say what they are, for the files written
+        model.meta = {"architecture": args.model, "quality": args.quality, "size": "paper",
+                      "N": int(model.N), "M": int(model.M)}
+    try:
+        return model, apply_plan(model, args.bit_plan, calibration=args.calibration)
+    except ValueError as exc:
+        raise ValueError(f"argument --plan: {args.plan} does not fit {args.model} quality {args.quality}: {exc}"
+                         ) from None
+
+
+def checkpoint_meta(model, args) -> dict:
+    """The float model's metadata without its Kodak numbers (they are not the quantized model's), plus the plan."""
+    meta = {k: v for k, v in model.meta.items() if k != "kodak"}
+    return {**meta, "plan": args.bit_plan.to_dict(), "calibration": args.calibration,
+            "quantized_from": str(args.pretrained)}
+
+
+def run_apply(args) -> int:
+    from .bake import bake
+    from .models.checkpoint import save_checkpoint
+
+    model, qmodel = quantized_model(args)
+    save_checkpoint(bake(qmodel), args.out, checkpoint_meta(model, args), half=False)
+    avg = args.bit_plan.meta.get("avg_bits")
+    print(f"{args.model} q{args.quality} quantized by {args.plan} ({len(args.bit_plan)} layers"
+          + (f", {avg:.3f} avg bits" if isinstance(avg, (int, float)) else "") + f", {args.calibration} calibration)"
+          f" -> {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB float32; bitalloc evaluate --files "
+          f"{args.out})")
+    return 0
+
+
+def run_export(args) -> int:
+    import bitalloc
+
+    _, qmodel = quantized_model(args)
+    report = getattr(bitalloc, EXPORTERS[args.format])(qmodel, args.out)
+    print(json.dumps(report, indent=2, default=str))
+    return 0
