@@ -5,7 +5,8 @@ Tensors of ``write_packed(model, path)`` (every one CPU, little-endian; safetens
     codes/<layer>   uint8   the codes q + Q (q in [-Q, Q], Q = 2^(b-1) - 1) in exactly b bits each, LSB first
                             (:func:`pack_bits`), the tensor's C order, padded to a whole byte
     scales/<layer>  float32 one scale per output channel
-    masks/<key>     uint8   a 0/1 weight mask (a context model's causal mask) as 1 bit per element
+    masks/<key>     uint8   a 0/1 weight mask (a context model's causal mask) as 1 bit per element; a masked
+                            layer's codes hold its unmasked positions only (what layer_size_bits counts)
     cdf/<key>       uint16  an entropy model's quantized CDF table, each row's valid entries only, as the
                             differences of consecutive entries (each row starts at 0; the padding is 0)
     rest/<key>      as is   everything else in the state dict: biases, GDN, layers kept in float, the entropy
@@ -109,11 +110,19 @@ def _is_mask(key: str, value: torch.Tensor, model: nn.Module) -> bool:
     return isinstance(w, torch.Tensor) and w.shape == value.shape and bool(((value == 0) | (value == 1)).all())
 
 
-def layer_state(entry: dict, packed: bytes, scales: torch.Tensor) -> dict[str, torch.Tensor]:
+def layer_state(entry: dict, packed: bytes, scales: torch.Tensor,
+                mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The state-dict entries of one quantized layer from its packed codes: ``original`` = s * q and the
-    quantizer's ``scale`` = s, so the quantizer reproduces q. ``entry``: name, tensor, bits, shape, axis."""
-    n, b = int(np.prod(entry["shape"])), entry["bits"]
+    quantizer's ``scale`` = s, so the quantizer reproduces q. ``entry``: name, tensor, bits, shape, axis;
+    with ``mask`` the codes are those of the unmasked positions only (C order), the others 0."""
+    b = entry["bits"]
+    keep = None if mask is None else mask.detach().cpu().numpy().ravel() != 0
+    n = int(np.prod(entry["shape"])) if keep is None else int(keep.sum())
     codes = unpack_bits(packed, b, n).astype(np.int64) - (2 ** (b - 1) - 1)
+    if keep is not None:
+        full = np.zeros(keep.size, dtype=np.int64)
+        full[keep] = codes
+        codes = full
     q = torch.from_numpy(codes.astype(np.float32)).reshape(entry["shape"])
     shape = [1] * q.dim()
     shape[entry["axis"]] = -1
@@ -132,20 +141,27 @@ def write_packed(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError("export_packed needs a fake-quantized model (apply_plan first); this one has no plan")
     tensors: dict[str, torch.Tensor] = {}
     entries, skip, payload, plan_size = [], set(), 0, 0
+    tables, side = {}, {"cdf": 0, "masks": 0, "rest": 0}
     for name, m in quantized_layers(model).items():
         q, t = weight_quantizer(m), quantized_tensor_name(m)
         w = getattr(m.parametrizations, t).original.detach()
         codes = q.integers(w).cpu().numpy().astype(np.int64)
         scales = q.effective_scale().detach().cpu().to(torch.float32).contiguous()
+        entry = {"name": name, "tensor": t, "bits": q.bits, "shape": list(w.shape), "axis": q.axis,
+                 "channels": int(scales.numel())}
+        if q.mask is not None:  # masked weights are zero by construction: not stored (layer_size_bits)
+            entry["mask"] = f"{name}.mask"
+            mask = q.mask.detach().cpu().to(torch.int64)
+            tensors[f"masks/{name}.mask"] = _bytes_tensor(pack_bits(mask.numpy().ravel() != 0, 1))
+            side["masks"] += tensors[f"masks/{name}.mask"].numel()
+            codes = codes.ravel()[mask.numpy().ravel() != 0]
         tensors[f"codes/{name}"] = _bytes_tensor(pack_bits(codes.ravel() + q.qmax, q.bits))
         tensors[f"scales/{name}"] = scales
-        entries.append({"name": name, "tensor": t, "bits": q.bits, "shape": list(w.shape), "axis": q.axis,
-                        "channels": int(scales.numel())})
+        entries.append(entry)
         payload += tensors[f"codes/{name}"].numel() + 4 * scales.numel()
         plan_size += layer_size_bits(m, q.bits)
         skip |= {f"{name}.parametrizations.{t}.original", f"{name}.parametrizations.{t}.0.scale"}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in skip}
-    tables, side = {}, {"cdf": 0, "masks": 0, "rest": 0}
     for key, value in state.items():
         lengths = state.get(key.removesuffix("_quantized_cdf") + "_cdf_length")
         compact = (_compact_cdf(value, lengths) if key.endswith("._quantized_cdf") and value.dim() == 2
@@ -153,6 +169,8 @@ def write_packed(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
         if compact is not None:
             tensors[f"cdf/{key}"], tables[key] = compact, list(value.shape)
             side["cdf"] += 2 * compact.numel()
+        elif f"masks/{key}" in tensors:
+            continue  # a quantized layer's mask, stored above
         elif _is_mask(key, value, model):
             tensors[f"masks/{key}"] = _bytes_tensor(pack_bits(value.to(torch.int64).numpy().ravel(), 1))
             side["masks"] += tensors[f"masks/{key}"].numel()
@@ -213,24 +231,26 @@ def read_packed(path: str | os.PathLike, model_factory: Callable[[], nn.Module] 
     for key, shape in tables.items():
         lengths = state[key.removesuffix("_quantized_cdf") + "_cdf_length"]
         state[key] = _expand_cdf(tensors[f"cdf/{key}"], lengths, tuple(shape))
-    reference = model.state_dict()
+    reference, entries = model.state_dict(), json.loads(md["layers"])
+    shapes = {e["mask"]: e["shape"] for e in entries if "mask" in e}
+    masks = {}
     for k in (k for k in tensors if k.startswith("masks/")):
         key = k.removeprefix("masks/")
-        like = reference[key]
-        bits = unpack_bits(tensors[k].numpy().tobytes(), 1, like.numel())
-        state[key] = torch.from_numpy(bits.astype(np.float32)).reshape(like.shape).to(like.dtype)
-    for e in json.loads(md["layers"]):
-        state.update(layer_state(e, tensors[f"codes/{e['name']}"].numpy().tobytes(), tensors[f"scales/{e['name']}"]))
+        shape = shapes[key] if key in shapes else list(reference[key].shape)
+        bits = unpack_bits(tensors[k].numpy().tobytes(), 1, int(np.prod(shape)))
+        masks[key] = torch.from_numpy(bits.astype(np.float32)).reshape(shape)
+        if key in reference:
+            state[key] = masks[key].to(reference[key].dtype)
+    for e in entries:
+        state.update(layer_state(e, tensors[f"codes/{e['name']}"].numpy().tobytes(), tensors[f"scales/{e['name']}"],
+                                 masks.get(e.get("mask"))))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ValueError(f"{path} does not fit the model it names ({model_meta.get('model_class')}): "
                          f"{str(exc).splitlines()[-1].strip()[:300]}") from None
-    for k in (k for k in tensors if k.startswith("masks/")):  # a layer's mask is also its quantizer's buffer
-        layer = k.removeprefix("masks/").rpartition(".")[0]
-        q = weight_quantizer(model.get_submodule(layer))
-        if q is not None and q.mask is not None:
-            q.mask.copy_(state[k.removeprefix("masks/")])
+    for e in (e for e in entries if "mask" in e):  # the quantizer's own copy of its layer's mask
+        weight_quantizer(model.get_submodule(e["name"])).mask.copy_(masks[e["mask"]])
     if {k: v for k, v in model_meta.items() if k != "model_class"}:
         model.meta = {k: v for k, v in model_meta.items() if k != "model_class"}
     return model.eval()

@@ -89,6 +89,8 @@ def test_context_mask_travels_as_bits(tmp_path):
     report = export_packed(q, tmp_path / "c.safetensors")
     mask = q.context_prediction.mask
     assert report["side_bytes"]["masks"] == (mask.numel() + 7) // 8  # 1 bit per weight, not float32
+    # masked weights are not stored, as layer_size_bits does not count them
+    assert report["plan_size_bits"] <= report["payload_bytes"] * 8 <= report["plan_size_bits"] * 1.01
     loaded = load_packed(report["path"])
     assert torch.equal(loaded.context_prediction.mask, mask)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(6))
