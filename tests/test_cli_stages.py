@@ -208,3 +208,12 @@ def test_help_shows_every_default_and_choice(capsys, command, shown):
     assert all(s in text for s in shown), [s for s in shown if s not in text]
     assert "(default: None)" not in text
     assert ("--threads" in text) == (command != "allocate")
+
+
+def test_allocate_reads_a_json_table_as_well(capsys, tmp_path, table_csv):
+    table = CostTable.from_csv(table_csv)
+    table.to_json(tmp_path / "table.json")
+    out = tmp_path / "plan.json"
+    assert main(["allocate", "--table", str(tmp_path / "table.json"), "--budget", "2000", "--budget-kind", "bits",
+                 "--out", str(out)]) == 0
+    assert dict(BitPlan.from_json(out).bits) == {"a": 4, "b": 2, "c": 4}
