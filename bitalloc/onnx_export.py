@@ -22,6 +22,13 @@ and the exported graph would carry float weights and re-quantize them at every r
 (``torch.onnx.export(..., dynamo=True)``) also works on the baked model but constant-folds GDN's ``gamma``
 reparametrization, so the quantized ``gamma`` is no longer an initializer of its own.
 
+Activations: a layer whose input is quantized (:class:`bitalloc.act_quant.ActQuantizer`, range frozen by
+:func:`bitalloc.calibrate_activations`) gets ``QuantizeLinear -> [Clip] -> DequantizeLinear`` on its data input
+at its own bit-width (:func:`activation_qdq_graph`): the quantizer's grid is ONNX's, so the codes are the
+quantizer's codes of the same input. End to end, a float difference of ~1e-6 upstream (onnxruntime's GDN vs
+torch's) can move a value across a rounding boundary of a later quantizer, so outputs agree to 1e-5 except such
+values (one step of that quantizer).
+
 LIC models: :func:`export_lic_transforms` writes one file per transform (``g_a``, ``h_a``, ``h_s``, ``g_s``) with
 static shapes taken from a sample forward pass at ``height`` x ``width``; the entropy coder stays in CompressAI.
 """
@@ -42,11 +49,12 @@ from bitalloc.atomic import atomic_write
 from bitalloc.bake import bake, quantized_layers
 from bitalloc.quant import layer_size_bits, quantized_tensor_name, weight_quantizer
 
-__all__ = ["LIC_TRANSFORMS", "export_lic_transforms", "export_onnx", "quantized_weight_graph", "run_onnx",
-           "transform_inputs"]
+__all__ = ["LIC_TRANSFORMS", "activation_qdq_graph", "export_lic_transforms", "export_onnx", "quantized_weight_graph",
+           "run_onnx", "transform_inputs"]
 
 LIC_TRANSFORMS = ("g_a", "h_a", "h_s", "g_s")
 DEFAULT_OPSET = 21  # DequantizeLinear with int4 and per-axis scales
+TORCHSCRIPT_OPSET = 20  # the newest the TorchScript exporter writes; the graph is then declared at DEFAULT_OPSET
 
 
 def _float_graph(module: nn.Module, example: torch.Tensor, opset: int, names: tuple[str, str]):
@@ -55,9 +63,13 @@ def _float_graph(module: nn.Module, example: torch.Tensor, opset: int, names: tu
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice (module docstring)
-        torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=opset, do_constant_folding=False,
-                          input_names=[names[0]], output_names=[names[1]])
-    return onnx.load_from_string(buf.getvalue())
+        torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=min(opset, TORCHSCRIPT_OPSET),
+                          do_constant_folding=False, input_names=[names[0]], output_names=[names[1]])
+    model = onnx.load_from_string(buf.getvalue())
+    for imp in model.opset_import:  # opset 21 adds types (int4) to the ops the float graph uses, not semantics
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = max(imp.version, opset)
+    return model
 
 
 def quantized_weight_graph(graph_model, qmodel: nn.Module, prefix: str = "", *, int4: bool = True) -> dict:
@@ -104,6 +116,71 @@ def quantized_weight_graph(graph_model, qmodel: nn.Module, prefix: str = "", *, 
     return done
 
 
+def activation_qdq_graph(graph_model, qmodel: nn.Module, prefix: str = "") -> dict:
+    """Insert ``QuantizeLinear -> [Clip] -> DequantizeLinear`` on the data input of each layer of ``qmodel`` (under
+    ``prefix``) that quantizes its input (:class:`bitalloc.act_quant.ActQuantizer`, frozen range): per tensor,
+    the quantizer's scale and integer zero-point, a uint8 container (uint16 above 8 bits) and, below the
+    container's width, a Clip to ``[0, 2^b - 1]``, which is the quantizer's own grid (in uint16, which
+    onnxruntime cannot Clip, the float input is clipped to ``[(0 - z) s, (2^b - 1 - z) s]`` before
+    QuantizeLinear: the same codes, as those ends quantize to 0 and 2^b - 1 exactly). Call after
+    :func:`quantized_weight_graph` (the layer's node is found as the consumer of its weight). Returns
+    ``{layer: qparams}``."""
+    from onnx import helper, numpy_helper
+
+    from bitalloc.act_quant import activation_quantizers
+
+    graph = graph_model.graph
+    done, new_nodes = {}, []
+    for name, aq in activation_quantizers(qmodel).items():
+        if prefix and not name.startswith(prefix + "."):
+            continue
+        local = name[len(prefix) + 1:] if prefix else name
+        m = qmodel.get_submodule(name)
+        weight = f"{local}.{quantized_tensor_name(m)}"
+        users = [n for n in graph.node if len(n.input) > 1 and n.input[1] == weight]
+        if len(users) != 1:
+            raise ValueError(f"layer '{name}': expected one node reading its weight '{weight}' in the exported "
+                             f"graph, found {len(users)}; cannot place its activation quantizer")
+        node, qp = users[0], aq.qparams()  # qparams: an error naming the layer when not calibrated
+        container = np.uint8 if qp["bits"] <= 8 else np.uint16
+        base = f"{local}.input_quantizer"
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array(qp["scale"], dtype=np.float32), f"{base}.scale"),
+            numpy_helper.from_array(np.array(qp["zero_point"], dtype=container), f"{base}.zero_point")])
+        x, codes = node.input[0], f"{base}.codes"
+        if container is np.uint16 and qp["qmax"] < np.iinfo(container).max:  # onnxruntime has no uint16 Clip:
+            s, z = np.float32(qp["scale"]), np.float32(qp["zero_point"])  # clip x to the grid's ends instead
+            graph.initializer.extend([
+                numpy_helper.from_array((np.float32(qp["qmin"]) - z) * s, f"{base}.lo"),
+                numpy_helper.from_array((np.float32(qp["qmax"]) - z) * s, f"{base}.hi")])
+            new_nodes.append(helper.make_node("Clip", [x, f"{base}.lo", f"{base}.hi"], [f"{base}.clipped_input"],
+                                              name=f"{base}.clip_input"))
+            x = f"{base}.clipped_input"
+        new_nodes.append(helper.make_node("QuantizeLinear", [x, f"{base}.scale", f"{base}.zero_point"], [codes],
+                                          name=f"{base}.quantize"))
+        if container is np.uint8 and qp["qmax"] < np.iinfo(container).max:
+            graph.initializer.extend([
+                numpy_helper.from_array(np.array(qp["qmin"], dtype=container), f"{base}.qmin"),
+                numpy_helper.from_array(np.array(qp["qmax"], dtype=container), f"{base}.qmax")])
+            new_nodes.append(helper.make_node("Clip", [codes, f"{base}.qmin", f"{base}.qmax"], [codes + "_clipped"],
+                                              name=f"{base}.clip"))
+            codes += "_clipped"
+        new_nodes.append(helper.make_node("DequantizeLinear", [codes, f"{base}.scale", f"{base}.zero_point"],
+                                          [f"{base}.output"], name=f"{base}.dequantize"))
+        node.input[0] = f"{base}.output"
+        done[name] = qp
+    _insert_before_users(graph, new_nodes)
+    return done
+
+
+def _insert_before_users(graph, new_nodes) -> None:
+    """Put each new node right before the first node that reads one of its outputs (topological order kept)."""
+    for new in reversed(new_nodes):  # a quantizer's DequantizeLinear first, then the nodes that feed it
+        nodes = list(graph.node)
+        at = next((i for i, n in enumerate(nodes) if set(n.input) & set(new.output)), len(nodes))
+        graph.node.insert(at, new)
+
+
 def _int4():
     import ml_dtypes  # onnx's own dependency: numpy dtypes for int4
 
@@ -129,12 +206,14 @@ def _export(qmodel: nn.Module, baked: nn.Module, path: str | os.PathLike, exampl
     layers = quantized_weight_graph(graph_model, qmodel, module or "", int4=int4)
     if module and not layers:
         raise ValueError(f"submodule '{module}' of {type(qmodel).__name__} has no quantized layer")
+    acts = activation_qdq_graph(graph_model, qmodel, module or "")
     onnx.checker.check_model(graph_model)
     data = graph_model.SerializeToString()
     path = Path(path)
     atomic_write(path, lambda fh: fh.write(data))
     return {"path": str(path), "file_bytes": path.stat().st_size,
-            "plan_size_bits": sum(v.pop("plan_bits") for v in layers.values()), "layers": layers}
+            "plan_size_bits": sum(v.pop("plan_bits") for v in layers.values()), "layers": layers,
+            "activations": acts}
 
 
 def export_lic_transforms(qmodel: nn.Module, directory: str | os.PathLike, *, height: int = 64, width: int = 64,
@@ -170,10 +249,20 @@ def transform_inputs(model: nn.Module, image: torch.Tensor,
     return seen
 
 
-def run_onnx(path: str | os.PathLike, x: torch.Tensor) -> torch.Tensor:
-    """Run an exported file on one input with onnxruntime (CPU); returns the first output as a tensor."""
+def run_onnx(path: str | os.PathLike, x: torch.Tensor, *, optimize: bool = False) -> torch.Tensor:
+    """Run an exported file on one input with onnxruntime (CPU); returns the first output as a tensor.
+
+    ``optimize=False`` (default) runs the graph as written (graph optimizations off): the reference semantics of
+    QuantizeLinear/DequantizeLinear, which equal bitalloc's fake-quantized forward. With ``optimize=True``
+    onnxruntime may fuse ``DequantizeLinear -> Conv -> Relu -> QuantizeLinear`` into integer kernels
+    (QLinearConv), which requantize each layer's output on the next layer's grid and round a few values to
+    the neighbouring level: the deployed integer arithmetic, not bit-identical to the float simulation.
+    """
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: x.detach().cpu().numpy()})
     return torch.from_numpy(out[0])

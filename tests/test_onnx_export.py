@@ -91,3 +91,60 @@ def test_resnet18_runs_in_onnxruntime_with_int8_containers(tmp_path):
 def test_export_onnx_needs_a_plan(hyperprior, tmp_path):
     with pytest.raises(ValueError, match="apply_plan"):
         export_onnx(hyperprior, tmp_path / "x.onnx", torch.zeros(1, 3, 64, 64))
+
+
+def _with_outputs(path, names):
+    """The exported model with ``names`` ({tensor: onnx elem type}) as extra graph outputs."""
+    m = onnx.load(str(path))
+    m.graph.output.extend(onnx.helper.make_tensor_value_info(n, t, None) for n, t in names.items())
+    return m.SerializeToString()
+
+
+def test_activation_qdq_has_the_quantizers_integer_grid(tmp_path):
+    """Per-layer activation bits (4, 6, 8, 10, 16) from frozen ranges: every QuantizeLinear of the exported
+    transforms gives the codes ActQuantizer.integers gives on the same input, and the outputs agree."""
+    import onnxruntime as ort
+
+    from bitalloc.act_quant import activation_quantizers, calibrate_activations
+    from bitalloc.plan import BitPlan
+
+    model = bitalloc.load_model("bmshj2018-hyperprior", 4)
+    names = list(quantizable_layers(model))
+    acts = {n: (4, 6, 8, 10, 16)[i % 5] for i, n in enumerate(names)}
+    q = apply_plan(model, BitPlan({n: (4, 6, 8)[i % 3] for i, n in enumerate(names)}, act_bits=acts))
+    g = torch.Generator().manual_seed(7)
+    smooth = lambda n: torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8, generator=g), size=(64, 64),  # noqa: E731
+                                                         mode="bilinear", align_corners=False)
+    calibrate_activations(q, smooth(4))
+    reports = export_lic_transforms(q, tmp_path, transforms=("g_a", "h_s", "g_s"))
+    inputs = transform_inputs(q, smooth(1))
+    quantizers = activation_quantizers(q)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    checked = 0
+    for t, report in reports.items():
+        assert set(report["activations"]) == {n for n in acts if n.startswith(t + ".")}
+        m = onnx.load(report["path"])
+        quantize = {n.name.removesuffix(".input_quantizer.quantize"): n for n in m.graph.node
+                    if n.op_type == "QuantizeLinear"}
+        dequantize = {n.name.removesuffix(".input_quantizer.dequantize"): n for n in m.graph.node
+                      if n.name.endswith(".input_quantizer.dequantize")}
+        assert len(quantize) == len(dequantize) == len(report["activations"])
+        extra = {}
+        for local, node in quantize.items():
+            extra[node.input[0]] = onnx.TensorProto.FLOAT
+            extra[dequantize[local].input[0]] = (onnx.TensorProto.UINT8 if acts[f"{t}.{local}"] <= 8
+                                                 else onnx.TensorProto.UINT16)
+        sess = ort.InferenceSession(_with_outputs(report["path"], extra), options, providers=["CPUExecutionProvider"])
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": inputs[t].numpy()})))
+        for local, node in quantize.items():
+            aq = quantizers[f"{t}.{local}"]
+            codes = got[dequantize[local].input[0]].astype(np.int64)  # what DequantizeLinear reads (after Clip)
+            assert np.array_equal(codes, aq.integers(torch.from_numpy(got[node.input[0]])).numpy())
+            assert codes.min() >= 0 and codes.max() <= 2 ** aq.bits - 1
+            checked += 1
+        with torch.no_grad():
+            ref = getattr(q, t)(inputs[t])
+        close = ((torch.from_numpy(got["output"]) - ref).abs() <= 1e-5).float().mean().item()
+        assert close >= 0.99, t  # a float difference upstream may move a value across a rounding boundary
+    assert checked == len([n for n in acts if n.split(".")[0] in reports])
