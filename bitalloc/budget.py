@@ -40,12 +40,19 @@ class LinearConstraint:
 
     @classmethod
     def bit_operations(cls, table: CostTable, macs: Mapping[str, float], max_value: float, *,
-                       activation_bits: int = 8, name: str = "bit_operations") -> "LinearConstraint":
-        """BOPs = MACs x weight bits x activation bits per layer (HAWQ-V3's second resource)."""
+                       activation_bits: int | Mapping[str, int] = 8,
+                       name: str = "bit_operations") -> "LinearConstraint":
+        """BOPs = MACs x weight bits x activation bits per layer (HAWQ-V3's second resource); ``activation_bits``
+        one width for every layer or {layer: width} (e.g. a plan's ``act_bits``; 32 for a float input)."""
         missing = [n for n in table.layer_names if n not in macs]
         if missing:
             raise BudgetError(f"bit_operations: no MAC count for layer '{missing[0]}'")
-        return cls(name, {n: tuple(float(macs[n]) * b * activation_bits for b in table.bits)
+        acts = activation_bits if isinstance(activation_bits, Mapping) else dict.fromkeys(table.layer_names,
+                                                                                           activation_bits)
+        missing = [n for n in table.layer_names if n not in acts]
+        if missing:
+            raise BudgetError(f"bit_operations: no activation bits for layer '{missing[0]}'")
+        return cls(name, {n: tuple(float(macs[n]) * b * acts[n] for b in table.bits)
                           for n in table.layer_names}, max_value)
 
     def matrix(self, table: CostTable) -> np.ndarray:
