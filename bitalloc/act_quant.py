@@ -78,15 +78,19 @@ class ActQuantizer(nn.Module):
         """Start a calibration pass: forward passes record their inputs in ``observer`` and return them as is."""
         self.observer = observer
 
-    def freeze(self) -> tuple[float, float]:
-        """End the calibration pass: set the range from the observer and freeze it; returns ``(lo, hi)``."""
+    def observed_range(self) -> tuple[float, float]:
+        """The range ``(lo, hi)`` the current observer picks for this quantizer's bit-width."""
         if self.observer is None:
             raise RuntimeError(f"{self._where()} has no observer; calibrate_activations starts one")
         try:
-            lo, hi = self.observer.range(self.bits)
+            return self.observer.range(self.bits)
         except ValueError as exc:
             raise ValueError(f"{self._where()}: {exc} (did the calibration data pass through this layer?)") \
                 from None
+
+    def freeze(self) -> tuple[float, float]:
+        """End the calibration pass: set the range from the observer and freeze it; returns ``(lo, hi)``."""
+        lo, hi = self.observed_range()
         self.observer = None
         self.set_range(lo, hi)
         return lo, hi
@@ -234,14 +238,12 @@ def calibrate_activations(model: nn.Module, data: Any, observer: str = "minmax",
         for batch in _batches(data, batch_size, pad, limit):
             model(to_device(batch, device))
             seen += 1
-    except BaseException:
+        if seen == 0:
+            raise ValueError("calibrate_activations: the calibration data yielded no batch")
+        ranges = {name: q.observed_range() for name, q in quantizers.items()}  # all or none are set
+    finally:
         for q in quantizers.values():
             q.observer = None
-        raise
-    if seen == 0:
-        for q in quantizers.values():
-            q.observer = None
-        raise ValueError("calibrate_activations: the calibration data yielded no batch")
-    for q in quantizers.values():
-        q.freeze()
+    for name, q in quantizers.items():
+        q.set_range(*ranges[name])
     return model

@@ -162,3 +162,24 @@ def test_plan_with_activation_bits_is_applied_per_layer(hyperprior, images):
         apply_plan(hyperprior, gdn)
     legacy = apply_plan(hyperprior, BitPlan.uniform(names, 8), act_bits=6)
     assert plan_of(legacy) == BitPlan.uniform(names, 8, act_bits=6)
+
+
+def test_calibration_sets_all_ranges_or_none():
+    class _Skips(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.a(x)  # b never runs
+
+    q = apply_plan(_Skips(), BitPlan({"a": 8, "b": 8}, act_bits={"a": 8, "b": 8}))
+    with pytest.raises(ValueError, match="activation quantizer of layer 'b': minmax observer saw no data"):
+        calibrate_activations(q, torch.randn(6, 4))
+    assert not any(a.frozen or a.observer is not None for a in activation_quantizers(q).values())
+    with pytest.raises(ValueError, match="yielded no batch"):
+        calibrate_activations(q, [])
+    with pytest.raises(ValueError, match="unknown activation observer 'hist'"):
+        calibrate_activations(q, torch.randn(6, 4), "hist")
+    with pytest.raises(ValueError, match="does not take these options"):
+        calibrate_activations(q, torch.randn(6, 4), "minmax", percentile=99.0)
