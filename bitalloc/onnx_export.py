@@ -24,13 +24,14 @@ reparametrization, so the quantized ``gamma`` is no longer an initializer of its
 
 Activations: a layer whose input is quantized (:class:`bitalloc.act_quant.ActQuantizer`, range frozen by
 :func:`bitalloc.calibrate_activations`) gets ``QuantizeLinear -> [Clip] -> DequantizeLinear`` on its data input
-at its own bit-width (:func:`activation_qdq_graph`): the quantizer's grid is ONNX's, so the codes are the
-quantizer's codes of the same input. End to end, a float difference of ~1e-6 upstream (onnxruntime's GDN vs
-torch's) can move a value across a rounding boundary of a later quantizer, so outputs agree to 1e-5 except such
-values (one step of that quantizer).
+at its own bit-width (:func:`bitalloc.onnx_qdq.activation_qdq_graph`): the quantizer's grid is ONNX's, so the
+codes are the quantizer's codes of the same input. End to end, a float difference of ~1e-6 upstream
+(onnxruntime's GDN vs torch's) can move a value across a rounding boundary of a later quantizer, so outputs
+agree to 1e-5 except such values (one step of that quantizer).
 
-LIC models: :func:`export_lic_transforms` writes one file per transform (``g_a``, ``h_a``, ``h_s``, ``g_s``) with
-static shapes taken from a sample forward pass at ``height`` x ``width``; the entropy coder stays in CompressAI.
+LIC models: :func:`export_onnx` without an example input writes the four transforms (``g_a``, ``h_a``, ``h_s``,
+``g_s``) into one file as independent graphs, :func:`export_lic_transforms` one file per transform; static shapes
+from a sample forward pass at ``height`` x ``width``; the entropy coder stays in CompressAI.
 """
 
 from __future__ import annotations
@@ -41,16 +42,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from bitalloc.atomic import atomic_write
-from bitalloc.bake import bake, quantized_layers
-from bitalloc.quant import layer_size_bits, quantized_tensor_name, weight_quantizer
+from bitalloc.bake import bake
+from bitalloc.onnx_qdq import activation_qdq_graph, quantized_weight_graph
 
-__all__ = ["LIC_TRANSFORMS", "activation_qdq_graph", "export_lic_transforms", "export_onnx", "quantized_weight_graph",
-           "run_onnx", "transform_inputs"]
+__all__ = ["LIC_TRANSFORMS", "export_lic_transforms", "export_onnx", "run_onnx", "transform_inputs"]
 
 LIC_TRANSFORMS = ("g_a", "h_a", "h_s", "g_s")
 DEFAULT_OPSET = 21  # DequantizeLinear with int4 and per-axis scales
@@ -72,148 +71,63 @@ def _float_graph(module: nn.Module, example: torch.Tensor, opset: int, names: tu
     return model
 
 
-def quantized_weight_graph(graph_model, qmodel: nn.Module, prefix: str = "", *, int4: bool = True) -> dict:
-    """Replace, in ``graph_model`` (an ``onnx.ModelProto`` exported from ``bake(qmodel)`` or its submodule
-    ``prefix``), each quantized layer's float weight initializer by integer codes + DequantizeLinear (module
-    docstring). Returns ``{layer: {"bits", "container", "initializer"}}``; ValueError names a layer whose
-    initializer is missing or whose codes do not reproduce the baked weight."""
-    from onnx import helper, numpy_helper
+def export_onnx(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tensor | None = None, *,
+                module: str | None = None, height: int = 64, width: int = 64, int4: bool = True,
+                opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+    """Export a fake-quantized model (or its submodule ``module``, e.g. ``"g_a"``) to one ONNX file: weights as
+    integer codes + DequantizeLinear, activation Q/DQ pairs; static shapes of ``example_input`` (input
+    ``"input"``, output ``"output"``). Without ``example_input``, an LIC model's four transforms go into the one
+    file as independent graphs (inputs ``"g_a/input"``..., outputs ``"g_a/output"``..., shapes of a ``height`` x
+    ``width`` image; the entropy coder stays in CompressAI). Returns a size report: ``file_bytes``,
+    ``plan_size_bits`` (the exported layers' plan size), ``layers`` ({layer: bits, container, initializer}),
+    ``activations`` ({layer: qparams})."""
+    if example_input is not None:
+        graph, info = _graph(qmodel, bake(qmodel, drop_activations=True), example_input, module, int4, opset)
+        return _write(graph, path, info)
+    if module is not None or not all(hasattr(qmodel, t) for t in LIC_TRANSFORMS):
+        raise ValueError(f"export_onnx needs example_input= (a batch of the input) for {type(qmodel).__name__}"
+                         f"{f' submodule {module!r}' if module else ''}; only an LIC model with "
+                         f"{', '.join(LIC_TRANSFORMS)} is exported without one")
+    from onnx import compose
 
-    graph = graph_model.graph
-    inits = {t.name: t for t in graph.initializer}
-    done, nodes = {}, []
-    for name, m in quantized_layers(qmodel).items():
-        if prefix and not name.startswith(prefix + "."):
-            continue
-        t = quantized_tensor_name(m)
-        init_name = f"{name[len(prefix) + 1:] if prefix else name}.{t}"
-        if init_name not in inits:
-            raise ValueError(f"the exported graph has no initializer '{init_name}' for quantized layer '{name}' "
-                             f"(initializers: {', '.join(list(inits)[:12])}...)")
-        q = weight_quantizer(m)
-        original = getattr(m.parametrizations, t).original
-        codes = q.integers(original).cpu().numpy()
-        scale = q.effective_scale().detach().cpu().to(torch.float32).numpy()
-        shape = [1] * codes.ndim
-        shape[q.axis] = -1
-        baked = numpy_helper.to_array(inits[init_name])
-        if not np.array_equal(codes.astype(np.float32) * scale.reshape(shape), baked):
-            raise ValueError(f"layer '{name}': the integer codes times the scales do not reproduce its baked "
-                             "weight; the export would not match the fake-quantized model")
-        small = int4 and q.bits <= 4
-        container = _int4() if small else np.int8
-        qi = numpy_helper.from_array(codes.astype(container), f"{init_name}_q")  # raw bytes, int4 packed 2/byte
-        zp = numpy_helper.from_array(np.zeros(scale.size, dtype=container), f"{init_name}_zero_point")
-        sc = numpy_helper.from_array(scale.astype(np.float32), f"{init_name}_scale")
-        graph.initializer.remove(inits[init_name])
-        graph.initializer.extend([qi, sc, zp])
-        nodes.append(helper.make_node("DequantizeLinear", [qi.name, sc.name, zp.name], [init_name],
-                                      name=f"{init_name}_dequantize", axis=q.axis))
-        done[name] = {"bits": q.bits, "container": "int4" if small else "int8", "initializer": init_name,
-                      "plan_bits": layer_size_bits(m, q.bits)}
-    for i, node in enumerate(nodes):
-        graph.node.insert(i, node)
-    return done
+    merged, info = None, {"plan_size_bits": 0, "layers": {}, "activations": {}}
+    for t, (graph, part) in _lic_graphs(qmodel, height, width, LIC_TRANSFORMS, int4, opset).items():
+        graph = compose.add_prefix(graph, prefix=f"{t}/")
+        merged = graph if merged is None else compose.merge_models(merged, graph, io_map=[])
+        info["plan_size_bits"] += part["plan_size_bits"]
+        info["layers"].update(part["layers"])
+        info["activations"].update(part["activations"])
+    return _write(merged, path, info)
 
 
-def activation_qdq_graph(graph_model, qmodel: nn.Module, prefix: str = "") -> dict:
-    """Insert ``QuantizeLinear -> [Clip] -> DequantizeLinear`` on the data input of each layer of ``qmodel`` (under
-    ``prefix``) that quantizes its input (:class:`bitalloc.act_quant.ActQuantizer`, frozen range): per tensor,
-    the quantizer's scale and integer zero-point, a uint8 container (uint16 above 8 bits) and, below the
-    container's width, a Clip to ``[0, 2^b - 1]``, which is the quantizer's own grid (in uint16, which
-    onnxruntime cannot Clip, the float input is clipped to ``[(0 - z) s, (2^b - 1 - z) s]`` before
-    QuantizeLinear: the same codes, as those ends quantize to 0 and 2^b - 1 exactly). Call after
-    :func:`quantized_weight_graph` (the layer's node is found as the consumer of its weight). Returns
-    ``{layer: qparams}``."""
-    from onnx import helper, numpy_helper
-
-    from bitalloc.act_quant import activation_quantizers
-
-    graph = graph_model.graph
-    done, new_nodes = {}, []
-    for name, aq in activation_quantizers(qmodel).items():
-        if prefix and not name.startswith(prefix + "."):
-            continue
-        local = name[len(prefix) + 1:] if prefix else name
-        m = qmodel.get_submodule(name)
-        weight = f"{local}.{quantized_tensor_name(m)}"
-        users = [n for n in graph.node if len(n.input) > 1 and n.input[1] == weight]
-        if len(users) != 1:
-            raise ValueError(f"layer '{name}': expected one node reading its weight '{weight}' in the exported "
-                             f"graph, found {len(users)}; cannot place its activation quantizer")
-        node, qp = users[0], aq.qparams()  # qparams: an error naming the layer when not calibrated
-        container = np.uint8 if qp["bits"] <= 8 else np.uint16
-        base = f"{local}.input_quantizer"
-        graph.initializer.extend([
-            numpy_helper.from_array(np.array(qp["scale"], dtype=np.float32), f"{base}.scale"),
-            numpy_helper.from_array(np.array(qp["zero_point"], dtype=container), f"{base}.zero_point")])
-        x, codes = node.input[0], f"{base}.codes"
-        if container is np.uint16 and qp["qmax"] < np.iinfo(container).max:  # onnxruntime has no uint16 Clip:
-            s, z = np.float32(qp["scale"]), np.float32(qp["zero_point"])  # clip x to the grid's ends instead
-            graph.initializer.extend([
-                numpy_helper.from_array((np.float32(qp["qmin"]) - z) * s, f"{base}.lo"),
-                numpy_helper.from_array((np.float32(qp["qmax"]) - z) * s, f"{base}.hi")])
-            new_nodes.append(helper.make_node("Clip", [x, f"{base}.lo", f"{base}.hi"], [f"{base}.clipped_input"],
-                                              name=f"{base}.clip_input"))
-            x = f"{base}.clipped_input"
-        new_nodes.append(helper.make_node("QuantizeLinear", [x, f"{base}.scale", f"{base}.zero_point"], [codes],
-                                          name=f"{base}.quantize"))
-        if container is np.uint8 and qp["qmax"] < np.iinfo(container).max:
-            graph.initializer.extend([
-                numpy_helper.from_array(np.array(qp["qmin"], dtype=container), f"{base}.qmin"),
-                numpy_helper.from_array(np.array(qp["qmax"], dtype=container), f"{base}.qmax")])
-            new_nodes.append(helper.make_node("Clip", [codes, f"{base}.qmin", f"{base}.qmax"], [codes + "_clipped"],
-                                              name=f"{base}.clip"))
-            codes += "_clipped"
-        new_nodes.append(helper.make_node("DequantizeLinear", [codes, f"{base}.scale", f"{base}.zero_point"],
-                                          [f"{base}.output"], name=f"{base}.dequantize"))
-        node.input[0] = f"{base}.output"
-        done[name] = qp
-    _insert_before_users(graph, new_nodes)
-    return done
-
-
-def _insert_before_users(graph, new_nodes) -> None:
-    """Put each new node right before the first node that reads one of its outputs (topological order kept)."""
-    for new in reversed(new_nodes):  # a quantizer's DequantizeLinear first, then the nodes that feed it
-        nodes = list(graph.node)
-        at = next((i for i, n in enumerate(nodes) if set(n.input) & set(new.output)), len(nodes))
-        graph.node.insert(at, new)
-
-
-def _int4():
-    import ml_dtypes  # onnx's own dependency: numpy dtypes for int4
-
-    return ml_dtypes.int4
-
-
-def export_onnx(qmodel: nn.Module, path: str | os.PathLike, example_input: torch.Tensor, *,
-                module: str | None = None, int4: bool = True, opset: int = DEFAULT_OPSET,
-                input_name: str = "input", output_name: str = "output") -> dict[str, Any]:
-    """Export a fake-quantized model (or its submodule ``module``, e.g. ``"g_a"``) to ONNX with its weights as
-    integers + DequantizeLinear; static shapes of ``example_input``. Returns a size report:
-    ``file_bytes``, ``plan_size_bits`` (the exported layers' plan size), ``layers`` ({layer: bits, container})."""
-    return _export(qmodel, bake(qmodel, drop_activations=True), path, example_input, module=module, int4=int4,
-                   opset=opset, names=(input_name, output_name))
-
-
-def _export(qmodel: nn.Module, baked: nn.Module, path: str | os.PathLike, example_input: torch.Tensor, *,
-            module: str | None, int4: bool, opset: int, names: tuple[str, str]) -> dict[str, Any]:
-    import onnx
-
+def _graph(qmodel: nn.Module, baked: nn.Module, example_input: torch.Tensor, module: str | None, int4: bool,
+           opset: int) -> tuple[Any, dict[str, Any]]:
     target = (baked.get_submodule(module) if module else baked).cpu()
-    graph_model = _float_graph(target.eval(), example_input.detach().cpu(), opset, names)
+    graph_model = _float_graph(target.eval(), example_input.detach().cpu(), opset, ("input", "output"))
     layers = quantized_weight_graph(graph_model, qmodel, module or "", int4=int4)
     if module and not layers:
         raise ValueError(f"submodule '{module}' of {type(qmodel).__name__} has no quantized layer")
     acts = activation_qdq_graph(graph_model, qmodel, module or "")
+    return graph_model, {"plan_size_bits": sum(v.pop("plan_bits") for v in layers.values()), "layers": layers,
+                         "activations": acts}
+
+
+def _write(graph_model, path: str | os.PathLike, info: dict[str, Any]) -> dict[str, Any]:
+    import onnx
+
     onnx.checker.check_model(graph_model)
     data = graph_model.SerializeToString()
     path = Path(path)
     atomic_write(path, lambda fh: fh.write(data))
-    return {"path": str(path), "file_bytes": path.stat().st_size,
-            "plan_size_bits": sum(v.pop("plan_bits") for v in layers.values()), "layers": layers,
-            "activations": acts}
+    return {"path": str(path), "file_bytes": path.stat().st_size, **info}
+
+
+def _lic_graphs(qmodel: nn.Module, height: int, width: int, transforms: Sequence[str], int4: bool,
+                opset: int) -> dict[str, tuple[Any, dict[str, Any]]]:
+    device = next(qmodel.parameters()).device
+    inputs = transform_inputs(qmodel, torch.zeros(1, 3, height, width, device=device), transforms)
+    baked = bake(qmodel, drop_activations=True)
+    return {t: _graph(qmodel, baked, inputs[t], t, int4, opset) for t in transforms}
 
 
 def export_lic_transforms(qmodel: nn.Module, directory: str | os.PathLike, *, height: int = 64, width: int = 64,
@@ -221,11 +135,8 @@ def export_lic_transforms(qmodel: nn.Module, directory: str | os.PathLike, *, he
                           opset: int = DEFAULT_OPSET) -> dict[str, dict[str, Any]]:
     """Write ``<directory>/<transform>.onnx`` for each transform of a fake-quantized LIC model, with the input
     shape each one sees when a ``height`` x ``width`` image passes through (:func:`transform_inputs`)."""
-    device = next(qmodel.parameters()).device
-    inputs = transform_inputs(qmodel, torch.zeros(1, 3, height, width, device=device), transforms)
-    baked = bake(qmodel, drop_activations=True)
-    return {t: _export(qmodel, baked, Path(directory) / f"{t}.onnx", inputs[t], module=t, int4=int4, opset=opset,
-                       names=("input", "output")) for t in transforms}
+    graphs = _lic_graphs(qmodel, height, width, transforms, int4, opset)
+    return {t: _write(graph, Path(directory) / f"{t}.onnx", info) for t, (graph, info) in graphs.items()}
 
 
 def transform_inputs(model: nn.Module, image: torch.Tensor,
@@ -249,8 +160,10 @@ def transform_inputs(model: nn.Module, image: torch.Tensor,
     return seen
 
 
-def run_onnx(path: str | os.PathLike, x: torch.Tensor, *, optimize: bool = False) -> torch.Tensor:
-    """Run an exported file on one input with onnxruntime (CPU); returns the first output as a tensor.
+def run_onnx(path: str | os.PathLike, x: torch.Tensor | dict[str, torch.Tensor], *,
+             optimize: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Run an exported file with onnxruntime (CPU): on one tensor (the first input; returns the first output),
+    or on ``{input name: tensor}`` (returns ``{output name: tensor}``).
 
     ``optimize=False`` (default) runs the graph as written (graph optimizations off): the reference semantics of
     QuantizeLinear/DequantizeLinear, which equal bitalloc's fake-quantized forward. With ``optimize=True``
@@ -264,5 +177,8 @@ def run_onnx(path: str | os.PathLike, x: torch.Tensor, *, optimize: bool = False
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    out = sess.run(None, {sess.get_inputs()[0].name: x.detach().cpu().numpy()})
-    return torch.from_numpy(out[0])
+    feed = x if isinstance(x, dict) else {sess.get_inputs()[0].name: x}
+    out = sess.run(None, {k: v.detach().cpu().numpy() for k, v in feed.items()})
+    if not isinstance(x, dict):
+        return torch.from_numpy(out[0])
+    return {o.name: torch.from_numpy(v) for o, v in zip(sess.get_outputs(), out)}
