@@ -170,3 +170,17 @@ def test_load_rejects_other_files(tmp_path):
     save_file({"w": torch.zeros(2)}, str(other), metadata={"format": "pt"})
     with pytest.raises(ValueError, match="other.safetensors.*not a bitalloc packed model"):
         load_packed(other)
+
+
+def test_activation_ranges_travel_with_the_plan(hyperprior, images, tmp_path):
+    from bitalloc.act_quant import activation_qparams, calibrate_activations
+
+    names = list(quantizable_layers(hyperprior))
+    plan = BitPlan({n: 6 for n in names}, act_bits={n: (4, 8)[i % 2] for i, n in enumerate(names)})
+    q = calibrate_activations(apply_plan(hyperprior, plan), images)
+    export_packed(q, tmp_path / "a.safetensors")
+    loaded = load_packed(tmp_path / "a.safetensors")
+    assert plan_of(loaded) == plan  # weight and activation bits
+    assert activation_qparams(loaded) == activation_qparams(q)  # frozen ranges, not recalibrated
+    with torch.no_grad():
+        assert torch.equal(loaded(images)["x_hat"], q(images)["x_hat"])
