@@ -2,8 +2,15 @@
 
 Pure pandas on the tables :func:`bitalloc.harness.run_study` returns (``results``: one row per
 (quality, allocator, budget, mode) with ``bpp`` and ``psnr_rgb`` from real bitstreams), so studies and notebooks
-reuse it on results read back from CSV. Anchors: ``fp32`` (the float model), ``uniform`` at 8 bits in PTQ
-mode, and for QAT rows the float model fine-tuned with the same QAT steps (``fp32`` in mode ``qat``).
+reuse it on results read back from CSV (sizes as ``size_bits`` from the harness or ``size_mbit`` from a written
+``results.csv``). Anchors: ``fp32`` (the float model), ``uniform`` at 8 bits in PTQ mode, and for QAT rows the
+float model fine-tuned with the same QAT steps (``fp32`` in mode ``qat``).
+
+Ranking rule (:func:`rank`), per (mode, budget): rows without a BD-rate against FP32 get no rank and come last;
+the others are sorted by that BD-rate and cut into tie groups (a group holds the rows within ``tie_pct``
+percentage points, default 0.1, of its best row); inside a group the smaller plan ranks first. So a row is never
+ranked below one it is no smaller than and no better in BD-rate than (e.g. uniform 8-bit never above a smaller
+plan with an equal or better BD-rate), and BD-rate differences under ``tie_pct`` do not outweigh size.
 
 >>> import pandas as pd
 >>> fp = pd.DataFrame({"quality": [1, 2], "bpp": [0.2, 0.4], "psnr_rgb": [30.0, 33.0]})
@@ -18,10 +25,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-__all__ = ["FP_ALLOCATOR", "StudyResult", "bd_against", "bd_table", "curve", "merge_results", "paired_deltas",
-           "rank"]
+__all__ = ["FP_ALLOCATOR", "TIE_PCT", "StudyResult", "bd_against", "bd_reason", "bd_table", "curve", "merge_results",
+           "paired_deltas", "rank", "size_mbit"]
 
 FP_ALLOCATOR = "fp32"
+#: BD-rate differences (percentage points) below which :func:`rank` lets the smaller plan go first.
+TIE_PCT = 0.1
 
 
 @dataclass
@@ -32,6 +41,7 @@ class StudyResult:
     ranking: pd.DataFrame          # allocators ranked per (budget, mode)
     plans: dict = field(default_factory=dict)  # (quality, allocator, budget, mode) -> BitPlan
     settings: dict = field(default_factory=dict)  # what spec.json records: the spec and its input fingerprints
+    warnings: list | None = None  # [{"cell": ..., "message": ...}] collected while the study ran (None: not collected)
 
 
 def curve(results: pd.DataFrame, allocator: str, budget, mode: str) -> pd.DataFrame:
@@ -64,6 +74,27 @@ def bd_against(anchor: pd.DataFrame, cur: pd.DataFrame, name: str, *, psnr: bool
         return dict.fromkeys(keys, float("nan")), str(exc)
 
 
+def bd_reason(note) -> str:
+    """A short reason for a missing BD-rate from :func:`bd_against`'s message ('' for none)."""
+    if not isinstance(note, str) or not note:
+        return ""
+    side = "anchor " if note.startswith("anchor") else ""
+    for key, why in (("not monotone", "curve not monotone"), ("need at least", "curve has fewer than 4 points"),
+                     ("distinct", "curve repeats a rate"), ("finite", "curve has a non-finite value")):
+        if key in note:
+            return side + why
+    if "do not overlap" in note:
+        return "no rate overlap with the anchor"
+    return note.split(":")[0][:60]
+
+
+def size_mbit(rows: pd.DataFrame) -> pd.Series:
+    """Model size in Mbit of ``rows``: their ``size_mbit``, else ``size_bits / 1e6`` (the harness's unit)."""
+    if "size_mbit" in rows:
+        return rows.size_mbit.astype(float)
+    return rows.size_bits.astype(float) / 1e6
+
+
 def bd_table(results: pd.DataFrame) -> pd.DataFrame:
     """BD-rate (PCHIP over PSNR-RGB) of each (allocator, budget, mode) curve against FP32 and uniform 8-bit."""
     anchors = {"fp32": curve(results, FP_ALLOCATOR, None, "ptq"), "uniform8": curve(results, "uniform", 8.0, "ptq"),
@@ -78,7 +109,7 @@ def bd_table(results: pd.DataFrame) -> pd.DataFrame:
                  "avg_bits": cur.avg_bits.mean(),
                  "max_avg_bits": float(max_bits.fillna(cur.avg_bits).max()) if len(max_bits) else cur.avg_bits.max(),
                  "compression_ratio": cur.compression_ratio.mean(),
-                 "size_mbit": cur.size_bits.mean() / 1e6, "solve_time_ms": 1e3 * cur.solve_time_s.mean()}
+                 "size_mbit": float(size_mbit(cur).mean()), "solve_time_s": float(cur.solve_time_s.mean())}
         if "plan_excess" in cur:
             entry["plan_excess_max"] = float(cur.plan_excess.max())
         entry.update(paired_deltas(anchors["fp32"], cur))
@@ -89,20 +120,38 @@ def bd_table(results: pd.DataFrame) -> pd.DataFrame:
             values, note = bd_against(anchor, cur, name)
             entry.update(values)
             if note is not None:
-                entry.setdefault("note", note[:120])
+                entry.setdefault("note", note)
         out.append(entry)
     return pd.DataFrame(out)
 
 
-def rank(bd: pd.DataFrame) -> pd.DataFrame:
-    """Allocators ranked per (budget, mode): lowest BD-rate against FP32 first, then smallest size."""
-    if bd.empty:
-        return bd
+def rank(bd: pd.DataFrame, tie_pct: float = TIE_PCT) -> pd.DataFrame:
+    """Allocators ranked per (mode, budget) by the rule in the module docstring; unranked rows (no BD-rate) keep
+    an empty ``rank`` and their ``note``."""
     key = "bd_rate_vs_fp32_pct"
-    ranked = bd.sort_values(["mode", "budget", key, "size_mbit"], ascending=[True, False, True, True]).copy()
-    ranked["rank"] = ranked.groupby(["mode", "budget"]).cumcount() + 1
-    return ranked[["mode", "budget", "rank", "allocator", key, "bd_rate_vs_uniform8_pct", "size_mbit",
-                   "solve_time_ms"]]
+    cols = ["mode", "budget", "rank", "tied_with_above", "allocator", key, "bd_rate_vs_uniform8_pct", "size_mbit",
+            "avg_bits", "solve_time_s", "note"]
+    if bd.empty:
+        return pd.DataFrame(columns=cols)
+    parts = []
+    for _, group in bd.groupby(["mode", "budget"], sort=False):
+        real = group[group[key].notna()].sort_values([key, "size_mbit", "allocator"])
+        tie, best = [], None
+        for value in real[key]:
+            if best is None or value - best >= tie_pct:
+                best = value
+            tie.append(best)
+        real = real.assign(_tie=tie).sort_values(["_tie", "size_mbit", key, "allocator"])
+        real["tied_with_above"] = real._tie.eq(real._tie.shift())
+        real = real.drop(columns="_tie")
+        real["rank"] = range(1, len(real) + 1)
+        missing = group[group[key].isna()].sort_values(["size_mbit", "allocator"]).assign(rank=None,
+                                                                                           tied_with_above=False)
+        parts += [real, missing]
+    ranked = pd.concat(parts, ignore_index=True)
+    ranked["rank"] = ranked["rank"].astype("Int64")
+    ranked = ranked.sort_values(["mode", "budget"], ascending=[True, False], kind="stable")
+    return ranked.reindex(columns=cols).reset_index(drop=True)
 
 
 def merge_results(*parts: StudyResult) -> StudyResult:
@@ -114,4 +163,6 @@ def merge_results(*parts: StudyResult) -> StudyResult:
     images = pd.concat([p.images for p in parts]).drop_duplicates(subset=[*cell, "image"]).reset_index(drop=True)
     bd = bd_table(results)
     plans = {k: v for p in parts for k, v in p.plans.items()}
-    return StudyResult(results, images, bd, rank(bd), plans, {"parts": [p.settings for p in parts]})
+    collected = [p.warnings for p in parts if getattr(p, "warnings", None) is not None]
+    found = [w for ws in collected for w in ws] if collected else None
+    return StudyResult(results, images, bd, rank(bd), plans, {"parts": [p.settings for p in parts]}, found)

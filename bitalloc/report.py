@@ -1,82 +1,98 @@
-"""Reports of a study: CSV files, a markdown table and matplotlib figures (written atomically)."""
+"""Reports of a study: CSV files, ``report.md`` and three figures, all written atomically (mode 0644).
+
+``report.md`` opens with the headline table (per mode and budget, allocators in ranking order: see
+:mod:`bitalloc.analysis`), then the figures, the settings, the warnings the study collected, the full BD-rate
+table, the per-quality rows and a data dictionary of every column (:mod:`bitalloc.report_columns`). A missing
+value is shown as its reason ("n/a (curve not monotone)") or left empty where it does not apply; columns that
+are empty in every row (the QAT columns of a PTQ-only run) are left out of the markdown (kept in the CSVs).
+
+Files: ``results.csv`` (per cell), ``images.csv`` (per cell and image), ``bd_rate.csv`` (per curve),
+``ranking.csv``, ``plans.csv`` (tidy: one row per quality, allocator, budget, mode and layer), ``warnings.csv``,
+``rd_curves.png``, ``bd_rate_vs_size.png``, ``bits_heatmap.png`` (``bits_heatmap_qat.png`` when QAT plans differ).
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from .atomic import atomic_savefig, atomic_write_text
+from .analysis import bd_reason
+from .atomic import atomic_write_text
+from .figures import plot_bd_vs_size, plot_bit_heatmaps, plot_rd_curves
+from .report_columns import describe, to_report_units
 
-__all__ = ["write_report", "plot_rd_curves", "plot_bd_vs_size", "plot_bit_heatmap", "settings_line"]
+__all__ = ["headline_table", "layer_frame", "plans_frame", "settings_line", "write_report"]
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+_BD = ("bd_rate_vs_fp32_pct", "bd_rate_vs_uniform8_pct", "bd_rate_vs_fp32_qat_pct")
 
 
-def plot_rd_curves(results: pd.DataFrame, path: Path) -> None:
-    """One panel per (budget, mode): PSNR over bpp of each allocator, with the FP32 curve."""
-    plt = _plt()
-    fp = results[(results.allocator == "fp32") & (results["mode"] == "ptq")].sort_values("quality")
-    panels = results[results.allocator != "fp32"].groupby(["mode", "budget"], sort=True)
-    n = max(1, panels.ngroups)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
-    for ax, ((mode, budget), df) in zip(axes[0], panels):
-        ax.plot(fp.bpp, fp.psnr_rgb, "k--", label="fp32")
-        for allocator, cur in df.groupby("allocator"):
-            cur = cur.sort_values("quality")
-            ax.plot(cur.bpp, cur.psnr_rgb, "o-", ms=3, label=allocator)
-        ax.set(title=f"{budget:g} avg bits, {mode}" if df.budget_kind.iloc[0] == "avg_bits"
-               else f"ratio {budget:g}, {mode}", xlabel="bpp", ylabel="PSNR-RGB [dB]")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_savefig(fig, path)
-    plt.close(fig)
+def layer_frame(models: dict) -> pd.DataFrame:
+    """``quality, layer, num_params, order`` of ``{quality: model}`` (order: data-flow, from
+    :func:`bitalloc.graph.layer_graph`); what :func:`plans_frame` and the heat maps label layers with."""
+    from .graph import layer_graph
+
+    rows = []
+    for quality, model in models.items():
+        g = layer_graph(model)
+        rows += [{"quality": quality, "layer": n, "num_params": d["num_params"], "order": d["order"]}
+                 for n, d in g.nodes(data=True)]
+    return pd.DataFrame(rows, columns=["quality", "layer", "num_params", "order"])
 
 
-def plot_bd_vs_size(bd: pd.DataFrame, path: Path) -> None:
-    """BD-rate against FP32 over model size, one line per (allocator, mode)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for (allocator, mode), cur in bd.groupby(["allocator", "mode"]):
-        cur = cur.sort_values("size_mbit")
-        ax.plot(cur.size_mbit, cur.bd_rate_vs_fp32_pct, "o-", ms=4, label=f"{allocator} ({mode})")
-    ax.set(xlabel="weights size [Mbit] (mean over qualities)", ylabel="BD-rate vs FP32 [%]")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_savefig(fig, path)
-    plt.close(fig)
+def plans_frame(plans: dict, layers: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Tidy plans: ``quality, allocator, budget, mode, layer, order, bits, num_params, size_bits`` per layer
+    (layers in data-flow order when ``layers`` has them; ``num_params``/``size_bits`` empty without it)."""
+    cols = ["quality", "allocator", "budget", "mode", "layer", "order", "bits", "num_params", "size_bits"]
+    rows = [{"quality": q, "allocator": a, "budget": b, "mode": m, "layer": n, "bits": bits, "_pos": i}
+            for (q, a, b, m), plan in plans.items() for i, (n, bits) in enumerate(plan.bits.items())]
+    df = pd.DataFrame(rows, columns=["quality", "allocator", "budget", "mode", "layer", "bits", "_pos"])
+    if layers is not None and len(layers):
+        df = df.merge(layers[["quality", "layer", "num_params", "order"]], on=["quality", "layer"], how="left")
+        df["size_bits"] = df.bits * df.num_params
+        df = df.sort_values(["quality", "mode", "budget", "allocator", "order", "_pos"],
+                            ascending=[True, True, False, True, True, True])
+    return df.drop(columns="_pos").reindex(columns=cols).reset_index(drop=True)
 
 
-def plot_bit_heatmap(plans: dict, quality: int, budget: float, mode: str, path: Path) -> None:
-    """Bits per layer (columns) per allocator (rows) for one quality and budget."""
-    plt = _plt()
-    chosen = {a: p for (q, a, b, m), p in plans.items() if q == quality and b == budget and m == mode}
-    if not chosen:
-        return
-    layers = list(next(iter(chosen.values())).bits)
-    grid = np.array([[chosen[a].bits.get(n, np.nan) for n in layers] for a in chosen], dtype=float)
-    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(layers)), 0.5 * len(chosen) + 2))
-    im = ax.imshow(grid, aspect="auto", cmap="viridis")
-    ax.set_yticks(range(len(chosen)), list(chosen))
-    ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=7)
-    for i in range(grid.shape[0]):
-        for j in range(grid.shape[1]):
-            ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=6, color="w")
-    fig.colorbar(im, ax=ax, label="bits")
-    ax.set_title(f"bits per layer, quality {quality}, budget {budget:g}, {mode}")
-    fig.tight_layout()
-    atomic_savefig(fig, path)
-    plt.close(fig)
+def _num(value, fmt: str = ".3g", missing: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return missing
+    return format(value, fmt) if isinstance(value, (int, float)) else str(value)
+
+
+def _pct(value, note) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"n/a ({bd_reason(note)})" if bd_reason(note) else "n/a"
+    return f"{value:+.0f}" if abs(value) >= 100 else f"{value:+.2f}"
+
+
+def _markdown(df: pd.DataFrame, notes: pd.Series | None = None, fmt: str = ".4g") -> str:
+    """A markdown table of ``df`` without bare NaN: BD-rates show their reason, other gaps stay empty."""
+    df = df.dropna(axis=1, how="all")
+    out = ["| " + " | ".join(df.columns) + " |", "|" + "|".join(" --- " for _ in df.columns) + "|"]
+    for i, (_, row) in enumerate(df.iterrows()):
+        note = notes.iloc[i] if notes is not None else None
+        ptq = str(row.get("mode", "")).lower() == "ptq"
+        cells = ["" if c == "bd_rate_vs_fp32_qat_pct" and ptq else _pct(v, note) if c in _BD else _num(v, fmt)
+                 for c, v in row.items()]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def headline_table(ranking: pd.DataFrame, bd: pd.DataFrame) -> str:
+    """Markdown: per mode and budget (budgets high to low), the allocators in ranking order with BD-rates, size,
+    bits, PSNR change and solve time; BD-rates in %, missing ones with their reason."""
+    keys = ["mode", "budget", "allocator"]
+    extra = [c for c in ("delta_psnr_db", "bd_rate_vs_fp32_qat_pct") if c in bd]
+    df = ranking.merge(bd[keys + extra], on=keys, how="left")
+    cols = ["mode", "budget", "rank", "allocator", "bd_rate_vs_fp32_pct", "bd_rate_vs_uniform8_pct",
+            "bd_rate_vs_fp32_qat_pct", "size_mbit", "avg_bits", "delta_psnr_db", "solve_time_s"]
+    df = df.reindex(columns=cols + ["note", "tied_with_above"])
+    df["mode"] = df["mode"].str.upper()
+    df["rank"] = [f"{r} (tie)" if t is True else _num(r) for r, t in zip(df["rank"], df.tied_with_above)]
+    return _markdown(df[cols], df["note"], fmt=".3g")
 
 
 def settings_line(settings: dict) -> str:
@@ -84,8 +100,9 @@ def settings_line(settings: dict) -> str:
     inputs = settings.get("inputs", {})
     names = inputs.get("eval_image_names", [])
     shown = ", ".join(names[:3]) + (f", ... {names[-1]}" if len(names) > 3 else "")
+    digest = inputs.get("eval_images")
     line = (f"Settings: {settings.get('model')} qualities {settings.get('qualities')}, modes {settings.get('modes')}; "
-            f"{len(names)} evaluation images ({shown}; sha256 {str(inputs.get('eval_images'))[:12]}); "
+            f"{len(names)} evaluation images ({shown}" + (f"; sha256 {str(digest)[:12]}" if digest else "") + "); "
             f"{settings.get('calib_images')} calibration crops of {settings.get('calib_crop')} px "
             f"({settings.get('calibration')}); candidate bits {settings.get('candidate_bits')}; "
             f"budgets {settings.get('budgets')} ({settings.get('budget_kind')})")
@@ -94,45 +111,105 @@ def settings_line(settings: dict) -> str:
     weights = settings.get("weights") or {}
     if weights:
         line += "; weights sha256 " + ", ".join(f"q{q} {d[:12]}" for q, d in weights.items())
-    return line + f"; cache version {settings.get('cost_model_version')}."
+    if settings.get("cost_model_version") is not None:
+        line += f"; cache version {settings.get('cost_model_version')}"
+    return line + (f" ({settings['source']})" if settings.get("source") else "") + "."
 
 
-def write_report(result, out, command: str = "", machine: str = "") -> Path:
-    """Write results.csv, images.csv, bd_rate.csv, ranking.csv, report.md and figures under ``out``."""
+def _warnings(result, out: Path) -> pd.DataFrame | None:
+    """The warnings the study collected (``result.warnings`` or a ``warnings.csv`` beside the report)."""
+    found = getattr(result, "warnings", None)
+    if found is None and (out / "warnings.csv").is_file():
+        return pd.read_csv(out / "warnings.csv")
+    if found is None:
+        return None
+    frame = pd.DataFrame(list(found))
+    return frame.reindex(columns=list(dict.fromkeys(["cell", "message", *frame.columns])))
+
+
+def _heatmaps(result, layers, out: Path, model: str, kind: str) -> list[str]:
+    """The heat-map files: PTQ plans, and QAT plans only where they differ from them."""
+    written = []
+    by_mode: dict = {}
+    for (q, a, b, m), plan in result.plans.items():
+        by_mode.setdefault(m, {})[(q, a, b)] = plan
+    first = None
+    for mode in sorted(by_mode, key=lambda m: (m != "ptq", m)):
+        if first is not None and by_mode[mode] == first:
+            continue
+        name = "bits_heatmap.png" if first is None else f"bits_heatmap_{mode}.png"
+        plot_bit_heatmaps(result.plans, layers, out / name, model=model, mode=mode, budget_kind=kind)
+        written.append(name)
+        first = by_mode[mode] if first is None else first
+    return written
+
+
+def write_report(result, out, command: str = "", machine: str = "", layers: pd.DataFrame | None = None) -> Path:
+    """Write the CSVs, figures and ``report.md`` (see the module docstring) under ``out``; ``layers``
+    (:func:`layer_frame`) gives the heat maps and ``plans.csv`` data-flow order and parameter counts."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, df in (("results", result.results), ("images", result.images), ("bd_rate", result.bd),
-                     ("ranking", result.ranking)):
+    results, bd = to_report_units(result.results), result.bd
+    model = ", ".join(map(str, results["model"].unique())) if "model" in results else ""
+    kind = str(results.budget_kind.dropna().iloc[0]) if "budget_kind" in results and len(results) else "avg_bits"
+    layers = layers if layers is not None else pd.DataFrame(columns=["quality", "layer", "num_params", "order"])
+    plans = plans_frame(result.plans, layers)
+    found = _warnings(result, out)
+    for name, df in (("results", results), ("images", to_report_units(result.images)), ("bd_rate", bd),
+                     ("ranking", result.ranking), ("plans", plans)):
         atomic_write_text(out / f"{name}.csv", df.to_csv(index=False))
-    plot_rd_curves(result.results, out / "rd_curves.png")
-    if not result.bd.empty:
-        plot_bd_vs_size(result.bd, out / "bd_rate_vs_size.png")
+    if found is not None:
+        atomic_write_text(out / "warnings.csv", found.to_csv(index=False))
+    figures = [("rd_curves.png", "RD curves per budget, with the PSNR gap to FP32 at equal rate")]
+    plot_rd_curves(results, out / "rd_curves.png", model=model,
+                   images=result.images.image.nunique() if "image" in result.images else None)
+    if not bd.empty:
+        plot_bd_vs_size(bd, out / "bd_rate_vs_size.png", model=model)
+        figures.append(("bd_rate_vs_size.png", "BD-rate against FP32 over model size (lower is better)"))
     if result.plans:
-        q, _, b, m = max(result.plans, key=lambda k: (k[0], -k[2]))
-        plot_bit_heatmap(result.plans, q, b, m, out / "bits_heatmap.png")
-    cols = ["allocator", "budget", "mode", "num_points", "avg_bits", "max_avg_bits", "size_mbit",
-            "compression_ratio", "solve_time_ms", "delta_psnr_db", "bd_rate_vs_fp32_pct", "bd_rate_vs_uniform8_pct",
-            "bd_rate_vs_fp32_qat_pct", "plan_excess_max"]
-    bd = result.bd[[c for c in cols if c in result.bd]] if not result.bd.empty else result.bd
-    md = ["# Allocator comparison", ""]
+        names = _heatmaps(result, layers, out, model, kind)
+        modes = sorted({k[3] for k in result.plans})
+        same = f" ({', '.join(m.upper() for m in modes)} use the same plans)" if len(names) < len(modes) else ""
+        figures += [(n, f"bits per layer of every plan{same if i == 0 else ''}, by quality and budget")
+                    for i, n in enumerate(names)]
+    md = [f"# Allocator comparison: {model}", "",
+          "## Headline", "",
+          f"Per mode and budget ({'average weight bits' if kind == 'avg_bits' else 'compression ratio'}), the "
+          "allocators ranked by BD-rate against FP32 (%, PCHIP over PSNR-RGB, real bitstreams; lower is better). "
+          "BD-rates within 0.1 percentage points of each other count as tied and the smaller plan ranks first; "
+          "curves without a BD-rate are not ranked and say why. Size in Mbit and avg bits: means over the "
+          "qualities; solve time in seconds.", "",
+          headline_table(result.ranking, bd), ""]
+    md += ["## Figures", ""] + [f"![{text}]({name})\n\n*{name}*: {text}.\n" for name, text in figures]
+    md += ["## Settings", ""]
     if command:
         md += [f"Command: `{command}`", ""]
     if machine:
         md += [f"Machine: {machine}", ""]
     settings = getattr(result, "settings", None) or {}
-    for part in settings.get("parts", [settings]):
-        if part:
-            md += [settings_line(part), ""]
-    md += ["BD-rate: PCHIP over PSNR-RGB on real bitstreams; anchors are the FP32 model and uniform 8-bit PTQ of the "
-           "same checkpoints; QAT rows also against the FP32 model fine-tuned with the same QAT steps "
-           "(`bd_rate_vs_fp32_qat_pct`: their gain over FP32 includes that extra RD training). Negative is better. "
-           "`avg_bits`/`max_avg_bits`: mean and largest parameter-weighted weight bits over the qualities (for a "
-           "dynamic model, the largest per-image average); `delta_psnr_db`: mean PSNR change against FP32 at equal "
-           "quality; `plan_excess_max`: the largest (over qualities) fractional RD loss the plan adds on the "
-           "calibration crops beyond the cost table's additive prediction (`check_plan`).", "",
-           bd.to_markdown(index=False, floatfmt=".3g"), "",
-           "Per quality:", "",
-           result.results.drop(columns=["model", "budget_kind", "cached"], errors="ignore")
-           .to_markdown(index=False, floatfmt=".4g"), ""]
-    atomic_write_text(out / "report.md", "\n".join(md))
+    md += [settings_line(p) + "\n" for p in settings.get("parts", [settings]) if p]
+    md += ["## Warnings", ""]
+    if found is None:
+        md += ["This run did not collect its warnings.", ""]
+    elif found.empty:
+        md += ["None.", ""]
+    else:
+        md += [f"{len(found)} warnings (also in `warnings.csv`):", ""] + [
+            f"- `{r.cell}`: " + (f"{r.category}: " if isinstance(getattr(r, "category", None), str) else "")
+            + str(r.message) for r in found.itertuples()] + [""]
+    bd_cols = [c for c in bd.columns if c != "note"]
+    per_quality = results.drop(columns=["model", "budget_kind", "cached"], errors="ignore")
+    md += ["## BD-rate per curve", "",
+           "Anchors: the FP32 model and uniform 8-bit PTQ of the same checkpoints; QAT rows also against the FP32 "
+           "model fine-tuned with the same QAT steps (their gain over FP32 includes that extra RD training).", "",
+           _markdown(bd[bd_cols], bd.get("note"), fmt=".3g"), ""]
+    noted = bd[bd.get("note", pd.Series(dtype=str)).fillna("").astype(bool)] if "note" in bd else bd.iloc[:0]
+    md += [f"- {r.allocator} {r.mode.upper()} {r.budget:g}: {r.note}" for r in noted.itertuples()] + [""]
+    md += ["## Per quality", "", "Empty cells do not apply (the FP32 rows have no plan, PTQ rows no QAT loss).", "",
+           _markdown(per_quality), ""]
+    md += ["## Data dictionary", "", "Every column of the tables above and of the CSV files (`plans.csv`: one row "
+           "per quality, allocator, budget, mode and layer; whole models' sizes in Mbit, one layer's in bits).", ""]
+    md += describe([*results.columns, *result.ranking.columns, *bd.columns, *plans.columns,
+                    *to_report_units(result.images).columns, *(found.columns if found is not None else [])])
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     return out / "report.md"

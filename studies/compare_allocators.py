@@ -6,7 +6,11 @@ DynaQuant (a dynamic, per-image bit-width model trained for the same steps) join
     BITALLOC_DATA=../shared/data python studies/compare_allocators.py --model mbt2018-mean --modes ptq
 
 Results: studies/results/compare_<model>/ (report.md, CSV, figures; the cache under runs/ makes reruns and
-interrupted runs resume). Sensitivity is measured on centre crops of training photos, never on Kodak;
+interrupted runs resume). ``--report-only`` rebuilds report.md, the CSVs and the figures from the committed
+results.csv and images.csv without evaluating a cell: the plans (for plans.csv and the heat maps) are re-allocated
+from the cost tables, measured again on the same calibration crops (cached under --cache), and each must have the
+size and objective the study recorded for its cell, else it stops naming the cell.
+Sensitivity is measured on centre crops of training photos, never on Kodak;
 evaluation entropy-codes all 24 Kodak images. QAT uses the same steps, learning rate and data for every plan.
 """
 
@@ -16,12 +20,17 @@ import argparse
 import os
 import platform
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 from bitalloc import StudySpec, run_study, write_report
-from bitalloc.analysis import merge_results
+from bitalloc.analysis import StudyResult, bd_table, merge_results, rank
+from bitalloc.models import load_model
+from bitalloc.report import layer_frame
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -41,10 +50,16 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/compare_allocators")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild the report from the committed CSVs (plans re-allocated and checked; no evaluation)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
     command = "python studies/compare_allocators.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.report_only:
+        for model in args.model:
+            print(rebuild_report(model, args, command))
+        return
     for model in args.model:
         results = []
         for mode in args.modes:
@@ -58,8 +73,57 @@ def main(argv=None) -> None:
                              qualities=tuple(args.qualities))
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         merged = merge_results(*results)
-        report = write_report(merged, RESULTS / f"compare_{model}", command=command, machine=machine)
+        models = {q: load_model(model, q, pretrained=StudySpec.pretrained) for q in args.qualities}
+        report = write_report(merged, RESULTS / f"compare_{model}", command=command, machine=machine,
+                              layers=layer_frame(models))
         print(report.read_text())
+
+
+def _recorded(report: Path, field: str) -> str:
+    """The ``Command:``/``Machine:`` line of an existing report.md ('' when absent)."""
+    lines = report.read_text().splitlines() if report.is_file() else []
+    found = [line.split(": ", 1)[1].strip("` ") for line in lines if line.startswith(field + ": ")]
+    return found[0] if found else ""
+
+
+def rebuild_report(model: str, args, command: str) -> Path:
+    """report.md, CSVs and figures of compare_<model> from its results.csv and images.csv (see the docstring)."""
+    from bitalloc import study_steps as steps
+    from bitalloc.allocation import build_allocator
+    from bitalloc.costs import Budget, CostTable
+
+    folder = RESULTS / f"compare_{model}"
+    results, images = pd.read_csv(folder / "results.csv"), pd.read_csv(folder / "images.csv")
+    qualities = sorted(int(q) for q in results.quality.unique())
+    spec = StudySpec(model=model, qualities=tuple(qualities), modes=tuple(sorted(results["mode"].unique())),
+                     qat_steps=args.qat_steps)
+    calib = steps.calibration_crops(None, spec.calib_images, spec.calib_crop, args.data)
+    models = {q: load_model(model, q, pretrained=spec.pretrained) for q in qualities}
+    plans, cells = {}, results[~results.allocator.isin(["fp32", "dynaquant"])]
+    for q in qualities:
+        path = Path(args.cache) / model / "report_tables" / f"{model}_q{q}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = CostTable.from_json(path) if path.is_file() else steps.measure_cost_table(models[q], calib, spec,
+                                                                                          path)
+        for row in cells[cells.quality == q].itertuples():
+            plan = build_allocator(row.allocator).allocate(table, Budget.from_avg_bits(table, row.budget)).plan
+            size = plan.size_bits(table) / 1e6
+            want = row.size_mbit if "size_mbit" in results else row.size_bits / 1e6
+            if not (np.isclose(size, want, rtol=1e-9) and np.isclose(plan.cost(table), row.objective, rtol=1e-6)):
+                raise SystemExit(f"{folder}/results.csv: {model} q{q} {row.allocator} {row.mode} at "
+                                 f"{row.budget:g} bits records {want:.6f} Mbit and objective {row.objective:.6g}; "
+                                 f"re-allocated: {size:.6f} Mbit, objective {plan.cost(table):.6g} (other "
+                                 f"weights or calibration than the study's): run the study itself")
+            plans[(q, row.allocator, row.budget, row.mode)] = plan
+    images_used = list(dict.fromkeys(images.image))
+    settings = {**asdict(spec), "inputs": {"eval_image_names": images_used},
+                "source": f"reconstructed from the command and images.csv, the run predates spec.json; report "
+                          f"rebuilt by `{command}`"}
+    bd = bd_table(results)
+    result = StudyResult(results, images, bd, rank(bd), plans, settings)
+    machine = _recorded(folder / "report.md", "Machine") or f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    return write_report(result, folder, command=_recorded(folder / "report.md", "Command"), machine=machine,
+                        layers=layer_frame(models))
 
 
 if __name__ == "__main__":

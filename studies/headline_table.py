@@ -42,7 +42,8 @@ def headline(bd: pd.DataFrame) -> str:
              "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in bd.itertuples(index=False):
         note = r.note if isinstance(r.note, str) else ""
-        solve = "-" if math.isnan(r.solve_time_ms) else f"{r.solve_time_ms:.2f}"
+        ms = 1e3 * r.solve_time_s if hasattr(r, "solve_time_s") else r.solve_time_ms  # bd_rate.csv: seconds
+        solve = "-" if math.isnan(ms) else f"{ms:.2f}"
         lines.append(f"| {r.budget:g} | {r.mode.upper()} | {r.allocator} | {r.avg_bits:.2f} | {r.size_mbit:.2f} "
                      f"| {solve} | {r.delta_psnr_db:+.3g} | {_pct(r.bd_rate_vs_fp32_pct, note)} "
                      f"| {_pct(r.bd_rate_vs_uniform8_pct, note)} "
