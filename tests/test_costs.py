@@ -164,20 +164,22 @@ def test_budget_below_smallest_size_states_it():
         Budget.from_avg_bits(t, 1.5)
 
 
-def test_a_budget_too_small_raises_the_typed_error_naming_budget_and_smallest_size():
+def _lat(t, limit):
+    return LinearConstraint("lat", {n: (1.0, 2.0, 3.0) for n in t.layer_names}, limit)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda t: Budget(899).check(t), r"budget of 899 bits .* below the smallest achievable size 900 bits"),
+    (lambda t: Budget.from_avg_bits(t, 1.5), r"budget of 675 bits .* below the smallest achievable size 900 bits"),
+    (lambda t: Budget.from_compression_ratio(t, 32 * 450 / 899), "below the smallest achievable size 900 bits"),
+    (lambda t: Budget(1e9, extra=(_lat(t, 2.0),)).check(t), "'lat' limit 2 is below its smallest achievable value 3"),
+], ids=["check", "from_avg_bits", "from_compression_ratio", "extra"])
+def test_a_budget_too_small_raises_the_typed_error_naming_budget_and_smallest(make, match):
     from bitalloc.errors import BudgetTooSmallError
 
-    t = table()
-    with pytest.raises(BudgetTooSmallError, match=r"budget of 899 bits .* below the smallest achievable size 900 bits"):
-        Budget(899).check(t)
-    with pytest.raises(BudgetTooSmallError, match="smallest achievable size 900 bits"):
-        Budget.from_avg_bits(t, 1.5)
-    with pytest.raises(BudgetTooSmallError, match=r"below the smallest achievable size 900 bits"):
-        Budget.from_compression_ratio(t, 32 * 450 / 899)
-    c = LinearConstraint("lat", {n: (1.0, 2.0, 3.0) for n in t.layer_names}, 2.0)
-    with pytest.raises(BudgetTooSmallError, match="constraint 'lat' limit 2 is below its smallest achievable value 3"):
-        Budget(1e9, extra=(c,)).check(t)
-    Budget(900).check(t)  # exactly the smallest plan: fits
+    with pytest.raises(BudgetTooSmallError, match=match):
+        make(table())
+    Budget(900, extra=(_lat(table(), 3.0),)).check(table())  # exactly the smallest plan: fits
 
 
 def test_bit_operations_constraint():
