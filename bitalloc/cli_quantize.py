@@ -51,7 +51,13 @@ def add_export(sub, fmt) -> None:
                        help="quantize a model by a bit plan and write it for deployment (packed integer weights)")
     _add_common(p)
     p.add_argument("--format", default="packed", choices=export_formats(),
-                   help="packed: integer weights at their bit-widths (+ <out>.rest.pt for the rest)")
+                   help="packed: integer weights at their bit-widths (bitalloc.load_packed); safetensors: the "
+                        "quantized weights as float32, loadable into the model class without bitalloc; onnx: the "
+                        "four transforms with integer weights + DequantizeLinear (the entropy coder stays in "
+                        "CompressAI)")
+    p.add_argument("--height", type=checks.positive_int, default=64,
+                   help="onnx: the static image height the transforms are exported for (a multiple of 64)")
+    p.add_argument("--width", type=checks.positive_int, default=64, help="onnx: the static image width")
     p.add_argument("--out", required=True, help="file to write")
     p.set_defaults(func=run_export, check=check_export, resumable=False, parser=p)
 
@@ -76,6 +82,9 @@ def check_apply(args) -> None:
 
 def check_export(args) -> None:
     _check_common(args)
+    for flag, value in (("--height", args.height), ("--width", args.width)):
+        if value % 64:
+            raise InvalidArgument(flag, f"{value} is not a multiple of 64 (the models downsample by 64)")
 
 
 def quantized_model(args):
@@ -123,6 +132,7 @@ def run_export(args) -> int:
     import bitalloc
 
     _, qmodel = quantized_model(args)
-    report = getattr(bitalloc, EXPORTERS[args.format])(qmodel, args.out)
+    size = {"height": args.height, "width": args.width} if args.format == "onnx" else {}
+    report = getattr(bitalloc, EXPORTERS[args.format])(qmodel, args.out, **size)
     print(json.dumps(report, indent=2, default=str))
     return 0

@@ -128,6 +128,8 @@ def test_apply_and_export_refuse_bad_arguments_before_any_work(capsys, tmp_path,
     _refused(capsys, ["apply", *HP, "--plan", plan, "--out", str(tmp_path / "q.bin")], "--out", "must end in .pt")
     _refused(capsys, ["export", *HP, "--plan", plan, "--out", out, "--format", "zip"], "--format",
              "invalid choice: 'zip'")
+    _refused(capsys, ["export", *HP, "--plan", plan, "--out", out, "--format", "onnx", "--height", "100"],
+             "--height", "100 is not a multiple of 64")
     assert not (tmp_path / "q.pt").exists()
 
 
@@ -198,7 +200,7 @@ def test_every_command_that_runs_a_model_takes_threads(capsys, no_work, command)
                      "(default: 8)", "(default: 2)"]),
     ("allocate", ["{avg_bits,ratio,bits}", "(default: avg_bits)", "(default: ilp)", "greedy", "(default: none)"]),
     ("apply", ["(default: mse)", "(default: bitalloc)"]),
-    ("export", ["(default: packed)", "{packed"]),
+    ("export", ["(default: packed)", "{packed,safetensors,onnx}", "(default: 64)"]),
     ("evaluate", ["(default: 1)", "(default: bitalloc)", "(default: all)"]),
 ])
 def test_help_shows_every_default_and_choice(capsys, command, shown):

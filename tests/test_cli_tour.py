@@ -143,3 +143,35 @@ def test_the_tour_runs_as_shell_commands(tmp_path):
     assert len(curve["results"]["bpp"]) == 3 and curve["results"]["bpp"][1] == curve["results"]["bpp"][2]
     assert BitPlan.from_json(tmp_path / "plan.json").meta["allocator"] == "ilp"
     assert "ilp: optimal" in done.stdout
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "onnx"])
+def test_export_writes_the_other_formats_from_the_same_plan(tour, fmt, monkeypatch, capsys):
+    """Besides the tour's packed file: the baked safetensors loads into the model class without bitalloc, the
+    ONNX file's analysis transform runs in onnxruntime; both compute what the applied checkpoint computes."""
+    from bitalloc.models import build_model, load_model
+
+    work, _ = tour
+    monkeypatch.chdir(work)
+    out = f"q4.{fmt}"
+    assert main(["export", *shlex.split(TOUR[3])[2:8], "--plan", "plan.json", "--out", out, "--format", fmt,
+                 "--threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["file_bytes"] == (work / out).stat().st_size
+    applied = load_model(MODEL, QUALITY, pretrained=str(work / "q4.pt"))
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = applied.g_a(x)
+        if fmt == "safetensors":
+            from safetensors.torch import load_file
+
+            plain = build_model(MODEL, QUALITY)
+            plain.load_state_dict(load_file(work / out))
+            assert torch.equal(plain.eval().g_a(x), want)
+        else:
+            from bitalloc.onnx_export import LIC_TRANSFORMS, run_onnx, transform_inputs
+
+            inputs = transform_inputs(applied, x)
+            got = run_onnx(work / out, {f"{t}/input": inputs[t] for t in LIC_TRANSFORMS})
+            for t in LIC_TRANSFORMS:
+                want = getattr(applied, t)(inputs[t])
+                assert torch.allclose(got[f"{t}/output"], want, atol=1e-4), (t, (got[f"{t}/output"] - want).abs().max())
