@@ -14,8 +14,9 @@ Tensors of ``write_packed(model, path)`` (every one CPU, little-endian; safetens
 
 Metadata (safetensors' string map): ``format`` ("bitalloc.packed"), ``version`` ("2"), ``plan``
 (:meth:`BitPlan.to_json`), ``model`` (JSON: ``model_class`` and the model's ``meta`` keys architecture, N, M,
-quality, lambda, size), ``layers`` (JSON: per layer name, tensor, bits, shape, axis, channels), ``act_bits``
-(JSON, {layer: bits} of the input quantizers), ``tables`` (JSON, the CDF tables' shapes).
+quality, lambda, size), ``layers`` (JSON: per layer name, tensor, bits, shape, axis, channels, mask), ``tables``
+(JSON, the CDF tables' shapes). The plan carries the activation bit-widths; the frozen activation ranges
+(scale, zero-point) travel in ``rest/``.
 
 The plan's weights (codes + scales) take sum_l ceil(n_l b_l / 8) + 4 C_l bytes: the plan's size
 (:func:`bitalloc.quant.layer_size_bits`) up to < 1 byte per layer; the file adds safetensors' JSON header and the
@@ -177,12 +178,10 @@ def write_packed(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
         else:
             tensors[f"rest/{key}"] = value.contiguous()
             side["rest"] += value.numel() * value.element_size()
-    acts = {n: int(m.input_quantizer.bits) for n, m in quantized_layers(model).items()
-            if hasattr(m, "input_quantizer")}
     meta = {k: v for k, v in (getattr(model, "meta", None) or {}).items() if k in _META_KEYS}
     metadata = {"format": PACKED_FORMAT, "version": str(PACKED_VERSION), "plan": plan.to_json(),
                 "model": json.dumps({"model_class": type(model).__name__, **meta}, sort_keys=True),
-                "layers": json.dumps(entries, separators=(",", ":")), "act_bits": json.dumps(acts),
+                "layers": json.dumps(entries, separators=(",", ":")),
                 "tables": json.dumps(tables, separators=(",", ":"))}
     data = save(tensors, metadata=metadata)
     path = Path(path)
@@ -222,11 +221,7 @@ def read_packed(path: str | os.PathLike, model_factory: Callable[[], nn.Module] 
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model_meta, tables = json.loads(md["model"]), json.loads(md["tables"])
     model = _build(path, model_meta, model_factory)
-    plan, acts = BitPlan.from_json(md["plan"]), json.loads(md["act_bits"])
-    extra = {}
-    if acts and not getattr(plan, "act_bits", None):  # a plan type without activation bits
-        extra["act_bits"] = acts if len(set(acts.values())) > 1 else next(iter(acts.values()))
-    apply_plan(model, plan, keep_float=True, inplace=True, **extra)
+    apply_plan(model, BitPlan.from_json(md["plan"]), keep_float=True, inplace=True)  # activation bits included
     state = {k.removeprefix("rest/"): v for k, v in tensors.items() if k.startswith("rest/")}
     for key, shape in tables.items():
         lengths = state[key.removesuffix("_quantized_cdf") + "_cdf_length"]
