@@ -172,14 +172,12 @@ def write_report(result, out, command: str = "", machine: str = "", layers: pd.D
         same = f" ({', '.join(m.upper() for m in modes)} use the same plans)" if len(names) < len(modes) else ""
         figures += [(n, f"bits per layer of every plan{same if i == 0 else ''}, by quality and budget")
                     for i, n in enumerate(names)]
-    md = [f"# Allocator comparison: {model}", "",
-          "## Headline", "",
+    md = [f"# Allocator comparison: {model}", "", headline_table(result.ranking, bd), "",
           f"Per mode and budget ({'average weight bits' if kind == 'avg_bits' else 'compression ratio'}), the "
           "allocators ranked by BD-rate against FP32 (%, PCHIP over PSNR-RGB, real bitstreams; lower is better). "
-          "BD-rates within 0.1 percentage points of each other count as tied and the smaller plan ranks first; "
-          "curves without a BD-rate are not ranked and say why. Size in Mbit and avg bits: means over the "
-          "qualities; solve time in seconds.", "",
-          headline_table(result.ranking, bd), ""]
+          "BD-rates within 0.1 percentage points of each other count as tied and the smaller plan ranks first "
+          "(`(tie)`); curves without a BD-rate are not ranked and say why. Size in Mbit and avg bits: means over "
+          "the qualities; solve time in seconds. Every column is described in the data dictionary at the end.", ""]
     md += ["## Figures", ""] + [f"![{text}]({name})\n\n*{name}*: {text}.\n" for name, text in figures]
     md += ["## Settings", ""]
     if command:

@@ -53,12 +53,13 @@ def written(tmp_path_factory):
 def test_report_opens_with_the_headline_table_then_the_figures(written):
     md = (written / "report.md").read_text()
     first_table = md.index("\n| ")
-    assert md.index("## Headline") < first_table < md.index("## Figures") < md.index("## Data dictionary")
+    assert md.splitlines()[0].startswith("# ") and md.splitlines()[2].startswith("| mode | budget | rank |")
+    assert first_table < md.index("## Figures") < md.index("## Data dictionary")
     header = md[first_table:].splitlines()[1]
     assert header.startswith("| mode | budget | rank | allocator | bd_rate_vs_fp32_pct")
     for name in ("rd_curves.png", "bd_rate_vs_size.png", "bits_heatmap.png"):
         assert f"]({name})" in md  # embedded with a relative link
-    headline = md[first_table:md.index("## Figures")].strip().splitlines()[2:]
+    headline = md[first_table:md.index("\n\n", first_table + 1)].strip().splitlines()[2:]
     order = [(cells[1], cells[2], cells[3]) for cells in (line.split(" | ") for line in headline)]
     assert order == [("8", "1", "uniform"), ("4", "1", "ilp"), ("4", "", "uniform")]
 
