@@ -59,6 +59,11 @@ def add_export(sub, fmt) -> None:
                    help="onnx: the static image height the transforms are exported for (a multiple of 64)")
     p.add_argument("--width", type=checks.positive_int, default=64, help="onnx: the static image width")
     p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--calib-images", type=checks.positive_int, default=8,
+                   help="a plan with activation bits: calibrate their ranges on the first N training photos")
+    p.add_argument("--crop", type=checks.positive_int, default=256,
+                   help="a plan with activation bits: centre-crop side of those photos (a multiple of 64)")
+    checks.add_data(p)
     p.set_defaults(func=run_export, check=check_export, resumable=False, parser=p)
 
 
@@ -78,11 +83,18 @@ def _check_common(args) -> None:
 def check_apply(args) -> None:
     _check_common(args)
     checks.check_suffix(args.out, "--out", (".pt",))
+    acts = getattr(args.bit_plan, "act_bits", None)
+    if acts:
+        raise InvalidArgument("--plan", f"{args.plan} quantizes the input activations of {len(acts)} layers (e.g. "
+                                        f"'{next(iter(acts))}'), which a checkpoint of float weights cannot hold; "
+                                        "use `bitalloc export --format packed|onnx`")
 
 
 def check_export(args) -> None:
     _check_common(args)
-    for flag, value in (("--height", args.height), ("--width", args.width)):
+    if getattr(args.bit_plan, "act_bits", None):
+        checks.check_root(args.data, "train")
+    for flag, value in (("--height", args.height), ("--width", args.width), ("--crop", args.crop)):
         if value % 64:
             raise InvalidArgument(flag, f"{value} is not a multiple of 64 (the models downsample by 64)")
 
@@ -132,6 +144,11 @@ def run_export(args) -> int:
     import bitalloc
 
     _, qmodel = quantized_model(args)
+    if getattr(args.bit_plan, "act_bits", None):  # activation ranges are frozen from calibration crops first
+        from .act_quant import calibrate_activations
+        from .study_steps import calibration_crops
+
+        calibrate_activations(qmodel, calibration_crops(None, args.calib_images, args.crop, args.data))
     size = {"height": args.height, "width": args.width} if args.format == "onnx" else {}
     report = getattr(bitalloc, EXPORTERS[args.format])(qmodel, args.out, **size)
     print(json.dumps(report, indent=2, default=str))

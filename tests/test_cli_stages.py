@@ -219,3 +219,21 @@ def test_allocate_reads_a_json_table_as_well(capsys, tmp_path, table_csv):
     assert main(["allocate", "--table", str(tmp_path / "table.json"), "--budget", "2000", "--budget-kind", "bits",
                  "--out", str(out)]) == 0
     assert dict(BitPlan.from_json(out).bits) == {"a": 4, "b": 2, "c": 4}
+
+
+def test_a_plan_with_activation_bits_exports_calibrated_and_is_refused_by_apply(capsys, tmp_path, data):
+    import bitalloc
+    from bitalloc.act_quant import activation_quantizers
+    from bitalloc.graph import quantizable_layers
+    from bitalloc.models import build_model
+
+    names = list(quantizable_layers(build_model("bmshj2018-hyperprior", 4)))
+    plan = tmp_path / "plan.json"
+    BitPlan(dict.fromkeys(names, 8), act_bits={"g_a.2": 8, "g_s.0": 6}).to_json(plan)
+    _refused(capsys, ["apply", *HP, "--plan", str(plan), "--out", str(tmp_path / "q.pt")], "--plan",
+             "quantizes the input activations of 2 layers (e.g. 'g_a.2')")
+    out = tmp_path / "q.bin"
+    assert main(["export", *HP, "--plan", str(plan), "--out", str(out), "--calib-images", "1", "--crop", "64",
+                 "--data", str(data), "--threads", "1"]) == 0
+    acts = activation_quantizers(bitalloc.load_packed(out))
+    assert sorted(acts) == ["g_a.2", "g_s.0"] and all(q.qparams()["bits"] in (6, 8) for q in acts.values())
