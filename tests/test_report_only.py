@@ -1,0 +1,73 @@
+"""studies/compare_allocators.py --report-only: a study's report rebuilt from its CSVs, plans re-allocated and
+checked against what the study recorded (issue 15, item 3)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch.nn as nn
+
+from bitalloc.allocation import build_allocator
+from bitalloc.costs import Budget, CostTable
+
+SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "compare_allocators.py"
+TABLE = CostTable.from_arrays(["0", "1"], [4, 8], np.array([[0.5, 0.01], [0.05, 0.0]]), num_params=[1000, 200])
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("compare_allocators", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(mod, "load_model", lambda name, q, pretrained: nn.Sequential(nn.Conv2d(3, 4, 3),
+                                                                                     nn.Conv2d(4, 3, 3)))
+    monkeypatch.setattr("bitalloc.study_steps.calibration_crops", lambda *a, **k: None)
+    cache = tmp_path / "cache"
+    rows = []
+    for q, (bpp, psnr) in enumerate(zip([0.1, 0.2, 0.4, 0.8], [27.0, 29.0, 31.0, 33.0]), start=1):
+        TABLE.to_json((cache / "m" / "report_tables").mkdir(parents=True, exist_ok=True)
+                      or cache / "m" / "report_tables" / f"m_q{q}.json")
+        rows.append(dict(model="m", quality=q, allocator="fp32", budget=np.nan, budget_kind="avg_bits",
+                         mode="ptq", bpp=bpp, psnr_rgb=psnr, avg_bits=32.0))
+        for allocator, budget in (("ilp", 5.0), ("uniform", 8.0)):
+            alloc = build_allocator(allocator).allocate(TABLE, Budget.from_avg_bits(TABLE, budget))
+            rows.append(dict(model="m", quality=q, allocator=allocator, budget=budget, budget_kind="avg_bits",
+                             mode="ptq", bpp=bpp * 1.01, psnr_rgb=psnr - 0.1, avg_bits=alloc.plan.avg_bits(TABLE),
+                             size_bits=alloc.plan.size_bits(TABLE), objective=alloc.objective,
+                             compression_ratio=TABLE.fp32_size_bits / alloc.plan.size_bits(TABLE),
+                             solve_time_s=1e-3))
+    folder = tmp_path / "results" / "compare_m"
+    folder.mkdir(parents=True)
+    results = pd.DataFrame(rows)
+    images = results[["model", "quality", "allocator", "budget", "mode", "bpp", "psnr_rgb"]].assign(image="img0")
+    images.to_csv(folder / "images.csv", index=False)
+    (folder / "report.md").write_text("# old\n\nCommand: `python studies/compare_allocators.py --model m`\n")
+    args = SimpleNamespace(qat_steps=100, data=None, cache=str(cache))
+    return mod, folder, results, args
+
+
+def test_report_only_rebuilds_plans_and_figures_from_the_csvs(study):
+    mod, folder, results, args = study
+    results.to_csv(folder / "results.csv", index=False)
+    md = mod.rebuild_report("m", args, "python studies/compare_allocators.py --report-only").read_text()
+    assert "Command: `python studies/compare_allocators.py --model m`" in md  # the run's own command is kept
+    assert "report rebuilt by `python studies/compare_allocators.py --report-only`" in md
+    plans = pd.read_csv(folder / "plans.csv", dtype={"layer": str})
+    assert len(plans) == 4 * 2 * 2 and set(plans.layer) == {"0", "1"}
+    assert plans.num_params.notna().all()  # from the layer graph of the loaded model
+    assert (folder / "bits_heatmap.png").stat().st_size > 0 and (folder / "rd_curves.png").stat().st_size > 0
+
+
+def test_report_only_refuses_a_plan_other_than_the_recorded_one(study):
+    mod, folder, results, args = study
+    bad = results.copy()
+    bad.loc[(bad.quality == 3) & (bad.allocator == "ilp"), "objective"] += 0.1
+    bad.to_csv(folder / "results.csv", index=False)
+    with pytest.raises(SystemExit, match=r"m q3 ilp ptq at 5 bits records .* objective"):
+        mod.rebuild_report("m", args, "report-only")
