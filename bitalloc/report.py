@@ -160,17 +160,21 @@ def write_report(result, out, command: str = "", machine: str = "", layers: pd.D
         atomic_write_text(out / f"{name}.csv", df.to_csv(index=False))
     if found is not None:
         atomic_write_text(out / "warnings.csv", found.to_csv(index=False))
-    figures = [("rd_curves.png", "RD curves per budget, with the PSNR gap to FP32 at equal rate")]
+    figures = [("rd_curves.png", "PSNR over bpp per mode (rows) and budget (columns), FP32 dashed; under each "
+                                 "panel the PSNR gap to FP32 at equal rate")]
     plot_rd_curves(results, out / "rd_curves.png", model=model,
                    images=result.images.image.nunique() if "image" in result.images else None)
     if not bd.empty:
         plot_bd_vs_size(bd, out / "bd_rate_vs_size.png", model=model)
-        figures.append(("bd_rate_vs_size.png", "BD-rate against FP32 over model size (lower is better)"))
+        figures.append(("bd_rate_vs_size.png", "BD-rate against FP32 over weights size, one panel per mode and "
+                                               "one point per budget, symlog axis (linear within +-1 %); lower is "
+                                               "better"))
     if result.plans:
         names = _heatmaps(result, layers, out, model, kind)
         modes = sorted({k[3] for k in result.plans})
         same = f" ({', '.join(m.upper() for m in modes)} use the same plans)" if len(names) < len(modes) else ""
-        figures += [(n, f"bits per layer of every plan{same if i == 0 else ''}, by quality and budget")
+        figures += [(n, f"bits per layer of every plan{same if i == 0 else ''}, one panel per quality and "
+                            "budget, layers in data-flow order with parameter counts")
                     for i, n in enumerate(names)]
     md = [f"# Allocator comparison: {model}", "", headline_table(result.ranking, bd), "",
           f"Per mode and budget ({'average weight bits' if kind == 'avg_bits' else 'compression ratio'}), the "
