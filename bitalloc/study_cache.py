@@ -9,6 +9,10 @@ and the file holds the key itself; the key lists what the result depends on::
     QAT, DynaQuant    + training source (names and sizes of the photos, or the tensor's content), steps,
                         learning rate, seed, crop size
     cell              + allocator, budget, budget kind, mode (a static cell: its cost table's key too)
+    pairwise terms    the cost table's key + the interaction settings (pairs, noise floor, negative terms);
+                        in the key of every cell whose allocator gets them (``spec.pairwise_allocators``)
+    ``+verify`` cell  + the verify settings (plans measured at most, tolerance)
+    a user ``loss``   its :func:`loss_digest`, in the cost table's and the QAT keys (none without one)
 
 so a rerun with other settings computes new cells beside the old ones and never mixes them. A file that does
 not read back (bad JSON, missing fields, a key other than its name says, numbers that disagree with its own
@@ -30,8 +34,8 @@ import torch
 from .atomic import atomic_write_text
 from .costs import CostTable
 
-__all__ = ["COST_MODEL_VERSION", "CorruptCacheWarning", "StudyCache", "images_digest", "source_digest",
-           "weights_digest"]
+__all__ = ["COST_MODEL_VERSION", "CorruptCacheWarning", "StudyCache", "images_digest", "loss_digest",
+           "source_digest", "weights_digest"]
 
 #: Bump when a change of the library changes the numbers a cached result holds (sensitivity measurement, size
 #: model, quantizers, QAT loop, evaluation): every result computed before is then recomputed.
@@ -93,6 +97,25 @@ def source_digest(source: Any) -> str:
         raise TypeError(f"cannot key the study cache by a training source of type {type(source).__name__}; "
                         "pass a tensor, a dict of images, an image folder or an ImageFolder")
     return _sha([extra, *(f"{p.name}:{p.stat().st_size}" for p in paths)])
+
+
+def loss_digest(loss: Any) -> str | None:
+    """What names a user loss in the cache keys: its ``cache_key`` attribute when it has one, else its module,
+    qualified name and (for a Python function) its code and constants, so an edited body is another loss;
+    None for the default loss. A loss whose numbers change without any of these changing needs a
+    ``cache_key``."""
+    if loss is None:
+        return None
+    if getattr(loss, "cache_key", None) is not None:
+        return _sha(["cache_key", loss.cache_key])
+    fn = getattr(loss, "func", loss)  # functools.partial: the function and its bound arguments
+    code = getattr(fn, "__code__", None)
+    parts = [getattr(fn, "__module__", ""), getattr(fn, "__qualname__", type(fn).__qualname__)]
+    if code is not None:
+        parts += [code.co_code, repr(code.co_consts)]
+    if fn is not loss:
+        parts += [repr(getattr(loss, "args", ())), repr(sorted(getattr(loss, "keywords", {}).items()))]
+    return _sha(parts)
 
 
 def _key_hash(key: Mapping) -> str:
@@ -181,18 +204,35 @@ class StudyCache:
     def _qat(self) -> dict:
         s = self.spec
         return {"train_images": self.inputs["train_images"], "qat_steps": s.qat_steps, "qat_lr": s.qat_lr,
-                "seed": s.seed, "train_crop": s.calib_crop}
+                "seed": s.seed, "train_crop": s.calib_crop, **self._loss()}
+
+    def _loss(self) -> dict:
+        loss = self.inputs.get("loss")
+        return {} if loss is None else {"loss": loss}
 
     def sensitivity_key(self, quality: int) -> dict:
         s = self.spec
         return {**self._common(quality), "calib_images": self.inputs["calib_images"], "calib_count": s.calib_images,
-                "calib_crop": s.calib_crop, "candidate_bits": list(s.candidate_bits), "calibration": s.calibration}
+                "calib_crop": s.calib_crop, "candidate_bits": list(s.candidate_bits), "calibration": s.calibration,
+                **self._loss()}
+
+    def interactions_key(self, quality: int) -> dict:
+        s = self.spec
+        return {**self.sensitivity_key(quality), "interactions": {
+            "pairs": s.interaction_pairs, "noise_floor": s.interaction_noise_floor, "negative": "clip"}}
 
     def cell_key(self, quality: int, allocator: str, budget, mode: str, static: bool) -> dict:
+        from .repair import split_verify
+
         base = self.sensitivity_key(quality) if static else self._common(quality)
         key = {**base, **self._eval(), "allocator": allocator, "budget": budget, "mode": mode}
         if static:
             key["budget_kind"] = self.spec.budget_kind
+            inner, verify = split_verify(allocator)
+            if inner in self.spec.pairwise_allocators:
+                key["interactions"] = self.interactions_key(quality)["interactions"]
+            if verify:
+                key["verify"] = {"max_evals": self.spec.verify_max_evals, "tolerance": self.spec.verify_tolerance}
         if mode == "qat":
             key.update(self._qat())
         return key

@@ -14,8 +14,8 @@ import torch
 from .costs import CostTable
 from .data import ImageFolder, data_root, resolve_images
 
-__all__ = ["calibration_crops", "check_joint_plan", "evaluate_images", "evaluation_images", "load_float_model",
-           "measure_cost_table", "quantize_plan", "training_source"]
+__all__ = ["calibration_crops", "cell_allocator", "check_joint_plan", "evaluate_images", "evaluation_images",
+           "load_float_model", "measure_cost_table", "measure_pairwise_table", "quantize_plan", "training_source"]
 
 
 def load_float_model(name: str, quality: int, pretrained: str):
@@ -51,18 +51,58 @@ def training_source(images, crop: int, data=None, seed: int = 0):
     return photos
 
 
-def measure_cost_table(model, calib: torch.Tensor, spec, path: Path) -> CostTable:
+def measure_cost_table(model, calib: torch.Tensor, spec, path: Path, loss=None, frame_path: Path | None = None
+                       ) -> CostTable:
     """Measure the cost table of ``model`` on the calibration crops and write it to ``path`` (the harness
-    names ``path`` by a key of everything that changes the table and reads it back from there)."""
+    names ``path`` by a key of everything that changes the table and reads it back from there); with
+    ``frame_path`` also its per-cell frame (raw ``zeta``), from which :func:`measure_pairwise_table` picks the
+    bits in play without measuring the single layers again."""
+    from .atomic import atomic_write_text
     from .sensitivity import measure_sensitivity
 
-    table = measure_sensitivity(model, calib, bits=spec.candidate_bits, calibration=spec.calibration,
-                                progress=False)
+    table, frame = measure_sensitivity(model, calib, bits=spec.candidate_bits, calibration=spec.calibration,
+                                       loss=loss, progress=False, return_frame=True)
     table.to_json(path)
+    if frame_path is not None:
+        atomic_write_text(frame_path, frame.to_csv(index=False))
     return table
 
 
-def quantize_plan(model, plan, mode: str, spec, train, workdir: Path | None = None):
+def measure_pairwise_table(model, calib: torch.Tensor, table: CostTable, spec, path: Path, loss=None,
+                           frame_path: Path | None = None) -> CostTable:
+    """``table`` with the pairwise interaction costs :func:`bitalloc.measure_interactions` measures (pairs
+    ``spec.interaction_pairs``, noise floor ``spec.interaction_noise_floor``), written to ``path``. The
+    table's frame at ``frame_path``, when there, picks the bits in play (else the single layers are measured
+    again)."""
+    from .interactions import measure_interactions
+
+    frame = None
+    if frame_path is not None and Path(frame_path).is_file():
+        frame = pd.read_csv(frame_path)
+        if not {"layer", "bits", "zeta"} <= set(frame.columns):
+            frame = None
+    inter = measure_interactions(model, calib, table, spec.interaction_pairs, frame=frame, loss=loss,
+                                 calibration=spec.calibration, noise_floor=spec.interaction_noise_floor,
+                                 progress=False)
+    joint = inter.attach(table)
+    joint.to_json(path)
+    return joint
+
+
+def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None):
+    """The allocator of a harness cell: a registered name, or one with the ``+verify`` suffix wrapped in
+    :func:`bitalloc.verifying` on ``model`` and the calibration crops (the table's data and settings)."""
+    from .allocation import build_allocator
+    from .repair import split_verify, verifying
+
+    inner, verify = split_verify(name)
+    if not verify:
+        return build_allocator(name)
+    return verifying(inner, model, calib, loss=loss, calibration=spec.calibration,
+                     max_evals=spec.verify_max_evals, tolerance=spec.verify_tolerance)
+
+
+def quantize_plan(model, plan, mode: str, spec, train, workdir: Path | None = None, loss=None):
     """Apply ``plan`` (calibration only), then fine-tune it with QAT when ``mode == "qat"``.
 
     Returns the model and the final QAT loss (None for PTQ).
@@ -75,7 +115,7 @@ def quantize_plan(model, plan, mode: str, spec, train, workdir: Path | None = No
         return qmodel, None
     from .qat import finetune
 
-    qmodel, log = finetune(qmodel, plan, train, steps=spec.qat_steps, lr=spec.qat_lr, workdir=workdir,
+    qmodel, log = finetune(qmodel, plan, train, steps=spec.qat_steps, lr=spec.qat_lr, workdir=workdir, loss=loss,
                            progress=False)
     return qmodel, float(log["loss"].iloc[-1]) if len(log) else None
 
@@ -86,8 +126,8 @@ def evaluate_images(model, images: dict) -> pd.DataFrame:
     return evaluate(model, images, progress=False)
 
 
-def check_joint_plan(model, plan, table: CostTable, calib: torch.Tensor, spec):
-    """The plan's joint RD-loss increase against the table's additive prediction, on the calibration crops."""
+def check_joint_plan(model, plan, table: CostTable, calib: torch.Tensor, spec, loss=None):
+    """The plan's joint loss increase against the table's prediction, on the calibration crops."""
     from .sensitivity import check_plan
 
-    return check_plan(model, plan, table, calib, calibration=spec.calibration)
+    return check_plan(model, plan, table, calib, calibration=spec.calibration, loss=loss)

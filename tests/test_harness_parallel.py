@@ -1,0 +1,189 @@
+"""The harness on an executor (issue 15 item 1), its collected warnings, and interaction-aware cells (issue 12).
+
+A tiny study (1 quality, ilp and greedy at one budget, 1 evaluation image, 2 calibration crops, minmax
+calibration, candidate bits 4 and 8) run serially, on a local process pool and on a Dask LocalCluster must give
+the same numbers and the same cache files.
+"""
+
+import collections
+import json
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import pandas as pd
+import pytest
+import torch
+
+from bitalloc import study_steps
+from bitalloc.costs import CostTable
+from bitalloc.harness import StudySpec, run_study
+from bitalloc.models import build_model, lambda_of
+from bitalloc.objective import resolve_loss
+
+TINY = dict(qualities=(1,), allocators=("ilp", "greedy"), budgets=(6.0,), candidate_bits=(4, 8), calib_images=2,
+            calib_crop=64, eval_limit=1, calibration="minmax")
+
+
+def load_tiny(name, quality):
+    torch.manual_seed(quality)
+    model = build_model(name, quality).eval()
+    model.meta = {"lambda": lambda_of(quality)}
+    model.update(force=True)
+    return model
+
+
+def noisy_rd_loss(model, batch):
+    """The default RD loss, saying that it ran: shows that a user loss reaches the workers, and that their
+    warnings come back."""
+    warnings.warn("noisy_rd_loss ran", UserWarning)
+    return resolve_loss(model)(model, batch)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(0)
+    return {"calib_images": torch.rand(2, 3, 64, 64, generator=g),
+            "eval_images": {f"img{k}": torch.rand(3, 64, 64, generator=g) for k in range(2)}}
+
+
+def _run(out, inputs, spec=None, **kw):
+    return run_study(spec or StudySpec(**TINY), out, model_loader=load_tiny, progress=False, **inputs, **kw)
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory, inputs):
+    out = tmp_path_factory.mktemp("serial")
+    with pytest.warns(UserWarning, match="noisy_rd_loss ran"):
+        return out, _run(out, inputs, loss=noisy_rd_loss)
+
+
+def _numbers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Everything but timings (solve_time_s, encoding_time, ...) and the cached flag."""
+    return frame.drop(columns=[c for c in frame if "time" in c or c == "cached"])
+
+
+def _files(out) -> dict:
+    return {sub: sorted(p.name for p in (out / sub).iterdir()) for sub in ("cells", "outcomes", "sensitivity")}
+
+
+def _same_as_serial(res, out, serial, inputs):
+    s_out, s_res = serial
+    assert not res.results.cached.any()
+    pd.testing.assert_frame_equal(_numbers(res.results), _numbers(s_res.results), check_like=True)
+    pd.testing.assert_frame_equal(_numbers(res.images), _numbers(s_res.images))
+    assert res.plans == s_res.plans
+    assert _files(out) == _files(s_out)  # the same cache keys, nothing computed twice under other names
+    labels = {(w["cell"], w["message"]) for w in res.warnings}
+    assert labels == {(w["cell"], w["message"]) for w in s_res.warnings}
+    assert ("bmshj2018-hyperprior q1 cost table", "noisy_rd_loss ran") in labels  # from a worker
+    assert ("bmshj2018-hyperprior q1 ilp avg_bits=6 ptq", "noisy_rd_loss ran") in labels
+    again = _run(out, inputs, loss=noisy_rd_loss)  # the serial run resumes from the workers' cache
+    assert again.results.cached.all()
+    pd.testing.assert_frame_equal(_numbers(again.results), _numbers(s_res.results), check_like=True)
+
+
+def test_a_local_pool_of_two_workers_gives_the_serial_results(tmp_path, serial, inputs):
+    with pytest.warns(UserWarning, match="noisy_rd_loss ran"):
+        res = _run(tmp_path, inputs, loss=noisy_rd_loss, workers=2)
+    _same_as_serial(res, tmp_path, serial, inputs)
+
+
+def test_a_dask_local_cluster_gives_the_serial_results(tmp_path, serial, inputs):
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
+    with cluster, distributed.Client(cluster) as client, pytest.warns(UserWarning, match="noisy_rd_loss ran"):
+        res = _run(tmp_path, inputs, loss=noisy_rd_loss, executor=client.get_executor())
+    _same_as_serial(res, tmp_path, serial, inputs)
+
+
+def test_workers_racing_for_one_outcome_compute_it_once(tmp_path, inputs, monkeypatch):
+    """At 8 bits every allocator returns the all-8 plan: three cells, one outcome, computed once even when
+    their allocations finish together on two workers."""
+    real, calls = study_steps.quantize_plan, collections.Counter()
+
+    def slow(model, plan, *args, **kwargs):
+        calls[tuple(sorted(getattr(plan, "bits", plan).items()))] += 1
+        time.sleep(0.3)
+        return real(model, plan, *args, **kwargs)
+
+    monkeypatch.setattr(study_steps, "quantize_plan", slow)
+    spec = StudySpec(**{**TINY, "allocators": ("ilp", "greedy", "uniform"), "budgets": (8.0,), "candidate_bits": (8,)})
+    with ThreadPoolExecutor(2) as pool:
+        res = _run(tmp_path, inputs, spec, executor=pool)
+    cells = res.results[res.results.allocator != "fp32"]
+    assert len(cells) == 3 and cells.bpp.nunique() == 1
+    assert sorted(calls.values()) == [1, 1] and () in calls  # the float reference, and the all-8 plan once
+    assert len(list((tmp_path / "outcomes").glob("*.json"))) == 1
+
+
+def test_warnings_are_collected_per_cell_and_shown_after_the_progress_bar(tmp_path, inputs, monkeypatch):
+    from bitalloc import harness
+    from bitalloc.sensitivity import PlanCheck
+
+    monkeypatch.setattr(study_steps, "check_joint_plan",
+                        lambda *a, **k: PlanCheck(predicted=0.01, measured=0.5, loss_fp=1.0, loss_plan=1.5))
+    shown_while_running = []
+
+    class Bar(harness.tqdm):
+        def update(self, n=1):
+            shown_while_running.append(len(record))
+            return super().update(n)
+
+    monkeypatch.setattr(harness, "tqdm", Bar)
+    with pytest.warns(UserWarning, match="layers interact") as record:
+        res = run_study(StudySpec(**TINY), tmp_path, model_loader=load_tiny, progress=True, **inputs)
+    assert shown_while_running == [0] * len(res.results)  # nothing printed through the bar
+    interact = [w for w in res.warnings if "layers interact" in w["message"]]
+    assert sorted(w["cell"] for w in interact) == ["bmshj2018-hyperprior q1 greedy avg_bits=6 ptq",
+                                                   "bmshj2018-hyperprior q1 ilp avg_bits=6 ptq",
+                                                   "bmshj2018-hyperprior q1 uniform avg_bits=8 ptq"]
+    assert all(w["message"].startswith(f"bmshj2018-hyperprior q1 allocator '{w['allocator']}'") for w in interact)
+    assert all(w["filename"].endswith("cells.py") for w in interact)
+    csv = pd.read_csv(tmp_path / "warnings.csv")
+    assert sorted(csv[csv.message.str.contains("layers interact")].cell) == sorted(w["cell"] for w in interact)
+
+
+def test_iqp_and_verify_cells(tmp_path, inputs):
+    spec = StudySpec(**{**TINY, "allocators": ("ilp", "iqp", "ilp+verify", "iqp+verify"), "verify_max_evals": 3})
+    res = _run(tmp_path, inputs, spec).results.set_index("allocator")
+    pairs = next((tmp_path / "sensitivity").glob("*_pairs_*.json"))
+    table = CostTable.from_json(pairs)
+    assert table.pairwise and res.loc["iqp", "pairwise_pairs"] == len(table.pairwise)
+    assert res.loc[["iqp", "iqp+verify"], "pairwise_pairs"].eq(len(table.pairwise)).all()
+    assert res.loc[["ilp", "ilp+verify"], "pairwise_pairs"].isna().all()  # the additive table
+    verified = res.loc[["ilp+verify", "iqp+verify"]]
+    assert verified.verify_evaluations.between(1, 3).all()
+    assert res.loc[["ilp", "iqp"], "verify_evaluations"].isna().all()
+    assert (verified.size_bits <= verified.budget_bits).all()
+    assert (verified.plan_measured_cost <= verified.verify_start_measured + 1e-12).all()  # never worse than its start
+    for name in ("ilp+verify", "iqp+verify"):
+        cell = json.loads(next((tmp_path / "cells").glob(f"*_{name}_*.json")).read_text())
+        assert len(cell["verify_history"]) == cell["row"]["verify_evaluations"]
+        assert cell["key"]["verify"] == {"max_evals": 3, "tolerance": 0.05}
+    # other interaction settings: the pairwise table and the iqp cells only; other verify settings: +verify only
+    again = _run(tmp_path, inputs, StudySpec(**{**spec.__dict__, "interaction_noise_floor": 0.01}))
+    fresh = set(again.results[~again.results.cached].allocator)
+    assert fresh == {"iqp", "iqp+verify"} and len(list((tmp_path / "sensitivity").glob("*_pairs_*.json"))) == 2
+    again = _run(tmp_path, inputs, StudySpec(**{**spec.__dict__, "verify_max_evals": 2}))
+    assert set(again.results[~again.results.cached].allocator) == {"ilp+verify", "iqp+verify"}
+
+
+def test_unknown_allocator_names_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"unknown allocator 'ilp\+verfy'; valid allocators: .*ilp\+verify"):
+        StudySpec(allocators=("ilp", "ilp+verfy"))
+    assert StudySpec(allocators=("fmpq+verify", "iqp")).allocators == ("fmpq+verify", "iqp")
+
+
+def test_a_user_loss_reaches_qat_and_keys_its_cells(tmp_path, inputs):
+    spec = StudySpec(**{**TINY, "allocators": ("uniform",), "budgets": (8.0,), "modes": ("qat",), "qat_steps": 1})
+    train = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    plain = _run(tmp_path, inputs, spec, train_images=train)
+    with pytest.warns(UserWarning, match="noisy_rd_loss ran"):
+        res = _run(tmp_path, inputs, spec, train_images=train, loss=noisy_rd_loss)
+    assert not res.results[res.results["mode"] == "qat"].cached.any()  # not the default loss's QAT cells
+    fp = res.results.set_index(["allocator", "mode"]).cached
+    assert fp[("fp32", "ptq")] and not fp[("uniform", "ptq")]  # the float model's evaluation does not use it
+    assert any(w["cell"] == "bmshj2018-hyperprior q1 uniform avg_bits=8 qat" for w in res.warnings)
+    assert any(w["cell"] == "bmshj2018-hyperprior q1 fp32 qat" for w in res.warnings)
+    assert len(plain.results) == len(res.results)
