@@ -1,5 +1,16 @@
 """``bitalloc`` command line: a thin layer over the library (``main(argv)`` builds its parser on call).
 
+One command per stage, composable through files (the README tour as shell commands)::
+
+    bitalloc sensitivity --model bmshj2018-hyperprior --quality 4 --out table.csv   # bitalloc.cli_stages
+    bitalloc allocate --table table.csv --budget 4 --allocator ilp --out plan.json  # bitalloc.cli_stages
+    bitalloc apply --model ... --quality 4 --plan plan.json --out q4.pt           # bitalloc.cli_quantize
+    bitalloc export --model ... --quality 4 --plan plan.json --out q4.bin         # bitalloc.cli_quantize
+    bitalloc evaluate --model ... --qualities 1,3,4,6 --files q4.pt --json rd.json  # bitalloc.cli_evaluate
+
+plus ``train`` and ``checkpoints`` (here) and ``compare`` (:mod:`bitalloc.cli_compare`: the allocator study,
+locally, on ``--workers N`` processes or on a Dask ``--scheduler``).
+
 Every argument is checked before any work starts: a bad value is an argparse error naming its flag (exit 2),
 never a traceback after a minute of work. Ctrl-C prints "interrupted; rerun to resume" and exits 130
 (``train`` resumes from its workdir, ``compare`` from its ``--out``).
@@ -13,6 +24,7 @@ import sys
 from pathlib import Path
 
 from . import cli_checks as checks
+from .cli_compare import add_compare
 from .cli_evaluate import add_evaluate
 from .cli_quantize import add_apply, add_export
 from .cli_stages import add_allocate, add_sensitivity
@@ -57,31 +69,10 @@ def _cmd_checkpoints(args) -> int:
     return 0
 
 
-# ---- compare -------------------------------------------------------------------------------------------------
-
-def _cmd_compare(args) -> int:
-    import os
-    import platform
-
-    import torch
-
-    from .harness import run_study
-    from .report import write_report
-
-    torch.set_num_threads(args.threads)
-    result = run_study(args.spec, args.out, data=args.data)
-    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
-    report = write_report(result, args.out, command="bitalloc compare " + " ".join(args.argv), machine=machine)
-    print(result.ranking.to_string(index=False))
-    print(f"report: {report}")
-    return 0
-
-
 # ---- parser and entry point ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .harness import StudySpec
 
     fmt = checks.HelpFormatter
     parser = argparse.ArgumentParser(prog="bitalloc", description="Bit allocation for learned image compression",
@@ -113,27 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_apply(sub, fmt)
     add_export(sub, fmt)
     add_evaluate(sub, fmt)
-
-    p = sub.add_parser("compare", help="rank allocators on the shipped checkpoints (real bitstreams, BD-rate)",
-                       formatter_class=fmt)
-    p.add_argument("--model", default="bmshj2018-hyperprior", help="model family with shipped checkpoints")
-    p.add_argument("--qualities", type=int, nargs="+", default=None, help="qualities (default: 1 3 4 6)")
-    p.add_argument("--allocators", nargs="+", default=["fmpq", "ilp", "convex", "greedy", "uniform"],
-                   help="registered allocator names (bitalloc.available_allocators()), or dynaquant with qat")
-    p.add_argument("--budgets", type=checks.positive_float, nargs="+", default=None,
-                   help="average weight bits (or ratios) (default: 8 6 4; 8 4 with --quick)")
-    p.add_argument("--budget-kind", default="avg_bits", choices=["avg_bits", "ratio"], help="what --budgets are")
-    p.add_argument("--modes", nargs="+", default=["ptq"], choices=["ptq", "qat"], help="post-training and/or QAT")
-    p.add_argument("--qat-steps", type=checks.positive_int, default=None,
-                   help=f"QAT steps (default: {StudySpec.qat_steps}; 20 with --quick)")
-    p.add_argument("--limit", type=checks.positive_int, default=None,
-                   help="evaluate on the first N images only (default: all; 4 with --quick)")
-    p.add_argument("--quick", action="store_true",
-                   help="2 budgets, 4 images, small calibration: a few minutes on 2 cores")
-    p.add_argument("--out", default="runs/compare", help="results folder (an interrupted run resumes from it)")
-    checks.add_threads(p)
-    checks.add_data(p)
-    p.set_defaults(func=_cmd_compare, check=checks.check_compare, resumable=True, parser=p)
+    add_compare(sub, fmt)
 
     p = sub.add_parser("checkpoints", help="list the checkpoints that ship, with their Kodak numbers",
                        formatter_class=fmt)

@@ -106,18 +106,26 @@ def test_compare_hands_valid_arguments_to_the_study(monkeypatch, tmp_path, data)
     class Result:
         ranking = __import__("pandas").DataFrame({"allocator": ["ilp"]})
 
-    def run_study(spec, out, data=None):
-        seen.update(spec=spec, out=out, data=data)
+    def run_study(spec, out, data=None, workers=1, executor=None):
+        seen.update(spec=spec, out=out, data=data, workers=workers, executor=executor)
         return Result()
 
     monkeypatch.setattr(bitalloc.harness, "run_study", run_study)
-    monkeypatch.setattr(bitalloc.report, "write_report", lambda result, out, command, machine: f"{out}/report.md")
+    def write_report(result, out, command, machine, layers):
+        seen["layers"] = layers
+        return f"{out}/report.md"
+
+    monkeypatch.setattr(bitalloc.report, "write_report", write_report)
     out = str(tmp_path / "study")
     assert main(["compare", "--quick", "--limit", "1", "--allocators", "ilp", "uniform", "--threads", "1",
                  "--data", str(data), "--out", out]) == 0
     spec = seen["spec"]
     assert (spec.qualities, spec.allocators, spec.budgets, spec.eval_limit, spec.qat_steps, seen["out"]) == \
         ((1, 3, 4, 6), ("ilp", "uniform"), (8.0, 4.0), 1, 20, out)
+    assert (seen["workers"], seen["executor"]) == (1, None)
+    assert set(seen["layers"]["quality"]) == {1, 3, 4, 6} and seen["layers"]["layer"].iloc[0] == "g_a.0"
+    assert main(["compare", "--quick", "--qualities", "1,4", "--workers", "2", "--data", str(data), "--out", out]) == 0
+    assert (seen["spec"].qualities, seen["workers"], seen["executor"]) == ((1, 4), 2, None)
 
 
 def test_train_refuses_bad_arguments_before_any_work(capsys, tmp_path, data, no_work, monkeypatch):
@@ -173,15 +181,15 @@ def test_train_writes_into_the_workdir_by_default(tmp_path, data, fake_training,
 @pytest.mark.parametrize("command,resume", [("train", True), ("compare", True), ("evaluate", False)])
 def test_ctrl_c_exits_130_without_a_traceback(monkeypatch, capsys, tmp_path, data, command, resume):
     import bitalloc.cli
+    import bitalloc.cli_compare
     import bitalloc.cli_evaluate
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    if command == "evaluate":
-        monkeypatch.setattr(bitalloc.cli_evaluate, "run_evaluate", interrupted)
-    else:
-        monkeypatch.setattr(bitalloc.cli, f"_cmd_{command}", interrupted)
+    module, name = {"train": (bitalloc.cli, "_cmd_train"), "compare": (bitalloc.cli_compare, "run_compare"),
+                    "evaluate": (bitalloc.cli_evaluate, "run_evaluate")}[command]
+    monkeypatch.setattr(module, name, interrupted)
     argv = {"train": ["train", "--model", "mbt2018-mean", "--quality", "1", "--workdir", str(tmp_path / "r")],
             "compare": ["compare", "--out", str(tmp_path / "s")],
             "evaluate": ["evaluate", "--model", "mbt2018-mean", "--quality", "1"]}[command]
