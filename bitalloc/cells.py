@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .analysis import FP_ALLOCATOR
@@ -24,8 +25,8 @@ from .plan import BitPlan
 from .repair import split_verify
 
 __all__ = ["DYNAMIC_ALLOCATOR", "Cell", "PlanOverBudgetError", "allocate_task", "cached_plan_problem",
-           "check_within_budget", "outcome_task", "pairs_task", "reference_task", "study_budget", "table_task",
-           "with_means"]
+           "check_within_budget", "fresh_source", "outcome_task", "pairs_task", "reference_task", "study_budget",
+           "table_task", "with_means"]
 
 DYNAMIC_ALLOCATOR = "dynaquant"
 
@@ -96,6 +97,18 @@ def with_means(cell: dict, outcome: dict) -> dict:
     return cell
 
 
+def fresh_source(train, seed: int):
+    """The training source as a run of its own sees it: an :class:`~bitalloc.data.ImageFolder` gets a new random
+    stream from ``seed`` (the decoded photos shared), so a QAT outcome depends on its plan and settings only, not
+    on how many QAT runs drew crops from the same folder before it in this process."""
+    from .data import ImageFolder
+
+    if isinstance(train, ImageFolder):
+        train = copy.copy(train)
+        train.rng = np.random.default_rng(seed)
+    return train
+
+
 def table_task(model, calib, spec, path: Path, frame_path: Path | None, loss) -> CostTable:
     from . import study_steps as steps
 
@@ -155,7 +168,8 @@ def outcome_task(cache, spec, quality: int, mode: str, plan: dict, model, train,
     bits = BitPlan.from_dict(plan)
     key = cache.outcome_key(quality, mode, bits.bits)
     path = cache.path("outcomes", f"{spec.model}_q{quality}_{mode}", key)
-    evaluated, qat_loss = steps.quantize_plan(copy.deepcopy(model.get()), bits, mode, spec, train.get(),
+    evaluated, qat_loss = steps.quantize_plan(copy.deepcopy(model.get()), bits, mode, spec,
+                                              fresh_source(train.get(), spec.seed),
                                               cache.root / "qat" / path.stem, loss)
     found = {"images": steps.evaluate_images(evaluated, evals.get()).to_dict(orient="records"),
              "qat_final_loss": qat_loss}
@@ -170,11 +184,13 @@ def reference_task(cell: Cell, spec, model, train, evals, workdir: Path | None, 
     model = copy.deepcopy(model.get())
     if cell.allocator == FP_ALLOCATOR:
         found = {"row": {"status": "reference", "avg_bits": 32.0}, "plan": None}
-        model, qat_loss = steps.quantize_plan(model, {}, cell.mode, spec, train.get(), workdir, loss)
+        model, qat_loss = steps.quantize_plan(model, {}, cell.mode, spec, fresh_source(train.get(), spec.seed),
+                                              workdir, loss)
         outcome = {"images": steps.evaluate_images(model, evals.get()).to_dict(orient="records"),
                    "qat_final_loss": qat_loss}
     else:
-        found, outcome = _dynamic_cell(workdir, spec, cell, model, train.get(), evals.get(), progress)
+        found, outcome = _dynamic_cell(workdir, spec, cell, model, fresh_source(train.get(), spec.seed), evals.get(),
+                                       progress)
     return with_means(found, outcome)
 
 

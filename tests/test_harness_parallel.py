@@ -7,6 +7,7 @@ the same numbers and the same cache files.
 
 import collections
 import json
+import shutil
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -187,3 +188,34 @@ def test_a_user_loss_reaches_qat_and_keys_its_cells(tmp_path, inputs):
     assert any(w["cell"] == "bmshj2018-hyperprior q1 uniform avg_bits=8 qat" for w in res.warnings)
     assert any(w["cell"] == "bmshj2018-hyperprior q1 fp32 qat" for w in res.warnings)
     assert len(plain.results) == len(res.results)
+
+
+def test_a_qat_outcome_does_not_depend_on_the_qat_runs_before_it(tmp_path, inputs):
+    """Training crops from an image folder: each QAT run draws its own stream of the seed, so an outcome
+    recomputed alone (on a resume, or on another worker) is the one the full run computed after others."""
+    import numpy as np
+    from PIL import Image
+
+    from bitalloc.data import ImageFolder
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "train").mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(tmp_path / "train" / f"t{i}.png")
+    spec = StudySpec(**{**TINY, "allocators": ("uniform",), "budgets": (8.0, 4.0), "modes": ("qat",), "qat_steps": 2,
+                        "qat_lr": 1e-3})
+
+    def run():
+        return _run(tmp_path / "out", inputs, spec, train_images=ImageFolder(tmp_path / "train", crop=64, seed=0))
+
+    first = run().results.set_index(["allocator", "budget", "mode"])
+    for cell in (tmp_path / "out" / "cells").glob("*_avg_bits4_qat_*.json"):
+        cell.unlink()
+    for outcome in (tmp_path / "out" / "outcomes").glob("*_qat_*.json"):
+        if json.loads(outcome.read_text())["key"]["plan"][0][1] == 4:
+            outcome.unlink()
+            shutil.rmtree(tmp_path / "out" / "qat" / outcome.stem)  # its QAT run state too: trained again
+    again = run().results.set_index(["allocator", "budget", "mode"])
+    assert not again.loc[("uniform", 4.0, "qat"), "cached"]
+    assert again.loc[("uniform", 4.0, "qat"), "psnr_rgb"] == first.loc[("uniform", 4.0, "qat"), "psnr_rgb"]
+    assert again.loc[("uniform", 4.0, "qat"), "qat_final_loss"] == first.loc[("uniform", 4.0, "qat"), "qat_final_loss"]
