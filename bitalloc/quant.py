@@ -81,11 +81,23 @@ def weight_quantizer(module: nn.Module) -> WeightQuantizer | None:
     return None
 
 
+def _own_parametrized_class(module: nn.Module) -> None:
+    """Give a parametrized layer a class of its own. ``copy.deepcopy`` of a parametrized module shares the class
+    torch injected (it holds the ``weight`` property), and removing a parametrization deletes that property from
+    the class: without this, removing the plan from a copy would break the original's ``weight``."""
+    cls = type(module)
+    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
+
+
 def remove_plan(model: nn.Module) -> nn.Module:
-    """Turn every fake-quantized layer back into a float layer holding its *original* weights (in place)."""
+    """Turn every fake-quantized layer back into a float layer holding its *original* weights (in place).
+
+    Safe on a deep copy of a quantized model: the model it was copied from keeps its plan."""
     for m in quantizable_layers(model, gdn=True).values():
         name = quantized_tensor_name(m)
         if parametrize.is_parametrized(m, name):
+            _own_parametrized_class(m)
             parametrize.remove_parametrizations(m, name, leave_parametrized=False)
         if hasattr(m, "input_quantizer"):
             del m.input_quantizer

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from bitalloc.plan import BitPlan
 from bitalloc.quant import (ESTIMATORS, ActQuantizer, WeightQuantizer, apply_plan, calibrate_range, check_bits,
                             dgm_grad, fake_quantize, layer_size_bits, plan_of, remove_plan)
+from bitalloc.act_quant import calibrate_activations
 from bitalloc.graph import quantizable_layers
 
 
@@ -149,6 +150,29 @@ def test_apply_does_not_mutate_unless_inplace(hyperprior):
     assert len(plan_of(hyperprior)) == len(names)
     remove_plan(hyperprior)
     assert all(torch.equal(before[k], v) for k, v in hyperprior.state_dict().items())
+
+
+def test_replanning_a_quantized_model_leaves_it_intact(hyperprior, images):
+    """apply_plan(q, plan2) copies q and removes its quantizers on the copy; the copy used to share the class
+    torch injects for the parametrized weight, so removing deleted q's ``weight`` (AttributeError in q.g_a)."""
+    names = list(quantizable_layers(hyperprior))
+    hyperprior.eval()
+    q = apply_plan(hyperprior, BitPlan.uniform(names, 4), act_bits=8)
+    calibrate_activations(q, images)
+    with torch.no_grad():
+        y = q.g_a(images)
+        q2 = apply_plan(q, BitPlan.uniform(names, 6))
+        assert torch.equal(q.g_a(images), y)
+        assert plan_of(q) == BitPlan.uniform(names, 4, act_bits=8)
+        # the copy is planned from the original float weights, as a plan applied to the float model
+        direct = apply_plan(hyperprior, BitPlan.uniform(names, 6))
+        assert plan_of(q2) == plan_of(direct)
+        assert torch.equal(q2.g_a(images), direct.g_a(images))
+        remove_plan(q2)
+        assert torch.equal(q.g_a(images), y)
+        float_state, back = hyperprior.state_dict(), q2.state_dict()
+        assert back.keys() == float_state.keys()
+        assert all(torch.equal(back[k], v) for k, v in float_state.items())
 
 
 def test_unknown_layer_error_names_it(hyperprior):
