@@ -25,8 +25,8 @@ from .plan import BitPlan
 from .repair import split_verify
 
 __all__ = ["DYNAMIC_ALLOCATOR", "Cell", "PlanOverBudgetError", "allocate_task", "cached_plan_problem",
-           "check_within_budget", "fresh_source", "outcome_task", "pairs_task", "reference_task", "study_budget",
-           "table_task", "with_means"]
+           "check_within_budget", "folder_recipe", "fresh_source", "outcome_task", "pairs_task", "reference_task",
+           "study_budget", "table_task", "with_means"]
 
 DYNAMIC_ALLOCATOR = "dynaquant"
 
@@ -107,6 +107,19 @@ def fresh_source(train, seed: int):
         train = copy.copy(train)
         train.rng = np.random.default_rng(seed)
     return train
+
+
+def folder_recipe(train) -> tuple | None:
+    """How a worker rebuilds an :class:`~bitalloc.data.ImageFolder` of a whole folder (decoding its photos
+    once) instead of receiving every decoded photo with every task; None for any other source."""
+    from .data import ImageFolder, image_paths
+
+    if not isinstance(train, ImageFolder) or not train.paths:
+        return None
+    folder = train.paths[0].parent
+    if list(train.paths) != image_paths(folder):  # a split: shipped as it is
+        return None
+    return ImageFolder, (folder, train.crop, train.flips)
 
 
 def table_task(model, calib, spec, path: Path, frame_path: Path | None, loss) -> CostTable:

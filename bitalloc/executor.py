@@ -53,26 +53,29 @@ class Shipped:
     ``get()`` returns the object itself in this process, and the worker's one copy elsewhere: callers must not
     change it in place (the harness deep-copies models before use)."""
 
-    def __init__(self, obj: Any):
+    def __init__(self, obj: Any, recipe: tuple | None = None):
         self._obj, self._here, self._blob, self.key = obj, True, None, uuid.uuid4().hex
+        self.recipe = recipe  # (function, args) that rebuilds obj in a worker: shipped instead of obj
 
     def get(self) -> Any:
         if self._here:
             return self._obj
         if self.key not in _MEMO:
-            _MEMO[self.key] = pickle.loads(self._blob)  # bytes this study pickled itself, not a file
+            fn, args = self.recipe or (pickle.loads, (self._blob,))  # bytes this study pickled itself, not a file
+            _MEMO[self.key] = fn(*args)
             while len(_MEMO) > _MEMO_SIZE:
                 _MEMO.popitem(last=False)
         _MEMO.move_to_end(self.key)
         return _MEMO[self.key]
 
     def __getstate__(self) -> dict:
-        if self._blob is None:
+        if self._blob is None and self.recipe is None:
             self._blob = pickle.dumps(self._obj, protocol=pickle.HIGHEST_PROTOCOL)
-        return {"key": self.key, "blob": self._blob}
+        return {"key": self.key, "blob": self._blob, "recipe": self.recipe}
 
     def __setstate__(self, state: dict) -> None:
-        self._obj, self._here, self.key, self._blob = None, False, state["key"], state["blob"]
+        self._obj, self._here, self.key = None, False, state["key"]
+        self._blob, self.recipe = state["blob"], state["recipe"]
 
     def __dask_tokenize__(self):
         return ("bitalloc.Shipped", self.key)

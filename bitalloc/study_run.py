@@ -16,8 +16,8 @@ whichever worker finished first.
 from __future__ import annotations
 
 from .analysis import FP_ALLOCATOR
-from .cells import (Cell, allocate_task, cached_plan_problem, outcome_task, pairs_task, reference_task, study_budget,
-                    table_task, with_means)
+from .cells import (Cell, allocate_task, cached_plan_problem, folder_recipe, outcome_task, pairs_task, reference_task,
+                    study_budget, table_task, with_means)
 from .executor import Runner, Shipped
 from .plan import BitPlan
 from .repair import split_verify
@@ -36,7 +36,7 @@ class StudyRun:
         self.spec, self.cache, self.loss, self.runner, self.bar = spec, cache, loss, runner, bar
         self.progress = progress and runner.executor is None  # DynaQuant's own bar, in this process only
         self.models = {q: Shipped(m) for q, m in models.items()}
-        self.calib, self.evals, self.train = Shipped(calib), Shipped(evals), Shipped(train)
+        self.calib, self.evals, self.train = Shipped(calib), Shipped(evals), Shipped(train, folder_recipe(train))
         self.eval_names = list(evals)
         self.tables: dict = {}  # (quality, pairwise) -> CostTable
         self.waiting: dict = {}  # (quality, pairwise) or outcome path -> continuations

@@ -219,3 +219,28 @@ def test_a_qat_outcome_does_not_depend_on_the_qat_runs_before_it(tmp_path, input
     assert not again.loc[("uniform", 4.0, "qat"), "cached"]
     assert again.loc[("uniform", 4.0, "qat"), "psnr_rgb"] == first.loc[("uniform", 4.0, "qat"), "psnr_rgb"]
     assert again.loc[("uniform", 4.0, "qat"), "qat_final_loss"] == first.loc[("uniform", 4.0, "qat"), "qat_final_loss"]
+
+
+def test_shipped_arguments_travel_once_and_an_image_folder_as_its_recipe(tmp_path):
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    from bitalloc.cells import folder_recipe
+    from bitalloc.data import ImageFolder
+    from bitalloc.executor import Shipped
+
+    for i in range(2):
+        Image.fromarray(np.full((96, 96, 3), 40 * i, dtype=np.uint8)).save(tmp_path / f"p{i}.png")
+    folder = ImageFolder(tmp_path, crop=64, seed=0)
+    shipped = Shipped(folder, folder_recipe(folder))
+    assert shipped.get() is folder  # here: the object itself
+    blob = pickle.dumps(shipped)
+    assert len(blob) < 2000 < len(pickle.dumps(folder))  # the paths, not the decoded photos
+    there = pickle.loads(blob).get()
+    assert there is not folder and there.paths == folder.paths and there.crop == 64
+    assert all(torch.equal(a, b) for a, b in zip(there.images, folder.images))
+    assert pickle.loads(blob).get() is there  # decoded once per worker process
+    tensor = Shipped(torch.arange(6.0))
+    assert torch.equal(pickle.loads(pickle.dumps(tensor)).get(), torch.arange(6.0))
