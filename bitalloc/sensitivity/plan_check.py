@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch.nn as nn
 
+from bitalloc.act_quant import activation_quantizers, calibrate_activations
 from bitalloc.costs import CostTable
 from bitalloc.objective import Loss, evaluate_loss, model_device, relative_increase, resolve_loss
+from bitalloc.observers import make_observer
 from bitalloc.quant import apply_plan, plan_of
 from bitalloc.sensitivity.calibration import calibration_batches
 
@@ -48,15 +50,19 @@ class JointLoss:
     every plan is applied (:func:`bitalloc.apply_plan`) and evaluated on the same batches. :func:`check_plan`
     and :func:`bitalloc.verify_and_repair` measure through it. ``evaluations`` counts the plans measured.
 
-    ``images``, ``loss``, ``calibration``, ``lmbda``, ``crop``, ``limit``: as for :func:`check_plan`.
+    ``images``, ``loss``, ``calibration``, ``observer``, ``observer_options``, ``lmbda``, ``crop``, ``limit``: as
+    for :func:`check_plan`.
     """
 
     def __init__(self, model: nn.Module, images: Any = None, *, loss: Loss | None = None,
                  calibration: str = "minmax", lmbda: float | None = None, crop: int = 256,
-                 limit: int | None = 4):
+                 limit: int | None = 4, observer: str = "minmax",
+                 observer_options: Mapping[str, Any] | None = None):
         if len(plan_of(model)):
             raise ValueError("check_plan needs the float model, but this one is already fake-quantized")
+        make_observer(observer, **dict(observer_options or {}))  # an unknown observer or option fails first
         self.model, self.calibration = model, calibration
+        self.observer, self.observer_options = observer, dict(observer_options or {})
         self.objective = resolve_loss(model, loss, lmbda)
         self.batches = calibration_batches(images, crop=crop, limit=limit, device=model_device(model))
         self.evaluations = 0
@@ -68,8 +74,11 @@ class JointLoss:
             model.train(was_training)
 
     def parts(self, plan) -> dict[str, float]:
-        """Every loss part of the model with ``plan`` ({layer: bits} or :class:`~bitalloc.plan.BitPlan`) applied."""
+        """Every loss part of the model with ``plan`` ({layer: bits} or :class:`~bitalloc.plan.BitPlan`) applied;
+        a plan's activation quantizers are calibrated (``observer``) on the same batches first."""
         qmodel = apply_plan(self.model, plan, calibration=self.calibration).eval()
+        if activation_quantizers(qmodel):
+            calibrate_activations(qmodel, self.batches, self.observer, **self.observer_options)
         self.evaluations += 1
         return evaluate_loss(qmodel, self.objective, self.batches)
 
@@ -87,13 +96,17 @@ class JointLoss:
 
 def check_plan(model: nn.Module, plan, table: CostTable, images: Any = None, *, loss: Loss | None = None,
                calibration: str = "minmax", lmbda: float | None = None, crop: int = 256,
-               limit: int | None = 4) -> PlanCheck:
+               limit: int | None = 4, observer: str = "minmax",
+               observer_options: Mapping[str, Any] | None = None) -> PlanCheck:
     """Quantize every layer of ``plan`` together and compare the loss with the table's additive prediction.
 
     Use the data, loss, crop and calibration the table was measured with (``images`` and ``loss`` as in
     :func:`bitalloc.measure_sensitivity`). Per-layer sensitivities assume costs add up; when layers interact
     (e.g. all of a hyper-synthesis transform at 2 bits) a plan can cost far more than predicted, which
     :meth:`PlanCheck.ok` reports before any bitstream is written. Several plans on the same data: :class:`JointLoss`.
+    A plan with activation bits has its activation ranges calibrated on the same data by ``observer``
+    (:data:`bitalloc.observers.OBSERVERS`, options in ``observer_options``), as
+    :func:`bitalloc.calibrate_activations` does.
     """
     from bitalloc.plan import BitPlan
 
@@ -101,5 +114,5 @@ def check_plan(model: nn.Module, plan, table: CostTable, images: Any = None, *, 
     if len(plan_of(model)):
         raise ValueError("check_plan needs the float model, but this one is already fake-quantized")
     plan.cost(table)  # a plan the table does not cover fails before any forward pass
-    return JointLoss(model, images, loss=loss, calibration=calibration, lmbda=lmbda, crop=crop,
-                     limit=limit).check(plan, table)
+    return JointLoss(model, images, loss=loss, calibration=calibration, lmbda=lmbda, crop=crop, limit=limit,
+                     observer=observer, observer_options=observer_options).check(plan, table)
