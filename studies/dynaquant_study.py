@@ -65,25 +65,12 @@ def _cached_frame(path: Path, make) -> pd.DataFrame:
 
 
 def layer_macs(model: torch.nn.Module, height: int, width: int) -> dict[str, float]:
-    """MACs per quantizable layer for one (3, height, width) image (forward hooks, eval mode)."""
+    """MACs per quantizable layer for one (3, height, width) image (:func:`bitalloc.count_macs`)."""
     from bitalloc.graph import quantizable_layers
+    from bitalloc.macs import count_macs
 
-    macs, handles = {}, []
-    for name, m in quantizable_layers(model).items():
-        def hook(mod, args, out, name=name):
-            k = mod.kernel_size[0] * mod.kernel_size[1]
-            if isinstance(mod, torch.nn.ConvTranspose2d):
-                macs[name] = float(args[0][0].numel() * (mod.out_channels // mod.groups) * k)
-            else:
-                macs[name] = float(out[0].numel() * (mod.in_channels // mod.groups) * k)
-        handles.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, height, width))
-    finally:
-        for h in handles:
-            h.remove()
-    return macs
+    macs = count_macs(model, (3, height, width))
+    return {name: float(macs[name]) for name in quantizable_layers(model) if name in macs}
 
 
 def _bits_columns(df: pd.DataFrame) -> list[str]:

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bitalloc.macs import layer_macs
+
 from .quantizers import ContentAwareActQuantizer, NestedWeight
 
 __all__ = ["DynamicLayer", "FIXED_BITS"]
@@ -50,13 +52,6 @@ class DynamicLayer(nn.Module):
             return F.conv_transpose2d(x, w, m.bias, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
         return m._conv_forward(x, w, m.bias)
 
-    def _macs(self, x: torch.Tensor, out: torch.Tensor) -> float:
-        m = self.layer
-        k = m.kernel_size[0] * m.kernel_size[1]
-        if isinstance(m, nn.ConvTranspose2d):  # every input element meets C_out/groups kernels
-            return float(x[0].numel() * (m.out_channels // m.groups) * k)
-        return float(out[0].numel() * (m.in_channels // m.groups) * k)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is not None:
             x = self.act(x)
@@ -75,5 +70,5 @@ class DynamicLayer(nn.Module):
             out = 0
             for k in ks:
                 out = out + c[:, k].view(n, 1, 1, 1) * self._conv(x, self.weight_q(w, self.candidate_bits[k]))
-        self.macs = self._macs(x, out)
+        self.macs = float(layer_macs(self.layer, x, out))  # per image, as bitalloc.count_macs counts
         return out
