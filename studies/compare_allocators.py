@@ -33,12 +33,17 @@ from bitalloc.models import load_model
 from bitalloc.report import layer_frame
 
 RESULTS = Path(__file__).parent / "results"
+ALLOCATORS = ("fmpq", "ilp", "convex", "greedy", "uniform", "iqp", "ilp+verify", "iqp+verify")
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", nargs="+", default=["bmshj2018-hyperprior", "mbt2018-mean"])
     p.add_argument("--modes", nargs="+", default=["ptq", "qat"])
+    p.add_argument("--allocators", nargs="+", default=list(ALLOCATORS),
+                   help="static allocators compared (the interaction-aware ones measure pairwise terms / joint losses)")
+    p.add_argument("--out", default=None,
+                   help="results folder, '{model}' replaced by the model (default: studies/results/compare_<model>)")
     p.add_argument("--qat-budgets", type=float, nargs="+", default=[8.0, 6.0, 4.0],
                    help="budgets that also get QAT (default: all three)")
     p.add_argument("--dynaquant-budgets", type=float, nargs="*", default=[6.0],
@@ -64,8 +69,8 @@ def main(argv=None) -> None:
         results = []
         for mode in args.modes:
             budgets = (8.0, 6.0, 4.0) if mode == "ptq" else tuple(args.qat_budgets)
-            spec = StudySpec(model=model, budgets=budgets, modes=(mode,), qat_steps=args.qat_steps,
-                             eval_limit=args.limit, qualities=tuple(args.qualities))
+            spec = StudySpec(model=model, allocators=tuple(args.allocators), budgets=budgets, modes=(mode,),
+                             qat_steps=args.qat_steps, eval_limit=args.limit, qualities=tuple(args.qualities))
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         if "qat" in args.modes and args.dynaquant_budgets:
             spec = StudySpec(model=model, allocators=("dynaquant",), budgets=tuple(args.dynaquant_budgets),
@@ -74,7 +79,8 @@ def main(argv=None) -> None:
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         merged = merge_results(*results)
         models = {q: load_model(model, q, pretrained=StudySpec.pretrained) for q in args.qualities}
-        report = write_report(merged, RESULTS / f"compare_{model}", command=command, machine=machine,
+        out = Path(args.out.format(model=model)) if args.out else RESULTS / f"compare_{model}"
+        report = write_report(merged, out, command=command, machine=machine,
                               layers=layer_frame(models))
         print(report.read_text())
 
