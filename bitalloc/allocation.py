@@ -118,7 +118,10 @@ class BaseAllocator:
             raise ValueError(f"allocator '{self.name}' does not support extra constraints "
                              f"({', '.join(c.name for c in budget.extra)}); use 'ilp'")
         t0 = time.perf_counter()
-        sol = self._solve(table, budget)
+        if table.act_bits is not None and not budget.extra:
+            sol = self._solve_weight_view(table, budget)
+        else:
+            sol = self._solve(table, budget)
         dt = time.perf_counter() - t0
         if table.pairwise and not self.supports_pairwise and sol.status != AllocStatus.ERROR:
             sol = ignored_pairwise(table, sol, self.name)
@@ -143,6 +146,18 @@ class BaseAllocator:
             extra.pop("gap", None)
         plan = BitPlan.from_choices(table, choice, allocator=self.name)
         return Allocation(plan, status, objective, size, dt, sol.iterations, message, extra, gap)
+
+    def _solve_weight_view(self, table: CostTable, budget: Budget) -> Solution:
+        """A (weight, activation) table under a size budget alone: solve its weight view (per layer and weight
+        bits the cheapest activation candidate; :func:`bitalloc.acttable.weight_view`), map the choices back."""
+        from bitalloc.acttable import weight_view
+
+        view, pick = weight_view(table)
+        sol = self._solve(view, budget)
+        if sol.choice is None:
+            return sol
+        back = pick[np.arange(table.num_layers), np.asarray(sol.choice, dtype=np.int64)]
+        return replace(sol, choice=back)
 
     def _solve(self, table: CostTable, budget: Budget) -> Solution:  # pragma: no cover - abstract
         raise NotImplementedError

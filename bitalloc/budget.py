@@ -40,13 +40,23 @@ class LinearConstraint:
 
     @classmethod
     def bit_operations(cls, table: CostTable, macs: Mapping[str, float], max_value: float, *,
-                       activation_bits: int | Mapping[str, int] = 8,
+                       activation_bits: int | Mapping[str, int] | None = None,
                        name: str = "bit_operations") -> "LinearConstraint":
         """BOPs = MACs x weight bits x activation bits per layer (HAWQ-V3's second resource); ``activation_bits``
-        one width for every layer or {layer: width} (e.g. a plan's ``act_bits``; 32 for a float input)."""
+        one width for every layer or {layer: width} (e.g. a plan's ``act_bits``; 32 for a float input), 8 when
+        not given. A (weight, activation) table (``table.act_bits``) takes each candidate's own activation bits
+        (32 for a float input) and refuses ``activation_bits``."""
         missing = [n for n in table.layer_names if n not in macs]
         if missing:
             raise BudgetError(f"bit_operations: no MAC count for layer '{missing[0]}'")
+        if table.act_bits is not None:
+            if activation_bits is not None:
+                raise BudgetError("bit_operations: activation_bits= was given for a table whose candidates carry "
+                                  "their own activation bits (table.act_bits); leave it out")
+            per_candidate = [32 if a is None else a for a in table.act_bits]
+            return cls(name, {n: tuple(float(macs[n]) * b * a for b, a in zip(table.bits, per_candidate))
+                              for n in table.layer_names}, max_value)
+        activation_bits = 8 if activation_bits is None else activation_bits
         acts = activation_bits if isinstance(activation_bits, Mapping) else dict.fromkeys(table.layer_names,
                                                                                            activation_bits)
         missing = [n for n in table.layer_names if n not in acts]

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from bitalloc.acttable import check_act_bits, weight_columns
 from bitalloc.atomic import atomic_write_text  # re-exported: callers import it from here too
 from bitalloc.errors import BudgetError, CostTableError
 from bitalloc.pairwise import PairTerms, validate_pairwise
@@ -58,9 +59,13 @@ class CostTable(TableFormats):
     hessian_trace: np.ndarray | None = None
     weight_variance: np.ndarray | None = None
     pairwise: Mapping[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    act_bits: tuple[int | None, ...] | None = None  # (weight, activation) candidates: :mod:`bitalloc.acttable`
 
     def __post_init__(self) -> None:
-        layers, bits, cost, size = check_fields(self.layers, self.bits, self.cost, self.size_bits)
+        layers, bits, cost, size = check_fields(self.layers, self.bits, self.cost, self.size_bits,
+                                                weight_only=self.act_bits is None)
+        if self.act_bits is not None:
+            object.__setattr__(self, "act_bits", check_act_bits(self.act_bits, bits, layers, size, self.pairwise))
         object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "bits", bits)
         object.__setattr__(self, "cost", cost)
@@ -78,9 +83,11 @@ class CostTable(TableFormats):
                     num_params: Sequence[int] | None = None, kinds: Sequence[str] | None = None,
                     branches: Sequence[str] | None = None, hessian_trace: Any = None,
                     weight_variance: Any = None,
-                    pairwise: Mapping[tuple[str, str], Any] | None = None) -> "CostTable":
+                    pairwise: Mapping[tuple[str, str], Any] | None = None,
+                    act_bits: Sequence[int | None] | None = None) -> "CostTable":
         """Build a table from plain arrays; ``size_bits=None`` means ``num_params * bits``; ``pairwise`` maps
-        layer-name pairs to (B, B) interaction costs (rows: bits of the first layer)."""
+        layer-name pairs to (B, B) interaction costs (rows: bits of the first layer); ``act_bits``: one input
+        activation bit-width (None: float) per candidate, for (weight, activation) candidates."""
         names = list(layer_names)
         n = len(names)
         for fname, seq in (("num_params", num_params), ("kinds", kinds), ("branches", branches)):
@@ -97,7 +104,8 @@ class CostTable(TableFormats):
                 raise CostTableError("size_bits is None and num_params is not given: one of them is needed")
             size_bits = np.outer(np.asarray(params, dtype=np.float64), np.asarray(list(bits), dtype=np.float64))
         return cls(layers=layers, bits=tuple(bits), cost=cost, size_bits=size_bits, hessian_trace=hessian_trace,
-                   weight_variance=weight_variance, pairwise=pairwise or {})
+                   weight_variance=weight_variance, pairwise=pairwise or {},
+                   act_bits=None if act_bits is None else tuple(act_bits))
 
     # properties -------------------------------------------------------------------------------------------
     @property
@@ -168,20 +176,25 @@ class CostTable(TableFormats):
         a = float(avg_bits)
         if not math.isfinite(a):
             raise BudgetError(f"avg_bits must be finite, got {avg_bits}")
-        bits = np.asarray(self.bits, dtype=np.float64)
         if a in self.bits:
             return exact_sum(self.size_bits[:, self.bits.index(int(a))])
+        bits, size = self._weight_sizes()
         if len(bits) == 1:
             raise BudgetError(f"avg_bits {a} is not the table's only candidate {self.bits[0]}")
         k = int(np.clip(np.searchsorted(bits, a) - 1, 0, len(bits) - 2))
         t = (a - bits[k]) / (bits[k + 1] - bits[k])
-        col = self.size_bits[:, k] + t * (self.size_bits[:, k + 1] - self.size_bits[:, k])
+        col = size[:, k] + t * (size[:, k + 1] - size[:, k])
         return exact_sum(col)
+
+    def _weight_sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct weight bit-widths and their (L, W) sizes (all columns of a weight-only table)."""
+        cols = weight_columns(self.bits)
+        return np.asarray(self.bits, dtype=np.float64)[cols], self.size_bits[:, cols]
 
     def size_to_avg_bits(self, size_bits: float) -> float:
         """Inverse of :meth:`uniform_size_bits`: the uniform bit-width whose (interpolated) size is ``size_bits``."""
-        sizes = np.array([exact_sum(c) for c in self.size_bits.T])
-        bits = np.asarray(self.bits, dtype=np.float64)
+        bits, size = self._weight_sizes()
+        sizes = np.array([exact_sum(c) for c in size.T])
         if len(bits) == 1:
             return float(bits[0] * size_bits / sizes[0]) if sizes[0] > 0 else float(bits[0])
         k = int(np.clip(np.searchsorted(sizes, size_bits) - 1, 0, len(bits) - 2))
@@ -199,7 +212,8 @@ class CostTable(TableFormats):
 
     def replace(self, **changes: Any) -> "CostTable":
         kw = dict(layers=self.layers, bits=self.bits, cost=self.cost, size_bits=self.size_bits,
-                  hessian_trace=self.hessian_trace, weight_variance=self.weight_variance, pairwise=self.pairwise)
+                  hessian_trace=self.hessian_trace, weight_variance=self.weight_variance, pairwise=self.pairwise,
+                  act_bits=self.act_bits)
         kw.update(changes)
         return CostTable(**kw)
 
@@ -214,14 +228,16 @@ class CostTable(TableFormats):
         return CostTable(layers=tuple(self.layers[i] for i in idx), bits=self.bits, cost=self.cost[idx],
                          size_bits=self.size_bits[idx], hessian_trace=pick(self.hessian_trace),
                          weight_variance=pick(self.weight_variance),
-                         pairwise={k: v for k, v in self.pairwise.items() if k[0] in kept and k[1] in kept})
+                         pairwise={k: v for k, v in self.pairwise.items() if k[0] in kept and k[1] in kept},
+                         act_bits=self.act_bits)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CostTable):
             return NotImplemented
         def same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
             return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
-        return (self.layers == other.layers and self.bits == other.bits and same(self.cost, other.cost)
+        return (self.layers == other.layers and self.bits == other.bits and self.act_bits == other.act_bits
+                and same(self.cost, other.cost)
                 and same(self.size_bits, other.size_bits) and same(self.hessian_trace, other.hessian_trace)
                 and same(self.weight_variance, other.weight_variance)
                 and self.pairwise.keys() == other.pairwise.keys()
@@ -232,7 +248,7 @@ class CostTable(TableFormats):
     def __reduce__(self) -> tuple:
         """Pickle (and deepcopy) by the constructor's arguments: the read-only pairwise mapping cannot be pickled."""
         return (CostTable, (self.layers, self.bits, self.cost, self.size_bits, self.hessian_trace,
-                            self.weight_variance, dict(self.pairwise)))
+                            self.weight_variance, dict(self.pairwise), self.act_bits))
 
 
 from bitalloc.budget import Budget, LinearConstraint  # noqa: E402  (re-exported; budget.py imports this module)

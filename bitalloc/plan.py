@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from bitalloc.acttable import candidate_label
 from bitalloc.bits import check_bits
 from bitalloc.errors import PlanError
 
@@ -76,9 +77,12 @@ class BitPlan:
 
     @classmethod
     def from_choices(cls, table: "CostTable", choice: Any, **meta: Any) -> "BitPlan":
-        """Plan from column indices into ``table.bits`` (one per layer)."""
+        """Plan from column indices into ``table.bits`` (one per layer); a (weight, activation) table's candidates
+        give the plan its ``act_bits`` (a float-input candidate none)."""
         choice = np.asarray(choice, dtype=np.int64)
-        return cls({n: table.bits[int(j)] for n, j in zip(table.layer_names, choice)}, meta)
+        acts = table.act_bits or ()
+        return cls({n: table.bits[int(j)] for n, j in zip(table.layer_names, choice)}, meta,
+                   {n: acts[int(j)] for n, j in zip(table.layer_names, choice) if acts and acts[int(j)] is not None})
 
     # mapping behaviour ------------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> int:
@@ -134,8 +138,22 @@ class BitPlan:
             raise PlanError("bit plan has " + "; and has ".join(problems))
 
     def choices(self, table: "CostTable") -> np.ndarray:
-        """Column index into ``table.bits`` per table layer; raises if the plan does not cover the table."""
+        """Column index into ``table.bits`` per table layer; raises if the plan does not cover the table.
+
+        A (weight, activation) table matches each layer's weight and activation bits (none: a float input); a
+        weight-only table matches weight bits only."""
         self.check_layers(table)
+        if table.act_bits is not None:
+            col = {(b, a): j for j, (b, a) in enumerate(zip(table.bits, table.act_bits))}
+            out = np.empty(table.num_layers, dtype=np.int64)
+            for i, n in enumerate(table.layer_names):
+                key = (self.bits[n], self.act_bits.get(n))
+                if key not in col:
+                    offered = ", ".join(candidate_label(b, a) for b, a in col)
+                    raise PlanError(f"layer '{n}' is {candidate_label(*key)} (weight bits, activation bits), not a "
+                                    f"candidate of the cost table ({offered})")
+                out[i] = col[key]
+            return out
         col = {b: j for j, b in enumerate(table.bits)}
         out = np.empty(table.num_layers, dtype=np.int64)
         for i, n in enumerate(table.layer_names):

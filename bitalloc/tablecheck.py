@@ -38,11 +38,12 @@ def per_layer(name: str, values: Any, layers: Sequence[Any]) -> np.ndarray | Non
     return readonly(arr)
 
 
-def check_fields(layers_in: Any, bits_in: Any, cost: Any,
-                 size_bits: Any) -> tuple[tuple[Any, ...], tuple[int, ...], np.ndarray, np.ndarray]:
+def check_fields(layers_in: Any, bits_in: Any, cost: Any, size_bits: Any, *,
+                 weight_only: bool = True) -> tuple[tuple[Any, ...], tuple[int, ...], np.ndarray, np.ndarray]:
     """The layers (LayerSpec, unique non-empty names, non-negative num_params), the ascending candidate bits and
     read-only (L, B) ``cost`` and ``size_bits`` (finite, non-negative, sizes growing with bits, totals within the
-    float range), or a :class:`CostTableError` naming the culprit."""
+    float range), or a :class:`CostTableError` naming the culprit. ``weight_only=False``: (weight, activation)
+    candidates, whose order and sizes :func:`bitalloc.acttable.check_act_bits` checks instead."""
     arrays_in = {"cost": cost, "size_bits": size_bits}
     layers = tuple(layers_in)
     if not layers:
@@ -67,7 +68,7 @@ def check_fields(layers_in: Any, bits_in: Any, cost: Any,
         raise CostTableError("cost table has no candidate bit-widths (field 'bits' is empty)")
     bits = tuple(check_bits(b, quantizer=False, error=CostTableError,
                             subject="candidate bit-width in field 'bits'") for b in bits)
-    if any(b1 >= b2 for b1, b2 in zip(bits, bits[1:])):
+    if weight_only and any(b1 >= b2 for b1, b2 in zip(bits, bits[1:])):
         raise CostTableError(f"field 'bits' must be strictly ascending, got {bits}")
 
     shape = (len(layers), len(bits))
@@ -94,7 +95,7 @@ def check_fields(layers_in: Any, bits_in: Any, cost: Any,
                 f"'{layers[l].name}', {arr[l].max():.6g}): a plan's total would be inf; rescale the table")
         arrays[fname] = arr
     size = arrays["size_bits"]
-    if len(bits) > 1:
+    if weight_only and len(bits) > 1:
         not_growing = np.diff(size, axis=1) <= 0
         if not_growing.any():
             l, j = map(int, np.argwhere(not_growing)[0])

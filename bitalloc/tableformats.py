@@ -18,11 +18,12 @@ from bitalloc.atomic import atomic_write_text
 if TYPE_CHECKING:
     from bitalloc.costs import CostTable
 
-__all__ = ["TABLE_FORMAT", "TABLE_VERSION", "TABLE_VERSION_PAIRWISE", "TableFormats"]
+__all__ = ["TABLE_FORMAT", "TABLE_VERSION", "TABLE_VERSION_ACT", "TABLE_VERSION_PAIRWISE", "TableFormats"]
 
 TABLE_FORMAT = "bitalloc.costtable"
 TABLE_VERSION = 1  # written when the table has no pairwise terms (files of older bitalloc read the same)
 TABLE_VERSION_PAIRWISE = 2  # with pairwise terms: a reader that would drop them refuses the file instead
+TABLE_VERSION_ACT = 3  # with (weight, activation) candidates (``act_bits``): older readers refuse the file
 
 
 class TableFormats:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bitalloc.acttable import FLOAT_ORDER, candidate_label
 from bitalloc.costs import CostTable
 from bitalloc.errors import CostTableError
 from bitalloc.pairwise import pairwise_frame
@@ -97,20 +98,23 @@ def table_from_frame(frame: pd.DataFrame, source: str = "cost-table frame", firs
     pair_rows = [(i, r) for i, r in records if not is_blank(r.get("pair_layer"))]
     records = [(i, r) for i, r in records if is_blank(r.get("pair_layer"))]
     optional = [c for c in PER_LAYER if c in frame.columns]
-    cells: dict[tuple[str, int], tuple[float, float, int]] = {}
+    has_act = "act_bits" in frame.columns  # (weight, activation) candidates: bitalloc.acttable
+    cells: dict[tuple[str, Any], tuple[float, float, int]] = {}
     per_layer: dict[str, dict[str, Any]] = {}
     first_at: dict[str, int] = {}
-    all_bits: set[int] = set()
+    all_bits: set[Any] = set()
     for i, rec in records:
         n = first_row + i
         where = f"{source}, {row_word} {n}"
         name = as_text(rec["layer"], where, "layer", required=True)
         b = as_int(rec["bits"], where, "bits")
+        if has_act:
+            b = (b, None if is_blank(rec["act_bits"]) else as_int(rec["act_bits"], where, "act_bits"))
         c = as_float(rec["cost"], where, "cost")
         s = as_float(rec["size_bits"], where, "size_bits")
         if (name, b) in cells:
-            raise CostTableError(f"{where}: layer '{name}' has a second row at {b} bits (first at {row_word} "
-                                 f"{cells[name, b][2]})")
+            raise CostTableError(f"{where}: layer '{name}' has a second row at {_label(b)} bits (first at "
+                                 f"{row_word} {cells[name, b][2]})")
         cells[name, b] = (c, s, n)
         all_bits.add(b)
         vals: dict[str, Any] = {}
@@ -130,12 +134,13 @@ def table_from_frame(frame: pd.DataFrame, source: str = "cost-table frame", firs
                     raise CostTableError(f"{where}: field '{col}' of layer '{name}' is {v!r}, but "
                                          f"{per_layer[name][col]!r} on {row_word} {first_at[name]}")
     names = list(per_layer)
-    bits = sorted(all_bits)
+    bits = sorted(all_bits, key=lambda k: (k[0], FLOAT_ORDER if k[1] is None else k[1]) if has_act else k)
     for name in names:
         absent = [b for b in bits if (name, b) not in cells]
         if absent:
             raise CostTableError(f"{source} is not complete: layer '{name}' ({row_word} {first_at[name]}) has no "
-                                 f"row at {absent[0]} bits (every layer needs a row for every bit-width {bits})")
+                                 f"row at {_label(absent[0])} bits (every layer needs a row for every candidate "
+                                 f"{', '.join(map(_label, bits))})")
     cost = np.array([[cells[n, b][0] for b in bits] for n in names])
     size = np.array([[cells[n, b][1] for b in bits] for n in names])
     proxies: dict[str, Any] = {}
@@ -149,11 +154,22 @@ def table_from_frame(frame: pd.DataFrame, source: str = "cost-table frame", firs
                 raise CostTableError(f"{source}, {row_word} {first_at[n]}: field '{col}' of layer '{n}' is "
                                      "missing while other layers have it")
             proxies[col] = vals
+    if has_act:
+        if pair_rows:
+            raise CostTableError(f"{source}: pairwise rows in a table with (weight, activation) candidates "
+                                 "(column 'act_bits'), which cannot have pairwise terms yet")
+        proxies["act_bits"] = [a for _, a in bits]
+        bits = [w for w, _ in bits]
     pairwise = _pairs_from_rows(pair_rows, bits, source, first_row, row_word) if pair_rows else None
     return build_table(source, names, bits, cost, size,
                   num_params=[per_layer[n].get("num_params", 0) for n in names],
                   kinds=[per_layer[n].get("kind", "") for n in names],
                   branches=[per_layer[n].get("branch", "") for n in names], pairwise=pairwise, **proxies)
+
+
+def _label(key: Any) -> str:
+    """A candidate in messages: ``8``, or ``w8a8`` / ``w8`` for (weight, activation) candidates."""
+    return candidate_label(*key) if isinstance(key, tuple) else str(key)
 
 
 def _pairs_from_rows(rows: list[tuple[int, dict]], bits: list[int], source: str, first_row: int,
@@ -210,6 +226,7 @@ def table_to_frame(table: CostTable) -> pd.DataFrame:
         "branch": np.repeat([s.branch for s in table.layers], B),
         "num_params": np.repeat(table.num_params, B),
         "bits": np.tile(np.asarray(table.bits, dtype=np.int64), L),
+        **({} if table.act_bits is None else {"act_bits": pd.array(list(table.act_bits) * L, dtype="Int64")}),
         "cost": table.cost.reshape(-1),
         "size_bits": table.size_bits.reshape(-1),
     }

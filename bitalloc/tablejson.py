@@ -2,7 +2,9 @@
 
 Version 1: bits and one entry per layer; version 2 (written when the table has pairwise terms) adds
 ``"pairwise": [{"layers": [layer_i, layer_j], "cost": B x B nested list}, ...]``, so a reader that would drop the
-terms refuses the file. A truncated or hand-edited file raises a :class:`CostTableError` naming the file, the layer
+terms refuses the file. Version 3 (written when the table has (weight, activation) candidates) adds
+``"act_bits": [8, 8, null, ...]``, one per entry of ``bits`` (null: a float input; :mod:`bitalloc.acttable`).
+A truncated or hand-edited file raises a :class:`CostTableError` naming the file, the layer
 (or pairwise term) by position and name, and the field. :meth:`CostTable.to_dict`, :meth:`~CostTable.from_dict`,
 :meth:`~CostTable.to_json` and :meth:`~CostTable.from_json` call these functions.
 """
@@ -17,7 +19,7 @@ import numpy as np
 
 from bitalloc.costs import CostTable
 from bitalloc.errors import CostTableError
-from bitalloc.tableformats import TABLE_FORMAT, TABLE_VERSION, TABLE_VERSION_PAIRWISE
+from bitalloc.tableformats import TABLE_FORMAT, TABLE_VERSION, TABLE_VERSION_ACT, TABLE_VERSION_PAIRWISE
 from bitalloc.tableio import as_float, as_int, as_text, build_table
 
 __all__ = ["table_to_dict", "table_from_dict", "read_table_json"]
@@ -25,8 +27,11 @@ __all__ = ["table_to_dict", "table_from_dict", "read_table_json"]
 
 def table_to_dict(table: CostTable) -> dict[str, Any]:
     """:meth:`CostTable.to_dict`: the JSON-ready mapping (version 2 if the table has pairwise terms)."""
-    version = TABLE_VERSION_PAIRWISE if table.pairwise else TABLE_VERSION
+    version = (TABLE_VERSION_ACT if table.act_bits is not None else
+               TABLE_VERSION_PAIRWISE if table.pairwise else TABLE_VERSION)
     out: dict[str, Any] = {"format": TABLE_FORMAT, "version": version, "bits": list(table.bits), "layers": []}
+    if table.act_bits is not None:
+        out["act_bits"] = list(table.act_bits)
     for i, s in enumerate(table.layers):
         row: dict[str, Any] = {"name": s.name, "kind": s.kind, "num_params": s.num_params, "branch": s.branch,
                                "cost": [float(c) for c in table.cost[i]],
@@ -56,13 +61,24 @@ def table_from_dict(data: Any, source: str = "cost-table dict") -> CostTable:
     if data.get("format") != TABLE_FORMAT:
         raise CostTableError(f"{source}: not a cost table: field 'format' is {data.get('format')!r}, "
                              f"expected {TABLE_FORMAT!r}")
-    if data.get("version") not in (TABLE_VERSION, TABLE_VERSION_PAIRWISE):
+    versions = (TABLE_VERSION, TABLE_VERSION_PAIRWISE, TABLE_VERSION_ACT)
+    if data.get("version") not in versions:
         raise CostTableError(f"{source}: unsupported cost-table version {data.get('version')!r} "
-                             f"(this bitalloc reads versions {TABLE_VERSION} and {TABLE_VERSION_PAIRWISE})")
+                             f"(this bitalloc reads versions {', '.join(map(str, versions))})")
     raw_bits = require_field(data, "bits", source)
     if not isinstance(raw_bits, list) or not raw_bits:
         raise CostTableError(f"{source}: field 'bits' is {raw_bits!r}; expected a non-empty list of integers")
     bits = [as_int(b, f"{source}, bits[{k}]", "bits") for k, b in enumerate(raw_bits)]
+    acts = None
+    if data.get("version") == TABLE_VERSION_ACT:
+        raw = require_field(data, "act_bits", source)
+        if not isinstance(raw, list) or len(raw) != len(bits):
+            raise CostTableError(f"{source}: field 'act_bits' is {raw!r}; expected a list of {len(bits)} integers "
+                                 "or nulls, one per entry of 'bits'")
+        acts = [None if a is None else as_int(a, f"{source}, act_bits[{k}]", "act_bits") for k, a in enumerate(raw)]
+    elif "act_bits" in data:
+        raise CostTableError(f"{source}: field 'act_bits' in a version {data.get('version')} table (only version "
+                             f"{TABLE_VERSION_ACT} has (weight, activation) candidates)")
     rows = require_field(data, "layers", source)
     if not isinstance(rows, list) or not rows:
         raise CostTableError(f"{source}: field 'layers' is {type(rows).__name__}; expected a non-empty list")
@@ -95,7 +111,8 @@ def table_from_dict(data: Any, source: str = "cost-table dict") -> CostTable:
                 raise CostTableError(f"{where}: field '{key}' is given but layers[0] lacks it")
     pairwise = _pairs_from_json(data["pairwise"], len(bits), source) if "pairwise" in data else None
     return build_table(source, names, bits, np.array(costs), np.array(sizes), num_params=params, kinds=kinds,
-                  branches=branches, pairwise=pairwise, **{k: v for k, v in proxies.items() if present[k]})
+                  branches=branches, pairwise=pairwise, act_bits=acts,
+                  **{k: v for k, v in proxies.items() if present[k]})
 
 
 def _pairs_from_json(entries: Any, B: int, source: str) -> dict[tuple[str, str], np.ndarray]:

@@ -132,7 +132,9 @@ def lp_relaxation(cost: np.ndarray, size: np.ndarray, hull: np.ndarray, capacity
     j_from, j_to = idx[r, k - 1], idx[r, k]
     ds = size[r, j_to] - size[r, j_from]
     dc = cost[r, j_from] - cost[r, j_to]
-    with np.errstate(over="ignore"):  # absurd tables (1e300 cost over 1e-12 bits): inf sorts first, still valid
+    # absurd tables (1e300 cost over 1e-12 bits): inf sorts first, still valid; a step of equal size (candidates
+    # of equal weight bits in a (weight, activation) table) saves cost for free: inf too, taken first
+    with np.errstate(over="ignore", divide="ignore"):
         eff = dc / ds
     order = np.lexsort((k, -eff))  # by efficiency, ties in row order of hull steps
     cum = np.cumsum(ds[order])
