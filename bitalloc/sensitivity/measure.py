@@ -35,6 +35,7 @@ from bitalloc.graph import branch_of, quantizable_layers
 from bitalloc.models.losses import RateDistortionLoss
 from bitalloc.noise import fit_costs, noise_floor
 from bitalloc.objective import Loss, model_device, resolve_loss
+from bitalloc.observers import make_observer
 from bitalloc.quant import check_bits, layer_size_bits, plan_of, quantized_tensor_name
 from bitalloc.sensitivity.calibration import calibration_batches
 from bitalloc.sensitivity.hessian import hessian_traces
@@ -76,12 +77,37 @@ def _num_samples(batch: Any) -> int:
     return int(t.shape[0]) if isinstance(t, torch.Tensor) and t.dim() else 1
 
 
+def _pivot(frame: pd.DataFrame, names: list[str], bits: tuple[int, ...], col: str) -> np.ndarray:
+    """(layers x candidates) of ``col``; candidates by ``bits``, or by ``candidate`` for (weight, activation) ones."""
+    key = "candidate" if "candidate" in frame else "bits"
+    order = list(range(len(bits))) if key == "candidate" else list(bits)
+    return frame.pivot(index="layer", columns=key, values=col).loc[names, order].to_numpy()
+
+
+def _candidates(bits: tuple[int, ...], act_bits: Sequence[int | None] | None, fit: str, gdn: bool):
+    """(weight bits, activation bits or None) per candidate: the weight bits alone without ``act_bits``, else every
+    pair ordered as :mod:`bitalloc.acttable` requires."""
+    if act_bits is None:
+        return bits, None
+    acts = sorted({None if a is None else check_bits(a) for a in act_bits}, key=lambda a: 33 if a is None else a)
+    if not acts:
+        raise ValueError("act_bits is empty: give activation bit-widths (None for a float input) or leave it out")
+    if fit != "clip":
+        raise ValueError(f"fit={fit!r} fits costs monotone in bits, which (weight, activation) candidates are not; "
+                         "use fit='clip' with act_bits")
+    if gdn:
+        raise ValueError("act_bits with gdn=True: a GDN layer's input is not quantized (only Conv/ConvTranspose/"
+                         "Linear inputs are)")
+    pairs = [(w, a) for w in bits for a in acts]
+    return tuple(w for w, _ in pairs), tuple(a for _, a in pairs)
+
+
 def _table_costs(frame: pd.DataFrame, names: list[str], bits: tuple[int, ...], fit: str,
                  snap_z: float) -> tuple[np.ndarray, np.ndarray | None]:
     """(cost, cost_se) of the table from the raw cells: clipped or noise-aware (:func:`bitalloc.noise.fit_costs`);
     non-finite cells become a prohibitive cost either way."""
     def pivot(col: str) -> np.ndarray:
-        return frame.pivot(index="layer", columns="bits", values=col).loc[names, list(bits)].to_numpy()
+        return _pivot(frame, names, bits, col)
 
     zeta = pivot("zeta")
     se = pivot("zeta_se") if "zeta_se" in frame else None
@@ -101,6 +127,7 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
                         method: str = "cached", hessian_samples: int = 4, gdn: bool = False, crop: int = 256,
                         limit: int | None = 4, progress: bool = True, return_frame: bool = False,
                         uncertainty: bool = False, fit: str = "clip", snap_z: float = 0.0,
+                        act_bits: Sequence[int | None] | None = None, observer: str = "minmax",
                         ) -> CostTable | tuple[CostTable, pd.DataFrame]:
     """Sensitivity cost table of every quantizable layer at every candidate bit-width (module docstring).
 
@@ -119,6 +146,12 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
     (:func:`bitalloc.noise.noise_floor`) to its attrs; the losses are the same up to rounding. ``fit``: "clip"
     (max(zeta, 0), today's table) or "isotonic" (:func:`bitalloc.noise.fit_costs`: monotone in bits, weighted
     by the standard errors with ``uncertainty``, cells within ``snap_z`` of them set to 0 when ``snap_z > 0``).
+
+    ``act_bits``: (weight, activation) candidates (:mod:`bitalloc.acttable`), every weight bit-width with every
+    input bit-width of ``act_bits`` (None: a float input), e.g. ``act_bits=(8, None)``; the layer's input is
+    quantized per tensor (:class:`bitalloc.ActQuantizer`) with its range picked by ``observer`` from the float
+    model's inputs on the same batches, as :func:`bitalloc.calibrate_activations` would. The frame then has
+    ``act_bits`` and ``candidate`` columns; ``fit`` must be "clip".
     """
     if method not in ("cached", "naive"):
         raise ValueError(f"unknown method {method!r}; valid choices: cached, naive")
@@ -127,6 +160,8 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
     if len(plan_of(model)):
         raise ValueError("measure_sensitivity needs a float model, but this one is already fake-quantized")
     bits = tuple(sorted(check_bits(b) for b in bits))
+    bits, acts = _candidates(bits, act_bits, fit, gdn)
+    make_observer(observer)  # an unknown observer fails before any work
     objective = resolve_loss(model, loss, lmbda)
     batches = calibration_batches(images, crop=crop, limit=limit, device=model_device(model))
     if uncertainty:
@@ -147,10 +182,13 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
         bar = tqdm(total=len(names) * len(bits), disable=not progress, desc=f"sensitivity ({probe.method})",
                    leave=False)
         for name in names:
-            for b in bits:
-                r, zeta, se = summarize(probe.losses({name: b}), probe.fp, model)
+            for j, b in enumerate(bits):
+                a = acts[j] if acts else None
+                quant = {name: probe.act_quantizer(name, a, observer)} if a is not None else None
+                r, zeta, se = summarize(probe.losses({name: b}, quant), probe.fp, model)
+                cand = {} if acts is None else {"act_bits": a, "candidate": j}
                 rows.append({"layer": name, "branch": branch_of(name), "kind": type(layers[name]).__name__,
-                             "bits": b, "zeta": zeta, **({"zeta_se": se} if uncertainty else {}), **r,
+                             "bits": b, **cand, "zeta": zeta, **({"zeta_se": se} if uncertainty else {}), **r,
                              **{f"{k}_fp": v for k, v in fp.items()},
                              "size_bits": layer_size_bits(layers[name], b)})
                 bar.update()
@@ -170,10 +208,10 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
                        lmbda=getattr(objective, "lmbda", None), num_images=sum(map(_num_samples, batches)),
                        evaluations=probe.evaluations, fit=fit,
                        **({"noise_floor": noise_floor(cost_se), "snap_z": snap_z} if uncertainty else {}))
-    size = frame.pivot(index="layer", columns="bits", values="size_bits").loc[names, list(bits)].to_numpy()
+    size = _pivot(frame, names, bits, "size_bits")
     tensors = [getattr(m, quantized_tensor_name(m)).detach() for m in layers.values()]
     table = CostTable.from_arrays(
         names, bits, cost, size, num_params=[int(t.numel()) for t in tensors],
         kinds=[type(m).__name__ for m in layers.values()], branches=[branch_of(n) for n in names],
-        hessian_trace=hess, weight_variance=[float(t.var()) for t in tensors])
+        hessian_trace=hess, weight_variance=[float(t.var()) for t in tensors], act_bits=acts)
     return (table, frame) if return_frame else table

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from bitalloc.act_quant import ActQuantizer
 from bitalloc.models.losses import RateDistortionLoss, image_of
 from bitalloc.objective import Loss, evaluate_loss, loss_parts, relative_increase
+from bitalloc.observers import Observer, make_observer
 from bitalloc.quant import quantize_weight, quantized_tensor_name
 from bitalloc.sensitivity.pipelines import CachedPipeline, NotCacheable, pipeline_for
 
@@ -106,6 +108,8 @@ class LossProbe:
         self.model, self.objective, self.batches = model, objective, list(batches)
         self.layers, self.calibration, self.keep_weights = dict(layers), calibration, keep_weights
         self._weights: dict[tuple[str, int], torch.Tensor] = {}
+        self._observers: dict[str, Observer] | None = None
+        self._acts: dict[tuple[str, int], ActQuantizer] = {}
         self._failed_starts: dict[frozenset, set[str]] = {}
         self.evaluations = self.cached = self.naive = 0
         with torch.no_grad():
@@ -147,17 +151,53 @@ class LossProbe:
             self._weights[key] = w
         return w
 
+    def act_quantizer(self, layer: str, bits: int, observer: str = "minmax", **options: Any) -> ActQuantizer:
+        """A frozen :class:`ActQuantizer` of ``layer``'s input at ``bits``, its range picked by ``observer`` from
+        the float model's inputs to that layer on the probe's batches (observed once for every layer, in one
+        pass; a layer quantized alone sees the same inputs as in the float model)."""
+        key = (layer, int(bits))
+        spec = (observer, tuple(sorted(options.items())))
+        if self._observers is not None and spec != self._observer_spec:
+            raise ValueError(f"act_quantizer: this probe observed activations with {self._observer_spec[0]!r} "
+                             f"{dict(self._observer_spec[1])}; asked for {observer!r} {options} (one probe, one "
+                             "observer)")
+        if key not in self._acts:
+            if self._observers is None:
+                self._observer_spec = spec
+                self._observers = {n: make_observer(observer, **options) for n in self.layers}
+                hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: self._observers[n].update(args[0]))
+                         for n, m in self.layers.items()]
+                try:
+                    with torch.no_grad():
+                        for batch in self.batches:
+                            evaluate_loss(self.model, self.objective, [batch])
+                finally:
+                    for h in hooks:
+                        h.remove()
+            q = ActQuantizer(int(bits), layer=layer)
+            q.observe(self._observers[layer])
+            q.freeze()
+            self._acts[key] = q
+        return self._acts[key]
+
     @contextmanager
-    def quantized(self, assignment: Mapping[str, int]) -> Iterator[None]:
-        """Temporarily replace each layer's weight by its fake-quantized value (no re-wrapping)."""
-        saved = []
+    def quantized(self, assignment: Mapping[str, int], acts: Mapping[str, ActQuantizer] | None = None
+                  ) -> Iterator[None]:
+        """Temporarily replace each layer's weight by its fake-quantized value (no re-wrapping), and quantize
+        the inputs of the layers in ``acts`` ({layer: frozen quantizer}) by forward pre-hooks."""
+        saved, hooks = [], []
         try:
             for name, b in assignment.items():
                 t = getattr(self.layers[name], quantized_tensor_name(self.layers[name]))
                 saved.append((t, t.data))
                 t.data = self.weight(name, b)
+            for name, q in (acts or {}).items():
+                hooks.append(self.layers[name].register_forward_pre_hook(
+                    lambda mod, args, q=q: (q(args[0]),) + tuple(args[1:])))
             yield
         finally:
+            for h in hooks:
+                h.remove()
             for t, w0 in reversed(saved):
                 t.data = w0
 
@@ -183,15 +223,17 @@ class LossProbe:
             failed.add(start)
         return None
 
-    def losses(self, assignment: Mapping[str, int]) -> list[dict[str, float]]:
-        """Loss parts per batch (floats) with the layers of ``assignment`` at their bits, all others float."""
+    def losses(self, assignment: Mapping[str, int], acts: Mapping[str, ActQuantizer] | None = None
+               ) -> list[dict[str, float]]:
+        """Loss parts per batch (floats) with the layers of ``assignment`` at their bits, all others float; the
+        inputs of the layers in ``acts`` (a subset of ``assignment``) quantized by their :meth:`act_quantizer`."""
         names = list(assignment)
-        unknown = [n for n in names if n not in self.layers]
+        unknown = [n for n in [*names, *(acts or {})] if n not in self.layers]
         if unknown:
             raise KeyError(f"layer '{unknown[0]}' is not a quantizable layer of {type(self.model).__name__}")
         self.evaluations += 1
         out: list[dict[str, float]] = []
-        with torch.no_grad(), self.quantized(assignment):
+        with torch.no_grad(), self.quantized(assignment, acts):
             for i, batch in enumerate(self.batches):
                 res = self._run_cached(self.pipes[i], names) if self.pipes and names else None
                 if res is not None:
