@@ -75,7 +75,7 @@ class Shipped:
 
     def __setstate__(self, state: dict) -> None:
         self._obj, self._here, self.key = None, False, state["key"]
-        self._blob, self.recipe = state["blob"], state["recipe"]
+        self._blob, self.recipe = state["blob"], state.get("recipe")
 
     def __dask_tokenize__(self):
         return ("bitalloc.Shipped", self.key)
