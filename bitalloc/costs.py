@@ -204,10 +204,18 @@ class CostTable(TableFormats):
     def monotone(self) -> "CostTable":
         """A copy whose costs never increase with bits: ``cost[l, j] = min(cost[l, :j+1])``.
 
-        Measured costs are noisy; libraries clip such noise so that more bits never cost more. Allocators do
+        Measured costs are noisy; libraries clip such noise so that more bits never cost more. With (weight,
+        activation) candidates: more weight bits at the same activation bits, and more activation bits (a float
+        input the most) at the same weight bits. Allocators do
         not rely on it (a choice with more bits and no lower cost is dominated anyway).
         """
-        cost = np.minimum.accumulate(self.cost, axis=1)
+        if self.act_bits is None:
+            return self.replace(cost=np.minimum.accumulate(self.cost, axis=1))
+        cost = np.array(self.cost)  # (weight, activation): along weight bits per activation, then along activation
+        for group in ([j for j, a in enumerate(self.act_bits) if a == x] for x in dict.fromkeys(self.act_bits)):
+            cost[:, group] = np.minimum.accumulate(cost[:, group], axis=1)
+        for group in ([j for j, w in enumerate(self.bits) if w == x] for x in dict.fromkeys(self.bits)):
+            cost[:, group] = np.minimum.accumulate(cost[:, group], axis=1)
         return self.replace(cost=cost)
 
     def replace(self, **changes: Any) -> "CostTable":

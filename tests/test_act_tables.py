@@ -147,3 +147,20 @@ def test_ilp_is_optimal_under_both_budgets_by_brute_force(setup):
         for name in ("ilp", "iqp"):
             r = build_allocator(name).allocate(small, both)
             assert r.objective == pytest.approx(cost[ok].min(), rel=1e-9), (name, avg, share)
+
+
+def test_monotone_along_weight_bits_and_along_activation_bits():
+    # candidates W4A4, W4A8, W8A4, W8A8, W8 (float input); one layer with noisy costs
+    t = CostTable.from_arrays(["a"], (4, 4, 8, 8, 8), [[0.5, 0.7, 0.6, 0.1, 0.3]], num_params=[10],
+                              act_bits=(4, 8, 4, 8, None))
+    # W4A8 <= W4A4; W8A4 <= W4A4; W8A8 <= W4A8 and W8A4; W8 <= W8A8
+    assert t.monotone().cost.tolist() == [[0.5, 0.5, 0.5, 0.1, 0.1]]
+    assert t.monotone().act_bits == t.act_bits
+
+
+def test_verify_and_repair_refuses_a_weight_activation_table_by_name(setup):
+    from bitalloc.repair import verify_and_repair
+
+    table, _ = setup
+    with pytest.raises(ValueError, match=r"verify_and_repair: the cost table has \(weight, activation\) candidates"):
+        verify_and_repair(None, None, table, Budget.from_avg_bits(table, 6))
