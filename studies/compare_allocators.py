@@ -44,6 +44,8 @@ def main(argv=None) -> None:
                    help="static allocators compared (the interaction-aware ones measure pairwise terms / joint losses)")
     p.add_argument("--out", default=None,
                    help="results folder, '{model}' replaced by the model (default: studies/results/compare_<model>)")
+    p.add_argument("--ptq-budgets", type=float, nargs="+", default=[8.0, 6.0, 4.0],
+                   help="average weight bits of the PTQ budgets")
     p.add_argument("--qat-budgets", type=float, nargs="+", default=[8.0, 6.0, 4.0],
                    help="budgets that also get QAT (default: all three)")
     p.add_argument("--dynaquant-budgets", type=float, nargs="*", default=[6.0],
@@ -68,7 +70,7 @@ def main(argv=None) -> None:
     for model in args.model:
         results = []
         for mode in args.modes:
-            budgets = (8.0, 6.0, 4.0) if mode == "ptq" else tuple(args.qat_budgets)
+            budgets = tuple(args.ptq_budgets) if mode == "ptq" else tuple(args.qat_budgets)
             spec = StudySpec(model=model, allocators=tuple(args.allocators), budgets=budgets, modes=(mode,),
                              qat_steps=args.qat_steps, eval_limit=args.limit, qualities=tuple(args.qualities))
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
