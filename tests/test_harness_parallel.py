@@ -84,6 +84,7 @@ def _same_as_serial(res, out, serial, inputs):
     pd.testing.assert_frame_equal(_numbers(again.results), _numbers(s_res.results), check_like=True)
 
 
+@pytest.mark.slow  # about 50 s on the loaded 2-core sandbox, most of it starting 2 spawned workers; Dask's below
 def test_a_local_pool_of_two_workers_gives_the_serial_results(tmp_path, serial, inputs):
     with pytest.warns(UserWarning, match="noisy_rd_loss ran"):
         res = _run(tmp_path, inputs, loss=noisy_rd_loss, workers=2)
