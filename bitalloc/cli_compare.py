@@ -24,7 +24,8 @@ def add_compare(sub, fmt) -> None:
     p.add_argument("--qualities", type=checks.int_list, nargs="+", action=checks.Extend, default=None,
                    help="qualities: 1,3,4,6 or 1 3 4 6 (default: 1 3 4 6)")
     p.add_argument("--allocators", nargs="+", default=["fmpq", "ilp", "convex", "greedy", "uniform"],
-                   help="registered allocator names (bitalloc.available_allocators()), or dynaquant with qat")
+                   help="registered allocator names (bitalloc.available_allocators()), each also with a "
+                        "'+verify' suffix (measured verify-and-repair), or dynaquant with qat")
     p.add_argument("--budgets", type=checks.positive_float, nargs="+", default=None,
                    help="average weight bits (or ratios) (default: 8 6 4; 8 4 with --quick)")
     p.add_argument("--budget-kind", default="avg_bits", choices=["avg_bits", "ratio"], help="what --budgets are")
@@ -48,14 +49,13 @@ def add_compare(sub, fmt) -> None:
 
 
 def check_compare(args) -> None:
-    from .allocation import available_allocators
-    from .harness import DYNAMIC_ALLOCATOR, StudySpec
+    from .harness import StudySpec, study_allocators
 
     quick = args.quick
     qualities = tuple(args.qualities or (1, 3, 4, 6))
     checks.check_model_quality(args.model, qualities, "compact", "--qualities")
     checks.check_shipped(args.model, qualities, "--qualities")
-    valid = [*available_allocators(), DYNAMIC_ALLOCATOR]
+    valid = study_allocators()
     for name in args.allocators:
         if name not in valid:
             raise InvalidArgument("--allocators", f"unknown allocator {name!r}; valid allocators: {', '.join(valid)}")

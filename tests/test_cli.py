@@ -123,6 +123,11 @@ def test_compare_hands_valid_arguments_to_the_study(monkeypatch, tmp_path, data)
     assert (spec.qualities, spec.allocators, spec.budgets, spec.eval_limit, spec.qat_steps, seen["out"]) == \
         ((1, 3, 4, 6), ("ilp", "uniform"), (8.0, 4.0), 1, 20, out)
     assert (seen["workers"], seen["executor"]) == (1, None)
+
+    # the interaction-aware names the harness takes pass the CLI's check too
+    assert main(["compare", "--quick", "--limit", "1", "--allocators", "iqp", "ilp+verify", "iqp+verify",
+                 "--threads", "1", "--data", str(data), "--out", out]) == 0
+    assert seen["spec"].allocators == ("iqp", "ilp+verify", "iqp+verify")
     assert set(seen["layers"]["quality"]) == {1, 3, 4, 6} and seen["layers"]["layer"].iloc[0] == "g_a.0"
     assert main(["compare", "--quick", "--qualities", "1,4", "--workers", "2", "--data", str(data), "--out", out]) == 0
     assert (seen["spec"].qualities, seen["workers"], seen["executor"]) == ((1, 4), 2, None)
