@@ -201,6 +201,12 @@ class CostTable(TableFormats):
         t = (size_bits - sizes[k]) / (sizes[k + 1] - sizes[k])
         return float(bits[k] + t * (bits[k + 1] - bits[k]))
 
+    def require_weight_only(self, who: str, why: str) -> None:
+        """A ValueError naming ``who`` (and ``why``) if the table has (weight, activation) candidates."""
+        if self.act_bits is not None:
+            raise ValueError(f"{who}: the cost table has (weight, activation) candidates, which it does not handle "
+                             f"yet ({why}); use a weight-only table")
+
     def monotone(self) -> "CostTable":
         """A copy whose costs never increase with bits: ``cost[l, j] = min(cost[l, :j+1])``.
 

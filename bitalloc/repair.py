@@ -197,10 +197,7 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
     which no new measurement starts. ``correction``: "auto", "unary" or "pairwise". ``start``: the allocator's
     allocation when already computed.
     """
-    if table.act_bits is not None:
-        raise ValueError("verify_and_repair: the cost table has (weight, activation) candidates, which the repair's "
-                         "corrections and local search (steps along weight bits) do not handle yet; use a "
-                         "weight-only table or the allocator alone")
+    table.require_weight_only("verify_and_repair", "its corrections and local search step along weight bits")
     if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
         raise ValueError(f"verify_and_repair: max_evals must be an integer >= 1, got {max_evals!r}")
     if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
