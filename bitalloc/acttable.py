@@ -101,4 +101,3 @@ def weight_view(table: "CostTable") -> tuple["CostTable", np.ndarray]:
     view = table.replace(bits=tuple(table.bits[j] for j in cols), cost=table.cost[rows, pick],
                          size_bits=table.size_bits[:, cols], act_bits=None)
     return view, pick
-
