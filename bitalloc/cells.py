@@ -24,11 +24,27 @@ from .errors import BudgetError, BudgetTooSmallError
 from .plan import BitPlan
 from .repair import split_verify
 
-__all__ = ["DYNAMIC_ALLOCATOR", "Cell", "PlanOverBudgetError", "allocate_task", "cached_plan_problem",
-           "check_within_budget", "folder_recipe", "fresh_source", "outcome_task", "pairs_task", "reference_task",
-           "study_budget", "table_task", "with_means"]
+__all__ = ["DYNAMIC_ACT_BITS", "DYNAMIC_ALLOCATOR", "Cell", "PlanOverBudgetError", "allocate_task",
+           "cached_plan_problem", "check_act_settings", "check_within_budget", "folder_recipe", "fresh_source",
+           "outcome_task", "pairs_task", "reference_task", "study_budget", "table_task", "with_means"]
 
 DYNAMIC_ALLOCATOR = "dynaquant"
+DYNAMIC_ACT_BITS = 8  # DynaQuant cells quantize activations with their own 8-bit quantizers whatever spec.act_bits
+
+
+def check_act_settings(spec) -> None:
+    """Refuse, by field, a study's activation bits, observer or calibration offset that cannot run."""
+    from .bits import check_bits
+    from .observers import OBSERVERS
+
+    if spec.act_bits is not None:
+        check_bits(spec.act_bits, subject=f"StudySpec.act_bits {spec.act_bits!r}")
+    if spec.act_observer not in OBSERVERS:
+        raise ValueError(f"StudySpec.act_observer: unknown activation observer {spec.act_observer!r}; valid "
+                         f"choices: {', '.join(OBSERVERS)}")
+    offset = spec.calib_offset
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"StudySpec.calib_offset must be an integer >= 0, got {offset!r}")
 
 
 class PlanOverBudgetError(BudgetError):
@@ -173,9 +189,10 @@ def allocate_task(cell: Cell, spec, model, calib, table: CostTable, loss, plan: 
     return out
 
 
-def outcome_task(cache, spec, quality: int, mode: str, plan: dict, model, train, evals, loss) -> dict:
+def outcome_task(cache, spec, quality: int, mode: str, plan: dict, model, train, evals, loss, calib=None) -> dict:
     """Quantize (+ QAT, resuming from the outcome's own work folder) and evaluate ``plan``; the outcome is
-    written atomically where ``cache`` keeps it, and returned."""
+    written atomically where ``cache`` keeps it, and returned. ``calib`` (shipped calibration crops) calibrates
+    the activation ranges when ``spec.act_bits`` is set."""
     from . import study_steps as steps
 
     bits = BitPlan.from_dict(plan)
@@ -183,7 +200,8 @@ def outcome_task(cache, spec, quality: int, mode: str, plan: dict, model, train,
     path = cache.path("outcomes", f"{spec.model}_q{quality}_{mode}", key)
     evaluated, qat_loss = steps.quantize_plan(copy.deepcopy(model.get()), bits, mode, spec,
                                               fresh_source(train.get(), spec.seed),
-                                              cache.root / "qat" / path.stem, loss)
+                                              cache.root / "qat" / path.stem, loss,
+                                              calib=None if calib is None else calib.get())
     found = {"images": steps.evaluate_images(evaluated, evals.get()).to_dict(orient="records"),
              "qat_final_loss": qat_loss}
     cache.write(path, key, found)

@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 
 from .analysis import FP_ALLOCATOR, StudyResult, bd_table, merge_results, rank
 from .atomic import atomic_write_text
-from .cells import DYNAMIC_ALLOCATOR, Cell, PlanOverBudgetError
+from .cells import DYNAMIC_ACT_BITS, DYNAMIC_ALLOCATOR, Cell, PlanOverBudgetError, check_act_settings
 from .executor import Runner, local_executor, reemit
 from .plan import BitPlan
 from .repair import VERIFY_SUFFIX
@@ -87,7 +87,12 @@ def study_allocators() -> list[str]:
 @dataclass(frozen=True)
 class StudySpec:
     """What to compare. ``budgets`` are average weight bits (``budget_kind="avg_bits"``) or compression
-    ratios against FP32 (``"ratio"``); ``modes`` are ``"ptq"`` (calibration only) and/or ``"qat"``."""
+    ratios against FP32 (``"ratio"``); ``modes`` are ``"ptq"`` (calibration only) and/or ``"qat"``.
+
+    ``act_bits``: every static plan also quantizes the input of each quantized (non-GDN) layer at this
+    bit-width, ranges calibrated with ``act_observer`` on the calibration crops before PTQ evaluation and
+    before QAT (None: weights only). ``calib_offset``: the calibration crops are the photos from this index on
+    (``calib_offset=calib_images`` gives a set disjoint from the default one)."""
 
     model: str = "bmshj2018-hyperprior"
     qualities: tuple[int, ...] = (1, 3, 4, 6)
@@ -109,6 +114,9 @@ class StudySpec:
     interaction_noise_floor: float = 1e-3
     verify_max_evals: int = 12
     verify_tolerance: float = 0.05
+    act_bits: int | None = None
+    act_observer: str = "mse"
+    calib_offset: int = 0
 
     def __post_init__(self):
         if self.budget_kind not in ("avg_bits", "ratio"):
@@ -128,6 +136,7 @@ class StudySpec:
         if isinstance(self.verify_max_evals, bool) or not isinstance(self.verify_max_evals, int) \
                 or self.verify_max_evals < 1:
             raise ValueError(f"verify_max_evals must be an integer >= 1, got {self.verify_max_evals!r}")
+        check_act_settings(self)
         if DYNAMIC_ALLOCATOR in self.allocators:
             if "qat" not in self.modes:
                 raise ValueError("allocator 'dynaquant' trains its quantizers and selectors: add 'qat' to modes")
@@ -135,6 +144,14 @@ class StudySpec:
                 raise ValueError("allocator 'dynaquant' takes average-bit budgets (budget_kind='avg_bits')")
 
 
+
+
+def act_columns(spec: StudySpec, cell: Cell) -> dict:
+    """A row's input-activation bit-width: the study's for a static plan, DynaQuant's own 8 bits (whatever
+    ``spec.act_bits``; ``act_note`` says so), none for the float reference."""
+    if cell.allocator == DYNAMIC_ALLOCATOR:
+        return {"act_bits": DYNAMIC_ACT_BITS, "act_note": "dynaquant's own activation quantizers"}
+    return {"act_bits": spec.act_bits if cell.static else None, "act_note": None}
 
 
 def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, calib_images=None,
@@ -160,14 +177,16 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     loader = model_loader or (lambda name, q: steps.load_float_model(name, q, spec.pretrained))
-    calib = steps.calibration_crops(calib_images, spec.calib_images, spec.calib_crop, data)
+    photos = steps.calibration_images(calib_images, spec.calib_images, data, spec.calib_offset)
+    calib = steps.calibration_crops(photos, spec.calib_images, spec.calib_crop)
     evals = steps.evaluation_images(eval_images, spec.eval_limit, data)
     train = steps.training_source(train_images, spec.calib_crop, data, spec.seed) if "qat" in spec.modes else None
     inputs = {"eval_images": images_digest(evals), "calib_images": images_digest({"calib": calib}),
               "train_images": source_digest(train) if train is not None else None, "loss": loss_digest(loss)}
     cache = StudyCache(Path(out), spec, inputs)
     settings = {**asdict(spec), "cost_model_version": COST_MODEL_VERSION,
-                "inputs": {**inputs, "eval_image_names": list(evals), "calib_shape": list(calib.shape)},
+                "inputs": {**inputs, "eval_image_names": list(evals), "calib_shape": list(calib.shape),
+                           "calib_image_names": list(photos) if isinstance(photos, dict) else None},
                 "weights": cache.weights}
     atomic_write_text(cache.root / "spec.json", json.dumps(settings, indent=1))
     models = {}
@@ -200,7 +219,7 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     rows, image_rows, plans = [], [], {}
     for cell, found_cell, fresh in done:
         cols = {"model": spec.model, "quality": cell.quality, "allocator": cell.allocator, "budget": cell.budget,
-                "budget_kind": spec.budget_kind, "mode": cell.mode}
+                "budget_kind": spec.budget_kind, "mode": cell.mode, **act_columns(spec, cell)}
         rows.append({**cols, **found_cell["row"], "cached": not fresh})
         image_rows += [{**cols, **r} for r in found_cell["images"]]
         if found_cell["plan"] is not None:

@@ -112,7 +112,8 @@ class StudyRun:
             for then in self.waiting.pop(path):
                 then(outcome)
 
-        args = (cache, self.spec, quality, mode, plan, self.models[quality], self.train, self.evals, self.loss)
+        args = (cache, self.spec, quality, mode, plan, self.models[quality], self.train, self.evals, self.loss,
+                self.calib)
         self.runner.submit(outcome_task, args, label, got)
 
     # a cell ----------------------------------------------------------------------------------------------

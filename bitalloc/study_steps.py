@@ -14,8 +14,9 @@ import torch
 from .costs import CostTable
 from .data import ImageFolder, data_root, resolve_images
 
-__all__ = ["calibration_crops", "cell_allocator", "check_joint_plan", "evaluate_images", "evaluation_images",
-           "load_float_model", "measure_cost_table", "measure_pairwise_table", "quantize_plan", "training_source"]
+__all__ = ["calibration_crops", "calibration_images", "cell_allocator", "check_joint_plan", "evaluate_images",
+           "evaluation_images", "load_float_model", "measure_cost_table", "measure_pairwise_table", "quantize_plan",
+           "training_source"]
 
 
 def load_float_model(name: str, quality: int, pretrained: str):
@@ -24,16 +25,30 @@ def load_float_model(name: str, quality: int, pretrained: str):
     return load_model(name, quality, pretrained=pretrained)
 
 
-def calibration_crops(images, count: int, crop: int, data=None) -> torch.Tensor:
-    """Centre crops of the first ``count`` training photos (never the evaluation set), else scikit-image's."""
-    from .sensitivity import calibration_batch
-
+def calibration_images(images, count: int, data=None, offset: int = 0):
+    """The photos the calibration crops come from: ``count`` of them from index ``offset`` on, of ``images``, of
+    ``<data>/train`` (never the evaluation set), else of scikit-image's; a dict ``{name: (3,H,W)}``, or the
+    rows ``offset:`` of a (N,3,H,W) tensor given as ``images`` (used as is)."""
+    if isinstance(images, torch.Tensor):
+        rows = images if images.dim() == 4 else images.unsqueeze(0)
+        if offset and offset >= len(rows):
+            raise ValueError(f"calib_offset={offset} skips every one of the {len(rows)} calibration crops given")
+        return rows[offset:] if offset else images
     if images is None:
         root = data_root(data)
         images = None if root is None else root / "train"
-        if images is None:
-            images = resolve_images(None)
-    return calibration_batch(images, crop=crop, limit=count)
+    found = resolve_images(images, limit=offset + count)
+    if len(found) <= offset:
+        raise ValueError(f"calib_offset={offset} skips every calibration photo: only {len(found)} found in "
+                         f"{images if images is not None else 'the sample images'}")
+    return dict(list(found.items())[offset:])
+
+
+def calibration_crops(images, count: int, crop: int, data=None, offset: int = 0) -> torch.Tensor:
+    """Centre crops of ``count`` training photos from index ``offset`` on (:func:`calibration_images`)."""
+    from .sensitivity import calibration_batch
+
+    return calibration_batch(calibration_images(images, count, data, offset), crop=crop, limit=None)
 
 
 def evaluation_images(images, limit, data=None) -> dict[str, torch.Tensor]:
@@ -102,21 +117,32 @@ def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None):
                      max_evals=spec.verify_max_evals, tolerance=spec.verify_tolerance)
 
 
-def quantize_plan(model, plan, mode: str, spec, train, workdir: Path | None = None, loss=None):
+def quantize_plan(model, plan, mode: str, spec, train, workdir: Path | None = None, loss=None, calib=None):
     """Apply ``plan`` (calibration only), then fine-tune it with QAT when ``mode == "qat"``.
 
+    With ``spec.act_bits`` a non-empty plan also quantizes every non-GDN layer's input at that bit-width, the
+    ranges calibrated with ``spec.act_observer`` on ``calib`` (the study's calibration crops): before PTQ
+    evaluation here, before QAT by :func:`bitalloc.qat.finetune` on the same crops with the same observer.
     Returns the model and the final QAT loss (None for PTQ).
     """
-    from .quant import apply_plan
+    from .quant import apply_plan, plan_of
 
+    acts = getattr(spec, "act_bits", None) if len(plan) else None
+    if acts is not None and calib is None:
+        raise ValueError(f"StudySpec.act_bits={acts}: the activation ranges need the calibration crops (calib=)")
     # an empty plan is the float reference: nothing to quantize, the same QAT loop when mode == "qat"
-    qmodel = apply_plan(model, plan, calibration=spec.calibration) if len(plan) else model
+    qmodel = apply_plan(model, plan, calibration=spec.calibration, act_bits=acts) if len(plan) else model
+    if acts is not None and mode != "qat":
+        from .act_quant import calibrate_activations
+
+        calibrate_activations(qmodel, calib, spec.act_observer)
     if mode != "qat":
         return qmodel, None
     from .qat import finetune
 
-    qmodel, log = finetune(qmodel, plan, train, steps=spec.qat_steps, lr=spec.qat_lr, workdir=workdir, loss=loss,
-                           progress=False)
+    options = {} if acts is None else {"act_observer": spec.act_observer, "act_calibration": calib}
+    qmodel, log = finetune(qmodel, plan_of(qmodel) if acts is not None else plan, train, steps=spec.qat_steps,
+                           lr=spec.qat_lr, workdir=workdir, loss=loss, progress=False, **options)
     return qmodel, float(log["loss"].iloc[-1]) if len(log) else None
 
 
