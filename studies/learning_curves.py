@@ -43,13 +43,18 @@ def rate_vs_jpeg(bpp, psnr) -> np.ndarray:
 
 
 def collect(runs: Path, results: Path = RESULTS) -> list[Path]:
-    """Copy ``<runs>/<family>/q<N>/history.csv`` to ``studies/results/training/<family>-q<N>.csv``."""
-    from bitalloc.costs import atomic_write_text
+    """Copy ``<runs>/<family>/q<N>/history.csv`` to ``studies/results/training/<family>-q<N>.csv``, keeping the
+    step-0 rows an earlier ``--start-from`` measured into the copy when the run's own history has none."""
+    from bitalloc.atomic import atomic_write_text
 
     out = []
     for hist in sorted(runs.glob("*/q*/history.csv")):
         target = results / f"{hist.parent.parent.name}-{hist.parent.name}.csv"
-        atomic_write_text(target, hist.read_text())
+        new = pd.read_csv(hist)
+        if target.is_file() and not (new.step == 0).any():
+            old = pd.read_csv(target)
+            new = pd.concat([old[old.step == 0], new], ignore_index=True)
+        atomic_write_text(target, new.to_csv(index=False))
         out.append(target)
     if not out:
         raise SystemExit(f"no <family>/q<N>/history.csv under {runs}")
