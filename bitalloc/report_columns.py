@@ -20,6 +20,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
                                   "(or a compression ratio when `budget_kind` is `ratio`)"),
     "budget_kind": ("", "`avg_bits` or `ratio`"),
     "mode": ("", "`ptq`: calibration only; `qat`: then fine-tuned with the same QAT steps for every plan"),
+    "act_bits": ("bits", "input-activation bit-width of every quantized layer (empty: float activations)"),
+    "act_note": ("", "where act_bits comes from when not the study's (DynaQuant: its own quantizers)"),
     "status": ("", "solver status (`optimal`, `feasible`), `reference` for FP32, `dynamic` for DynaQuant"),
     "rank": ("", "place within (mode, budget) by the ranking rule above; empty: no BD-rate to rank by"),
     "tied_with_above": ("", "its BD-rate is within 0.1 percentage points of its tie group's best: the size "

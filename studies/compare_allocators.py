@@ -54,6 +54,10 @@ def main(argv=None) -> None:
     p.add_argument("--qualities", type=int, nargs="+", default=list(StudySpec.qualities))
     p.add_argument("--qat-steps", type=int, default=StudySpec.qat_steps)
     p.add_argument("--limit", type=int, default=None, help="first N Kodak images only")
+    p.add_argument("--act-bits", type=int, default=None,
+                   help="input-activation bits of every static plan's quantized layers (default: weights only)")
+    p.add_argument("--calib-offset", type=int, default=0,
+                   help="calibration crops from this training photo on (8: disjoint from the default 8)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/compare_allocators")
@@ -72,7 +76,8 @@ def main(argv=None) -> None:
         for mode in args.modes:
             budgets = tuple(args.ptq_budgets) if mode == "ptq" else tuple(args.qat_budgets)
             spec = StudySpec(model=model, allocators=tuple(args.allocators), budgets=budgets, modes=(mode,),
-                             qat_steps=args.qat_steps, eval_limit=args.limit, qualities=tuple(args.qualities))
+                             qat_steps=args.qat_steps, eval_limit=args.limit, qualities=tuple(args.qualities),
+                             act_bits=args.act_bits, calib_offset=args.calib_offset)
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         if "qat" in args.modes and args.dynaquant_budgets:
             spec = StudySpec(model=model, allocators=("dynaquant",), budgets=tuple(args.dynaquant_budgets),
@@ -104,8 +109,8 @@ def rebuild_report(model: str, args, command: str) -> Path:
     results, images = pd.read_csv(folder / "results.csv"), pd.read_csv(folder / "images.csv")
     qualities = sorted(int(q) for q in results.quality.unique())
     spec = StudySpec(model=model, qualities=tuple(qualities), modes=tuple(sorted(results["mode"].unique())),
-                     qat_steps=args.qat_steps)
-    calib = steps.calibration_crops(None, spec.calib_images, spec.calib_crop, args.data)
+                     qat_steps=args.qat_steps, calib_offset=getattr(args, "calib_offset", 0))
+    calib = steps.calibration_crops(None, spec.calib_images, spec.calib_crop, args.data, spec.calib_offset)
     models = {q: load_model(model, q, pretrained=spec.pretrained) for q in qualities}
     plans, cells = {}, results[~results.allocator.isin(["fp32", "dynaquant"])]
     for q in qualities:

@@ -111,6 +111,10 @@ def test_static_plans_with_8_bit_activations(tmp_path, images, monkeypatch):
         assert again.results[col].equals(with_acts.results[col])
     settings = json.loads((tmp_path / "spec.json").read_text())
     assert settings["act_bits"] == 8 and settings["act_observer"] == "percentile"
+    from bitalloc.report import write_report
+
+    report = write_report(with_acts, tmp_path / "report").read_text()
+    assert "| `act_bits` | bits |" in report and "undocumented" not in report
 
 
 def _photo(path, seed):
