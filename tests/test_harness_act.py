@@ -9,23 +9,11 @@ import torch
 from PIL import Image
 
 from bitalloc.harness import StudySpec, run_study
-from bitalloc.models import build_model, lambda_of
 from bitalloc.study_cache import StudyCache
+import test_harness
 
-
-def tiny_loader(name, quality):
-    torch.manual_seed(quality)
-    model = build_model(name, quality).eval()
-    model.meta = {"lambda": lambda_of(quality)}
-    model.update(force=True)
-    return model
-
-
-@pytest.fixture(scope="module")
-def images():
-    g = torch.Generator().manual_seed(0)
-    return {"calib": torch.rand(2, 3, 64, 64, generator=g),
-            "eval": {f"img{k}": torch.rand(3, 64, 64, generator=g) for k in range(2)}}
+images = test_harness.images  # the same fixture (module scope here)
+tiny_loader = test_harness.tiny_loader()
 
 
 def _run(spec, out, images, **kw):
