@@ -12,9 +12,8 @@ and the file holds the key itself; the key lists what the result depends on::
     pairwise terms    the cost table's key + the interaction settings (pairs, noise floor, negative terms);
                         in the key of every cell whose allocator gets them (``spec.pairwise_allocators``)
     ``+verify`` cell  + the verify settings (plans measured at most, tolerance)
-    activation bits   ``spec.act_bits``, ``act_observer`` and the calibration crops, in the key of every static
-                        cell and outcome (absent when ``act_bits`` is None); ``calib_offset`` (when not 0) in
-                        the cost table's key and so in everything downstream
+    static cell,      + ``act_bits``, ``act_observer``, calibration crops (all absent when ``act_bits`` is None);
+      outcome           ``calib_offset`` (absent when 0) is in the cost table's key, so in all downstream
     a user ``loss``   its :func:`loss_digest`, in the cost table's and the QAT keys (none without one)
 
 so a rerun with other settings computes new cells beside the old ones and never mixes them. A file that does
@@ -217,17 +216,15 @@ class StudyCache:
     def _acts(self) -> dict:
         """Activation settings of static plans (none without ``spec.act_bits``: older keys stay valid)."""
         s = self.spec
-        if getattr(s, "act_bits", None) is None:
-            return {}
-        return {"acts": {"bits": s.act_bits, "observer": s.act_observer, "calib_images": self.inputs["calib_images"],
-                         "calib_offset": getattr(s, "calib_offset", 0)}}
+        return {} if getattr(s, "act_bits", None) is None else {"acts": {
+            "bits": s.act_bits, "observer": s.act_observer, "calib_images": self.inputs["calib_images"],
+            "calib_offset": getattr(s, "calib_offset", 0)}}
 
     def sensitivity_key(self, quality: int) -> dict:
         s = self.spec
-        offset = {"calib_offset": s.calib_offset} if getattr(s, "calib_offset", 0) else {}
         return {**self._common(quality), "calib_images": self.inputs["calib_images"], "calib_count": s.calib_images,
                 "calib_crop": s.calib_crop, "candidate_bits": list(s.candidate_bits), "calibration": s.calibration,
-                **self._loss(), **offset}
+                **self._loss(), **({"calib_offset": s.calib_offset} if getattr(s, "calib_offset", 0) else {})}
 
     def interactions_key(self, quality: int) -> dict:
         s = self.spec
