@@ -123,7 +123,7 @@ def plot_rd_curves(results: pd.DataFrame, path: Path, model: str = "", images: i
                 a.grid(alpha=0.3)
     over = f" (means over {images} images)" if images else ""
     fig.suptitle(f"{model}: rate-distortion per budget{over}; under each: PSNR gap to FP32 at equal rate "
-                 "(hollow markers: outside FP32's rate range, extrapolated)", fontsize=10)
+                 "(hollow markers: outside FP32's rate range, extrapolated)", fontsize=10, wrap=True)
     fig.tight_layout()
     atomic_savefig(fig, path)
     plt.close(fig)
@@ -188,7 +188,7 @@ def plot_bd_vs_size(bd: pd.DataFrame, path: Path, model: str = "") -> None:
                                                       transform=fig.transFigure, arrowstyle="-|>",
                                                       mutation_scale=14, color="k"))
     fig.suptitle(f"{model}: BD-rate against FP32 (dashed line) over weights size, one point per budget",
-                 fontsize=10)
+                 fontsize=10, wrap=True)
     fig.tight_layout(rect=(0, 0, 1 - 1.1 / fig.get_figwidth(), 1))
     atomic_savefig(fig, path)
     plt.close(fig)
@@ -261,6 +261,6 @@ def plot_bit_heatmaps(plans: dict, layers: pd.DataFrame, path: Path, model: str 
     bar.set_label("weight bits of the layer")
     how = ("layers in data-flow order, (k parameters); row labels: allocator (parameter-weighted avg bits)"
            if len(layers) else "layers in the plans' order (no layer graph given)")
-    fig.suptitle(f"{model}: bits per layer of every {mode.upper()} plan; {how}", fontsize=10)
+    fig.suptitle(f"{model}: bits per layer of every {mode.upper()} plan; {how}", fontsize=10, wrap=True)
     atomic_savefig(fig, path, bbox_inches="tight")
     plt.close(fig)
