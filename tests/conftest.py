@@ -41,3 +41,19 @@ def images() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 3, 8, 8, generator=g)
     return torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+
+
+def allocations_under_extra(table, budget):
+    """(name, Allocation) of every registered allocator that takes extra constraints, on ``budget``; each one
+    that does not must refuse it by name."""
+    from bitalloc import available_allocators, build_allocator
+
+    out = []
+    for name in available_allocators():
+        alloc = build_allocator(name)
+        if not alloc.supports_extra:
+            with pytest.raises(ValueError, match=f"allocator '{name}' does not support extra constraints"):
+                alloc.allocate(table, budget)
+            continue
+        out.append((name, alloc.allocate(table, budget)))
+    return out

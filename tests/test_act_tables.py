@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import allocations_under_extra
 
 from bitalloc import Budget, CostTable, LinearConstraint, available_allocators, build_allocator
 from bitalloc.acttable import weight_view
@@ -101,13 +102,7 @@ def test_ilp_and_iqp_keep_the_size_and_the_bops_budget(setup):
     bops = LinearConstraint.bit_operations(table, macs, limit)
     assert bops.value(table, free.plan.choices(table)) == free_bops  # a float input counts 32 bits, as the plan
     both = Budget(size_only.max_size_bits, extra=(bops,))
-    for name in available_allocators():
-        alloc = build_allocator(name)
-        if not alloc.supports_extra:
-            with pytest.raises(ValueError, match=f"allocator '{name}' does not support extra constraints"):
-                alloc.allocate(table, both)
-            continue
-        r = alloc.allocate(table, both)
+    for name, r in allocations_under_extra(table, both):
         assert r.ok, (name, r.message)
         assert r.plan.size_bits(table) <= both.max_size_bits
         assert r.plan.bit_operations(macs) == bops.value(table, r.plan.choices(table)) <= limit

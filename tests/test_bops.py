@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import allocations_under_extra
 
-from bitalloc import Budget, CostTable, LinearConstraint, available_allocators, build_allocator
+from bitalloc import Budget, CostTable, LinearConstraint, build_allocator
 from bitalloc.errors import BudgetError
 from bitalloc.graph import quantizable_layers
 from bitalloc.macs import count_macs
@@ -41,13 +42,7 @@ def test_allocators_keep_both_budgets_and_the_plan_counts_the_same_bops(setup):
     both = Budget(size_only.max_size_bits, extra=(bops,))
     assert both.exceeded(table, free.plan.choices(table)) is not None
     ran = []
-    for name in available_allocators():
-        alloc = build_allocator(name)
-        if not alloc.supports_extra:
-            with pytest.raises(ValueError, match=f"allocator '{name}' does not support extra constraints"):
-                alloc.allocate(table, both)
-            continue
-        r = alloc.allocate(table, both)
+    for name, r in allocations_under_extra(table, both):
         plan = BitPlan(r.plan.bits, act_bits=acts)
         assert both.exceeded(table, plan.choices(table)) is None, name
         assert plan.size_bits(table) <= both.max_size_bits
