@@ -266,3 +266,31 @@ def test_shipped_checkpoints_cover_four_qualities_per_family_within_60_mb():
         assert bpp == sorted(bpp), f"{family}: Kodak bpp must grow with quality"
     model = load_model("bmshj2018-hyperprior", 4)
     assert model.gaussian_conditional.likelihood_lower_bound.bound.item() > 0
+
+
+def test_an_interrupted_run_saves_its_state_and_writes_its_snapshot(tmp_path, monkeypatch):
+    """Ctrl-C / SIGTERM (KeyboardInterrupt) leaves both files: the state to resume from and the weights to commit."""
+    from PIL import Image
+    import numpy as np
+
+    import bitalloc.models.train as train_mod
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+    real, calls = train_mod.train_step, []
+
+    def step_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("signal 15")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", step_then_interrupt)
+    snap = tmp_path / "snap.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train("bmshj2018-hyperprior", 2, tmp_path, tmp_path / "run", steps=5, batch_size=2, crop=64,
+                        save_every=100, progress=False, snapshot=snap, snapshot_every_s=1e9)
+    assert (tmp_path / "run" / "state.pt").is_file()
+    assert snap.is_file()
+    assert train_mod.read_checkpoint(snap)["meta"]["run_step"] == 1
