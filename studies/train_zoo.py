@@ -20,6 +20,12 @@ every hour (``--snapshot-dir``, committed so a replaced machine loses nothing); 
         --schedule plateau --base-init models/checkpoints/bmshj2018-hyperprior-compact-q4.pt --base-lr 2e-4 \
         --crop 256 --batch-size 4 --base-steps 400000 --workdir /work/runs/zoo --snapshot-dir models/snapshots
 
+A ladder from a committed base snapshot (written to a scratch folder first, to compare with the shipped one):
+
+    BITALLOC_DATA=../shared/data python studies/train_zoo.py --model bmshj2018-hyperprior --qualities 1 3 6 \
+        --finetune-from models/snapshots/bmshj2018-hyperprior-compact-q4-base.pt --workdir /work/runs/ladder \
+        --out /work/runs/ladder/checkpoints
+
 Machine used for the shipped files: see each checkpoint's metadata and the README's table.
 """
 
@@ -51,6 +57,10 @@ def main(argv=None):
     p.add_argument("--finetune-steps", type=int, default=3500)
     p.add_argument("--init-quality", type=int, default=None,
                    help="fine-tune --qualities from this shipped checkpoint instead of the base run")
+    p.add_argument("--finetune-from", default=None,
+                   help="fine-tune --qualities (the base quality included) from this checkpoint file, e.g. a "
+                        "committed base snapshot, instead of running the base")
+    p.add_argument("--finetune-lr", type=float, default=2e-4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workdir", default="runs/zoo")
     p.add_argument("--out", default=None, help="checkpoint folder (default: the package's shipped folder)")
@@ -77,7 +87,14 @@ def main(argv=None):
         p.error("training needs a data root with train/ and kodak/ (set BITALLOC_DATA or --data)")
     out = Path(args.out) if args.out else shipped_checkpoint_dir()
     work = Path(args.workdir) / args.model
-    if args.init_quality is not None:
+    if args.init_quality is not None and args.finetune_from is not None:
+        p.error("--init-quality and --finetune-from both name the fine-tunes' start: give one")
+    if args.finetune_from is not None:
+        base_state = Path(args.finetune_from)
+        if not base_state.is_file():
+            p.error(f"--finetune-from: no checkpoint {base_state}")
+        qualities = sorted({args.base_quality, *args.qualities})
+    elif args.init_quality is not None:
         base_state = out / checkpoint_name(args.model, args.init_quality)
         if not base_state.is_file():
             p.error(f"--init-quality {args.init_quality}: no checkpoint {base_state}")
@@ -99,7 +116,8 @@ def main(argv=None):
         # qualities have equal training and their RD points are comparable (a monotone curve for BD-rates)
         name = f"q{q}-ft" if q == args.base_quality and args.init_quality is None else f"q{q}"
         state = train(args.model, q, root / "train", work / name, device=args.device,
-                      steps=args.finetune_steps, init_from=base_state, lr=2e-4)
+                      steps=args.finetune_steps, init_from=base_state, lr=args.finetune_lr,
+                      crop=args.crop, batch_size=args.batch_size, channels_last=args.device == "cpu")
         target = out / checkpoint_name(args.model, q)
         if target.exists() and os.path.getmtime(target) >= os.path.getmtime(state):
             print(f"{target.name}: up to date")
