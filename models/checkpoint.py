@@ -127,10 +127,13 @@ def _build(path: Path, ckpt: dict) -> nn.Module:
     return model.eval()
 
 
-def available_checkpoints() -> list[dict]:
-    """The checkpoints that ship with the package: one dict of metadata per file."""
+def available_checkpoints(folder: str | os.PathLike | None = None) -> list[dict]:
+    """The checkpoints that ship with the package (or those in ``folder``): one dict of metadata per file."""
     out = []
-    for path in sorted(shipped_checkpoint_dir().glob("*.pt")):
+    folder = shipped_checkpoint_dir() if folder is None else Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no checkpoint folder {folder}")
+    for path in sorted(folder.glob("*.pt")):
         meta = read_checkpoint(path)["meta"]
         out.append({"file": path.name, **{k: v for k, v in meta.items() if not isinstance(v, dict)},
                     **{f"kodak_{k}": v for k, v in meta.get("kodak", {}).items()}})

@@ -268,6 +268,18 @@ def test_shipped_checkpoints_cover_four_qualities_per_family_within_60_mb():
     assert model.gaussian_conditional.likelihood_lower_bound.bound.item() > 0
 
 
+def test_available_checkpoints_reads_any_folder_and_names_a_missing_one(tmp_path):
+    import shutil
+
+    from bitalloc.models import available_checkpoints, shipped_checkpoint_dir
+
+    shutil.copy(shipped_checkpoint_dir() / "bmshj2018-hyperprior-compact-q1.pt", tmp_path)
+    rows = available_checkpoints(tmp_path)
+    assert [(r["file"], r["quality"]) for r in rows] == [("bmshj2018-hyperprior-compact-q1.pt", 1)]
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        available_checkpoints(tmp_path / "nowhere")
+
+
 def test_an_interrupted_run_saves_its_state_and_writes_its_snapshot(tmp_path, monkeypatch):
     """Ctrl-C / SIGTERM (KeyboardInterrupt) leaves both files: the state to resume from and the weights to commit."""
     from PIL import Image
