@@ -122,11 +122,13 @@ def reemit(records: list[dict]) -> None:
 class Runner:
     """Runs submitted calls and hands each result to its continuation (module docstring).
 
-    ``submit(fn, args, label, then, priority=1)``: ``then(value)`` runs in this process once ``fn(*args)`` is
-    done; it may submit more. :meth:`run` returns when nothing is left. Calls start by ``priority`` (lower
-    first), then in the order submitted; at most ``window`` are with the executor at once (the rest wait here),
-    so a cluster is not sent every payload up front. The warnings of every call gather in :attr:`warnings`;
-    the first error stops the run (the calls not started are dropped) and propagates."""
+    ``submit(fn, args, label, then, priority=1, raised=None)``: ``then(value)`` runs in this process once
+    ``fn(*args)`` is done; it may submit more. :meth:`run` returns when nothing is left. Calls start by
+    ``priority`` (lower first), then in the order submitted; at most ``window`` are with the executor at once (the
+    rest wait here), so a cluster is not sent every payload up front. The warnings of every call gather in
+    :attr:`warnings` (and those of a call given a ``raised`` list in that list too, before ``then`` runs, so
+    that its caller can store them with the result); the first error stops the run (the calls not started are
+    dropped) and propagates."""
 
     def __init__(self, executor: cf.Executor | None = None, window: int = 4):
         self.executor, self.window = executor, max(1, int(window))
@@ -135,9 +137,10 @@ class Runner:
         self.warnings: list[dict] = []
         self._count = 0
 
-    def submit(self, fn: Callable, args: tuple, label: dict, then: Callable[[Any], None], priority: int = 1) -> None:
+    def submit(self, fn: Callable, args: tuple, label: dict, then: Callable[[Any], None], priority: int = 1,
+               raised: list | None = None) -> None:
         self._count += 1
-        heapq.heappush(self.queue, (priority, self._count, fn, args, label, then))
+        heapq.heappush(self.queue, (priority, self._count, fn, args, label, then, raised))
 
     def record(self, fn: Callable, args: tuple, label: dict) -> Any:
         """``fn(*args)`` here and now, its warnings recorded with ``label``."""
@@ -149,17 +152,19 @@ class Runner:
         try:
             while self.queue or self.running:
                 if self.executor is None:
-                    _, _, fn, args, label, then = heapq.heappop(self.queue)
+                    _, _, fn, args, label, then, raised = heapq.heappop(self.queue)
                     value, records = call_recording(fn, args, label)
                 else:
                     while self.queue and len(self.running) < self.window:
-                        _, n, fn, args, label, then = heapq.heappop(self.queue)
-                        self.running[self.executor.submit(call_recording, fn, args, label)] = (n, then)
+                        _, n, fn, args, label, then, raised = heapq.heappop(self.queue)
+                        self.running[self.executor.submit(call_recording, fn, args, label)] = (n, then, raised)
                     done, _ = cf.wait(list(self.running), return_when=cf.FIRST_COMPLETED)
                     future = min(done, key=lambda f: self.running[f][0])  # the oldest first: a fixed order
-                    _, then = self.running.pop(future)
+                    _, then, raised = self.running.pop(future)
                     value, records = future.result()
                 self.warnings += records
+                if raised is not None:
+                    raised += records
                 then(value)
         finally:
             for future in self.running:

@@ -11,9 +11,23 @@ Each table, pairwise table and outcome is computed once however many cells wait 
 two cells is asked for once, and the second cell waits for the first's), so racing workers never duplicate
 work. A cell is written (atomically) as soon as its parts are in; rows come out in the cells' order,
 whichever worker finished first.
+
+**Warnings are cached with what raised them.** A cell's file stores (``"warnings"``) the warnings of the work
+done under its label (its allocation and joint check, the outcome it asked for, its reference run); an outcome
+stores those computing it raised (labelled with the cell that asked for it), a cost table's or pairwise
+table's are stored beside it (``<out>/table_warnings/``). A cached cell or table puts its stored warnings back
+into the run, and so does a cached outcome for the cell its warnings name (a cell recomputed on an outcome
+cached for it), so a rerun from the cache collects what its first run did. Warnings from
+reading the cache itself (a file set aside) are this run's only and are not stored. The collected warnings are
+ordered by the cell or table they came from, in the study's order (each one's in the order raised), so a run's
+list does not depend on which worker finished first. Cells cached before warnings were stored load as before,
+with one warning that says how many there are.
 """
 
 from __future__ import annotations
+
+import json
+import warnings
 
 from .analysis import FP_ALLOCATOR
 from .cells import (Cell, allocate_task, cached_plan_problem, folder_recipe, outcome_task, pairs_task, reference_task,
@@ -23,7 +37,9 @@ from .plan import BitPlan
 from .repair import split_verify
 from .study_cache import ROW_FIELDS, STATIC_ROW_FIELDS, StudyCache, set_aside
 
-__all__ = ["StudyRun"]
+__all__ = ["StudyRun", "stored_warnings"]
+
+WARNINGS_FOLDER = "table_warnings"  # <out>/table_warnings/<table's name>: the warnings measuring it raised
 
 TABLE_FIRST = 0  # cost tables gate every static cell: they start before any cell's work
 
@@ -42,12 +58,36 @@ class StudyRun:
         self.waiting: dict = {}  # (quality, pairwise) or outcome path -> continuations
         self.outcomes: dict = {}  # outcome path -> outcome
         self.done: dict = {}
+        self.raised: dict = {}  # label "cell" -> warnings its submitted work raised in this run
+        self.unstored = 0  # cached cells without stored warnings (written before they were stored)
 
     def run(self, cells: list[Cell]) -> list[tuple[Cell, dict, bool]]:
         for i, cell in enumerate(cells):
             self._open(i, cell)
         self.runner.run()
+        if self.unstored:
+            self.runner.record(_note_unstored, (self.unstored, self.spec.model, self.cache.root),
+                               {"cell": f"{self.spec.model} study cache"})
+        order: dict = {}
+        for cell in cells:  # a table before the first cell that uses it
+            if cell.static:
+                order.setdefault(self._table_label(cell.quality, False)["cell"], len(order))
+                if self._pairwise(cell):
+                    order.setdefault(self._table_label(cell.quality, True)["cell"], len(order))
+            order.setdefault(cell.label(self.spec)["cell"], len(order))
+        self.runner.warnings.sort(key=lambda rec: order.get(rec.get("cell"), len(order)))
         return [self.done[i] for i in range(len(cells))]
+
+    def _submit(self, fn, args, label: dict, then, priority: int = 1) -> None:
+        """Submit ``fn(*args)``; the warnings it raises are kept under its label (to store with its result)."""
+        self.runner.submit(fn, args, label, then, priority, raised=self.raised.setdefault(label["cell"], []))
+
+    def _pairwise(self, cell: Cell) -> bool:
+        return split_verify(cell.allocator)[0] in self.spec.pairwise_allocators
+
+    def _table_label(self, quality: int, pairwise: bool) -> dict:
+        return {"cell": f"{self.spec.model} q{quality} {'pairwise terms' if pairwise else 'cost table'}",
+                "quality": quality}
 
     # what a cell needs ------------------------------------------------------------------------------------
     def _read(self, label: dict, path, key, fields=()):
@@ -62,26 +102,43 @@ class StudyRun:
             return self.waiting[k].append(then)
         self.waiting[k] = [then]
         spec, cache = self.spec, self.cache
-        stem = f"{spec.model}_q{quality}"
-        label = {"cell": f"{spec.model} q{quality} {'pairwise terms' if pairwise else 'cost table'}",
-                 "quality": quality}
+        label = self._table_label(quality, pairwise)
         if not pairwise:
-            path = cache.path("sensitivity", stem, cache.sensitivity_key(quality))
-            found = self.runner.record(cache.read_table, (path, spec.candidate_bits), label)
-            if found is not None:
-                return self._got(k, found)
-            args = (self.models[quality], self.calib, spec, path, self._frame_path(quality), self.loss)
-            return self.runner.submit(table_task, args, label, lambda t: self._got(k, t), TABLE_FIRST)
+            stem, key = f"{spec.model}_q{quality}", cache.sensitivity_key(quality)
+            if not self._cached_table(k, stem, key, label):
+                args = (self.models[quality], self.calib, spec, cache.path("sensitivity", stem, key),
+                        self._frame_path(quality), self.loss)
+                self._submit(table_task, args, label, self._measured(k, stem, key, label), TABLE_FIRST)
+            return
 
         def with_base(base):
-            path = cache.path("sensitivity", f"{stem}_pairs", cache.interactions_key(quality))
-            found = self.runner.record(cache.read_table, (path, spec.candidate_bits), label)
-            if found is not None:
-                return self._got(k, found)
-            args = (self.models[quality], self.calib, base, spec, path, self._frame_path(quality), self.loss)
-            self.runner.submit(pairs_task, args, label, lambda t: self._got(k, t), TABLE_FIRST)
+            stem, key = f"{spec.model}_q{quality}_pairs", cache.interactions_key(quality)
+            if not self._cached_table(k, stem, key, label):
+                args = (self.models[quality], self.calib, base, spec, cache.path("sensitivity", stem, key),
+                        self._frame_path(quality), self.loss)
+                self._submit(pairs_task, args, label, self._measured(k, stem, key, label), TABLE_FIRST)
 
         self._table(quality, False, with_base)
+
+    def _cached_table(self, k, stem: str, key: dict, label: dict) -> bool:
+        """Hand on the cached table (its stored warnings back in the run); False when it is not cached."""
+        path = self.cache.path("sensitivity", stem, key)
+        found = self.runner.record(self.cache.read_table, (path, self.spec.candidate_bits), label)
+        if found is None:
+            return False
+        where = self.cache.path(WARNINGS_FOLDER, stem, key)
+        self.runner.warnings += self.runner.record(_read_table_warnings, (where, key), label)
+        self._got(k, found)
+        return True
+
+    def _measured(self, k, stem: str, key: dict, label: dict):
+        def then(table):  # its warnings stored (none too: no stale file stays) before any cell goes on
+            raised = self.raised.get(label["cell"], [])
+            self.runner.record(self.cache.write, (self.cache.path(WARNINGS_FOLDER, stem, key), key,
+                                                  {"warnings": raised}), label)
+            self._got(k, table)
+
+        return then
 
     def _frame_path(self, quality: int):
         key = self.cache.sensitivity_key(quality)
@@ -102,19 +159,26 @@ class StudyRun:
         if path in self.waiting:
             return self.waiting[path].append(then)
         found = self._read(label, path, key)
-        if found is not None:
+        if found is not None:  # the warnings computing it raised come back with the cell they were raised for
+            mine = [r for r in stored_warnings(found.get("warnings")) or [] if r["cell"] == label["cell"]]
+            self.runner.warnings += mine
+            self.raised.setdefault(label["cell"], []).extend(mine)
             self.outcomes[path] = found
             return then(found)
         self.waiting[path] = [then]
+        raised: list = []
 
         def got(outcome):
+            self.raised.setdefault(label["cell"], []).extend(raised)
+            if raised:  # stored with the outcome too, for a cell recomputed later on it
+                self.runner.record(cache.write, (path, key, {**outcome, "warnings": raised}), label)
             self.outcomes[path] = outcome
             for then in self.waiting.pop(path):
                 then(outcome)
 
         args = (cache, self.spec, quality, mode, plan, self.models[quality], self.train, self.evals, self.loss,
                 self.calib)
-        self.runner.submit(outcome_task, args, label, got)
+        self.runner.submit(outcome_task, args, label, got, raised=raised)
 
     # a cell ----------------------------------------------------------------------------------------------
     def _open(self, i: int, cell: Cell) -> None:
@@ -125,8 +189,8 @@ class StudyRun:
         found = self._read(label, path, key, ROW_FIELDS + (STATIC_ROW_FIELDS if cell.static else ()))
         finish = self._finisher(i, cell, key, path)
         if cell.static:
-            pairwise = split_verify(cell.allocator)[0] in spec.pairwise_allocators
-            return self._table(cell.quality, pairwise, lambda table: self._static(cell, found, table, finish))
+            return self._table(cell.quality, self._pairwise(cell),
+                               lambda table: self._static(cell, found, table, finish))
         if found is not None:
             return finish(found, fresh=False)
         workdir = None
@@ -136,7 +200,7 @@ class StudyRun:
             workdir = cache.workdir("dynaquant", f"{spec.model}_q{cell.quality}_avg{cell.budget:g}_"
                                                  f"{spec.qat_steps}steps", key)
         args = (cell, spec, self.models[cell.quality], self.train, self.evals, workdir, self.loss, self.progress)
-        self.runner.submit(reference_task, args, label, lambda c: finish(c, fresh=True))
+        self._submit(reference_task, args, label, lambda c: finish(c, fresh=True))
 
     def _static(self, cell: Cell, found: dict | None, table, finish) -> None:
         label, where = cell.label(self.spec), cell.where(self.spec)
@@ -152,7 +216,7 @@ class StudyRun:
                 self._outcome(label, cell.quality, cell.mode, plan,
                               lambda outcome: finish(with_means({**res, "plan": plan}, outcome), fresh=True))
 
-            return self.runner.submit(allocate_task, args, label, allocated)
+            return self._submit(allocate_task, args, label, allocated)
         if "plan_excess" in found["row"]:
             return finish(found, fresh=False)
 
@@ -160,10 +224,21 @@ class StudyRun:
             found["row"].update(res["row"])
             finish(found, fresh=False, write=True)
 
-        self.runner.submit(allocate_task, (*args, found["plan"]), label, checked)
+        self._submit(allocate_task, (*args, found["plan"]), label, checked)
 
     def _finisher(self, i: int, cell: Cell, key: dict, path):
+        name = cell.label(self.spec)["cell"]
+
         def finish(found: dict, fresh: bool, write: bool | None = None) -> None:
+            raised = self.raised.get(name, [])
+            if not fresh:  # its first run's warnings, back in this run (a re-check's are in already)
+                stored = stored_warnings(found.get("warnings"))
+                self.unstored += stored is None
+                self.runner.warnings += stored or []
+                if stored is not None:
+                    found["warnings"] = stored + raised
+            else:
+                found["warnings"] = list(raised)
             if fresh if write is None else write:
                 self.cache.write(path, key, found)
             self.done[i] = (cell, found, fresh)
@@ -173,3 +248,33 @@ class StudyRun:
 
         finish.path = path
         return finish
+
+
+def stored_warnings(value) -> list[dict] | None:
+    """The warnings a cached cell or table stores (dicts, each with at least ``cell`` and ``message``), or None
+    when it stores none that read back (written before warnings were stored)."""
+    if not isinstance(value, list) or not all(isinstance(r, dict) and {"cell", "message"} <= set(r) for r in value):
+        return None
+    return value
+
+
+def _read_table_warnings(path, key: dict) -> list[dict]:
+    """The warnings stored beside a cached table ([] when none are: a table cached before they were stored); a
+    file that does not read back is set aside (named in a warning)."""
+    if not path.exists():
+        return []
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        set_aside(path, f"is not valid JSON ({exc})")
+        return []
+    stored = stored_warnings(found.get("warnings")) if isinstance(found, dict) else None
+    if stored is None or found.get("key") != json.loads(json.dumps(key)):
+        set_aside(path, "is not the warnings of its table (no list of warnings, or another key)")
+        return []
+    return stored
+
+
+def _note_unstored(count: int, model: str, root) -> None:
+    warnings.warn(f"{count} cells of {model} were read from a cache written before cells stored their warnings "
+                  f"({root}/cells): the warnings their first run raised are not shown", UserWarning, stacklevel=1)
