@@ -91,7 +91,7 @@ def headline_table(ranking: pd.DataFrame, bd: pd.DataFrame) -> str:
             "bd_rate_vs_fp32_qat_pct", "size_mbit", "avg_bits", "delta_psnr_db", "solve_time_s"]
     df = df.reindex(columns=cols + ["note", "tied_with_above"])
     df["mode"] = df["mode"].str.upper()
-    df["rank"] = [f"{r} (tie)" if t is True else _num(r) for r, t in zip(df["rank"], df.tied_with_above)]
+    df["rank"] = [f"{_num(r)} (tie)" if t is True else _num(r) for r, t in zip(df["rank"], df.tied_with_above)]
     return _markdown(df[cols], df["note"], fmt=".3g")
 
 

@@ -1,54 +1,25 @@
-"""Render the README's headline table of the allocator study from its committed results.
+"""Print the headline table of each committed allocator study (the one its report.md opens with) and what the QAT
+steps alone do to the float model.
 
-    python studies/headline_table.py                       # every studies/results/compare_*/bd_rate.csv
+    python studies/headline_table.py                       # every studies/results/compare_*/
     python studies/headline_table.py --model mbt2018-mean
 
-One markdown table per model family: per budget and mode, the allocators ranked by BD-rate against FP32
-(search time, size, PSNR change, BD-rate against FP32 and against uniform 8-bit PTQ; QAT rows also against
-the FP32 model fine-tuned with the same QAT steps). Reads only what
+The table is :func:`bitalloc.report.headline_table` of the study's ``ranking.csv`` and ``bd_rate.csv``: per mode
+and budget, the allocators in ranking order with their BD-rates against FP32, uniform 8-bit PTQ and (QAT rows)
+the FP32 model fine-tuned with the same QAT steps, size, bits, PSNR change and solve time. Reads only what
 ``studies/compare_allocators.py`` wrote; measures nothing itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import pandas as pd
 
+from bitalloc.report import headline_table
+
 RESULTS = Path(__file__).parent / "results"
-MODE_ORDER = {"ptq": 0, "qat": 1}
-
-
-def _pct(value, note: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        for key, why in (("overlap", "no overlap"), ("monotone", "curve not monotone"), ("points", "< 4 points")):
-            if key in str(note):
-                return f"n/a ({why})"
-        return "n/a"
-    if value == 0:
-        return "0"
-    return f"{value:+.0f} %" if abs(value) >= 100 else f"{value:+.2f} %"
-
-
-def headline(bd: pd.DataFrame) -> str:
-    """Markdown rows: budgets high to low, PTQ before QAT, allocators by BD-rate against FP32."""
-    bd = bd.assign(_mode=bd["mode"].map(MODE_ORDER).fillna(9),
-                   _bd=bd["bd_rate_vs_fp32_pct"].fillna(float("inf")))
-    bd = bd.sort_values(["budget", "_mode", "_bd"], ascending=[False, True, True])
-    lines = ["| budget (avg bits) | mode | allocator | avg bits | size (Mbit) | solve (ms) | d PSNR (dB) "
-             "| BD-rate vs FP32 | BD-rate vs uniform 8 | BD-rate vs FP32 + same QAT |",
-             "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in bd.itertuples(index=False):
-        note = r.note if isinstance(r.note, str) else ""
-        ms = 1e3 * r.solve_time_s if hasattr(r, "solve_time_s") else r.solve_time_ms  # bd_rate.csv: seconds
-        solve = "-" if math.isnan(ms) else f"{ms:.2f}"
-        lines.append(f"| {r.budget:g} | {r.mode.upper()} | {r.allocator} | {r.avg_bits:.2f} | {r.size_mbit:.2f} "
-                     f"| {solve} | {r.delta_psnr_db:+.3g} | {_pct(r.bd_rate_vs_fp32_pct, note)} "
-                     f"| {_pct(r.bd_rate_vs_uniform8_pct, note)} "
-                     f"| {'-' if r.mode != 'qat' else _pct(r.bd_rate_vs_fp32_qat_pct, note)} |")
-    return "\n".join(lines)
 
 
 def qat_gain(results: pd.DataFrame) -> str:
@@ -63,26 +34,28 @@ def qat_gain(results: pd.DataFrame) -> str:
             + f"; PSNR within {dpsnr.abs().max():.3f} dB")
 
 
+def study_headline(folder: Path) -> str:
+    """The headline table of the study in ``folder`` (from its ranking.csv and bd_rate.csv) and its QAT gain."""
+    for name in ("ranking.csv", "bd_rate.csv", "results.csv"):
+        if not (folder / name).is_file():
+            raise SystemExit(f"{folder / name} not found; run studies/compare_allocators.py --model "
+                             f"{folder.name.removeprefix('compare_')}")
+    table = headline_table(pd.read_csv(folder / "ranking.csv"), pd.read_csv(folder / "bd_rate.csv"))
+    return f"{table}\n\n{qat_gain(pd.read_csv(folder / 'results.csv'))}"
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", nargs="*", default=None, help="families (default: every compare_* folder)")
-    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--results", default=str(RESULTS),
+                   help="folder of the compare_<model> results (default: %(default)s)")
     args = p.parse_args(argv)
     root = Path(args.results)
-    folders = ([root / f"compare_{m}" for m in args.model] if args.model
-               else sorted(root.glob("compare_*")))
+    folders = [root / f"compare_{m}" for m in args.model] if args.model else sorted(root.glob("compare_*"))
     if not folders:
         raise SystemExit(f"no compare_* results under {root}; run studies/compare_allocators.py first")
     for folder in folders:
-        csv = folder / "bd_rate.csv"
-        if not csv.is_file():
-            raise SystemExit(f"{csv} not found; run studies/compare_allocators.py --model "
-                             f"{folder.name.removeprefix('compare_')}")
-        print(f"### {folder.name.removeprefix('compare_')}\n")
-        print(headline(pd.read_csv(csv)))
-        print()
-        print(qat_gain(pd.read_csv(folder / "results.csv")))
-        print()
+        print(f"### {folder.name.removeprefix('compare_')}\n\n{study_headline(folder)}\n")
 
 
 if __name__ == "__main__":
