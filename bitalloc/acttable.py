@@ -99,5 +99,6 @@ def weight_view(table: "CostTable") -> tuple["CostTable", np.ndarray]:
         pick[:, k] = lo + np.argmin(table.cost[:, lo:hi], axis=1)  # argmin takes the first of equal costs
     rows = np.arange(table.num_layers)[:, None]
     view = table.replace(bits=tuple(table.bits[j] for j in cols), cost=table.cost[rows, pick],
-                         size_bits=table.size_bits[:, cols], act_bits=None)
+                         size_bits=table.size_bits[:, cols], act_bits=None,
+                         cost_se=None if table.cost_se is None else table.cost_se[rows, pick])
     return view, pick

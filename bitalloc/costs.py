@@ -8,7 +8,9 @@ A :class:`CostTable` holds, for L layers and B ascending candidate bit-widths ``
   ``num_params * b`` plus a per-channel-scale overhead that does not depend on b).
 
 and optionally, for a sparse set of layer pairs, B x B matrices of interaction costs (``pairwise``,
-:mod:`bitalloc.pairwise`). Allocators solve::
+:mod:`bitalloc.pairwise`), and the costs' uncertainty: ``cost_se[l, j]`` (the standard error of each cost) and
+the table's ``noise_floor`` (:mod:`bitalloc.noise`; ``measure_sensitivity(uncertainty=True)`` fills both).
+Allocators solve::
 
     minimize    f(x) = sum_l cost[l, x_l] + sum_{(i, j) in pairwise} P_ij[x_i, x_j]
     subject to  sum_l size_bits[l, x_l] <= budget.max_size_bits   (+ budget.extra linear constraints)
@@ -36,6 +38,7 @@ from bitalloc.atomic import atomic_write_text  # re-exported: callers import it 
 from bitalloc.errors import BudgetError, CostTableError
 from bitalloc.pairwise import PairTerms, validate_pairwise
 from bitalloc.tablebase import LayerSpec, exact_sum, plan_objective  # re-exported: the public home is here
+from bitalloc.tablebase import check_cost_se, check_noise_floor
 from bitalloc.tablecheck import check_fields, per_layer
 from bitalloc.tableformats import TABLE_FORMAT, TABLE_VERSION, TABLE_VERSION_PAIRWISE, TableFormats
 
@@ -50,6 +53,8 @@ class CostTable(TableFormats):
 
     Validated on construction; the arrays are stored as read-only copies. Costs must be finite and
     non-negative but need not be monotone in bits (see :meth:`monotone`); pairwise terms may have any sign.
+    ``cost_se`` (L, B) and ``noise_floor`` (optional, finite, >= 0) say how well the costs are known; they change
+    no objective (:func:`bitalloc.tie_break_within_noise` uses them), and a table without them is today's.
     """
 
     layers: tuple[LayerSpec, ...]
@@ -60,6 +65,8 @@ class CostTable(TableFormats):
     weight_variance: np.ndarray | None = None
     pairwise: Mapping[tuple[str, str], np.ndarray] = field(default_factory=dict)
     act_bits: tuple[int | None, ...] | None = None  # (weight, activation) candidates: :mod:`bitalloc.acttable`
+    cost_se: np.ndarray | None = None  # standard error of each cost (L, B)
+    noise_floor: float | None = None  # the cost difference one cell resolves (:func:`bitalloc.noise.noise_floor`)
 
     def __post_init__(self) -> None:
         layers, bits, cost, size = check_fields(self.layers, self.bits, self.cost, self.size_bits,
@@ -72,6 +79,8 @@ class CostTable(TableFormats):
         object.__setattr__(self, "size_bits", size)
         object.__setattr__(self, "hessian_trace", per_layer("hessian_trace", self.hessian_trace, layers))
         object.__setattr__(self, "weight_variance", per_layer("weight_variance", self.weight_variance, layers))
+        object.__setattr__(self, "cost_se", check_cost_se(self.cost_se, layers, bits))
+        object.__setattr__(self, "noise_floor", check_noise_floor(self.noise_floor))
         names = tuple(s.name for s in layers)
         pairwise = validate_pairwise(self.pairwise, names, bits)
         object.__setattr__(self, "pairwise", pairwise)
@@ -84,10 +93,12 @@ class CostTable(TableFormats):
                     branches: Sequence[str] | None = None, hessian_trace: Any = None,
                     weight_variance: Any = None,
                     pairwise: Mapping[tuple[str, str], Any] | None = None,
-                    act_bits: Sequence[int | None] | None = None) -> "CostTable":
+                    act_bits: Sequence[int | None] | None = None, cost_se: Any = None,
+                    noise_floor: float | None = None) -> "CostTable":
         """Build a table from plain arrays; ``size_bits=None`` means ``num_params * bits``; ``pairwise`` maps
         layer-name pairs to (B, B) interaction costs (rows: bits of the first layer); ``act_bits``: one input
-        activation bit-width (None: float) per candidate, for (weight, activation) candidates."""
+        activation bit-width (None: float) per candidate, for (weight, activation) candidates; ``cost_se`` and
+        ``noise_floor``: the costs' standard errors (L, B) and the table's noise floor."""
         names = list(layer_names)
         n = len(names)
         for fname, seq in (("num_params", num_params), ("kinds", kinds), ("branches", branches)):
@@ -105,7 +116,7 @@ class CostTable(TableFormats):
             size_bits = np.outer(np.asarray(params, dtype=np.float64), np.asarray(list(bits), dtype=np.float64))
         return cls(layers=layers, bits=tuple(bits), cost=cost, size_bits=size_bits, hessian_trace=hessian_trace,
                    weight_variance=weight_variance, pairwise=pairwise or {},
-                   act_bits=None if act_bits is None else tuple(act_bits))
+                   act_bits=None if act_bits is None else tuple(act_bits), cost_se=cost_se, noise_floor=noise_floor)
 
     # properties -------------------------------------------------------------------------------------------
     @property
@@ -227,7 +238,7 @@ class CostTable(TableFormats):
     def replace(self, **changes: Any) -> "CostTable":
         kw = dict(layers=self.layers, bits=self.bits, cost=self.cost, size_bits=self.size_bits,
                   hessian_trace=self.hessian_trace, weight_variance=self.weight_variance, pairwise=self.pairwise,
-                  act_bits=self.act_bits)
+                  act_bits=self.act_bits, cost_se=self.cost_se, noise_floor=self.noise_floor)
         kw.update(changes)
         return CostTable(**kw)
 
@@ -243,7 +254,7 @@ class CostTable(TableFormats):
                          size_bits=self.size_bits[idx], hessian_trace=pick(self.hessian_trace),
                          weight_variance=pick(self.weight_variance),
                          pairwise={k: v for k, v in self.pairwise.items() if k[0] in kept and k[1] in kept},
-                         act_bits=self.act_bits)
+                         act_bits=self.act_bits, cost_se=pick(self.cost_se), noise_floor=self.noise_floor)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CostTable):
@@ -253,7 +264,8 @@ class CostTable(TableFormats):
         return (self.layers == other.layers and self.bits == other.bits and self.act_bits == other.act_bits
                 and same(self.cost, other.cost)
                 and same(self.size_bits, other.size_bits) and same(self.hessian_trace, other.hessian_trace)
-                and same(self.weight_variance, other.weight_variance)
+                and same(self.weight_variance, other.weight_variance) and same(self.cost_se, other.cost_se)
+                and self.noise_floor == other.noise_floor
                 and self.pairwise.keys() == other.pairwise.keys()
                 and all(same(v, other.pairwise[k]) for k, v in self.pairwise.items()))
 
@@ -262,7 +274,8 @@ class CostTable(TableFormats):
     def __reduce__(self) -> tuple:
         """Pickle (and deepcopy) by the constructor's arguments: the read-only pairwise mapping cannot be pickled."""
         return (CostTable, (self.layers, self.bits, self.cost, self.size_bits, self.hessian_trace,
-                            self.weight_variance, dict(self.pairwise), self.act_bits))
+                            self.weight_variance, dict(self.pairwise), self.act_bits, self.cost_se,
+                            self.noise_floor))
 
 
 from bitalloc.budget import Budget, LinearConstraint  # noqa: E402  (re-exported; budget.py imports this module)

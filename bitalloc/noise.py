@@ -16,19 +16,25 @@ When many cells are 0 (the 6- and 8-bit cells of most layers), allocators are in
 different sizes, and a generous budget can be left unused (the ILP left 12 % of an 8-bit budget unused).
 :func:`tie_break_within_noise` adds a cost proportional to the size a plan leaves unused, at most a fraction
 (``share``) of the noise floor over the whole plan: among plans that tie, the bigger one wins, and no two plans
-whose costs differ by more than ``share`` times the noise floor change order. Torch-free.
+whose costs differ by more than ``share`` times the noise floor change order. :func:`within_noise` wraps any
+allocator so that it allocates on that table and reports the plan's objective on the table itself (the harness's
+``StudySpec(table_fit="noise")``). The table keeps its standard errors and noise floor
+(:attr:`CostTable.cost_se`, :attr:`CostTable.noise_floor`). Torch-free.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 
-from bitalloc.costs import CostTable
+from bitalloc.allocation import Allocation, build_allocator
+from bitalloc.costs import Budget, CostTable
 
-__all__ = ["fit_costs", "isotonic_nonincreasing", "noise_floor", "tie_break_within_noise"]
+__all__ = ["TieBreakingAllocator", "fit_costs", "isotonic_nonincreasing", "noise_floor", "tie_break_within_noise",
+           "within_noise"]
 
 
 def isotonic_nonincreasing(values: Any, weights: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -110,17 +116,20 @@ def noise_floor(cost_se: Any, z: float = 2.0) -> float:
     return float(z * np.median(s)) if s.size else float("nan")
 
 
-def tie_break_within_noise(table: CostTable, noise_floor: float, *, share: float = 0.5) -> CostTable:
+def tie_break_within_noise(table: CostTable, noise_floor: float | None = None, *, share: float = 0.5) -> CostTable:
     """A copy of ``table`` in which plans that tie within noise differ by the size they leave unused.
 
     Adds ``share * noise_floor * (size[l, -1] - size[l, j]) / S`` to cell (l, j), with ``S`` the difference
     between the largest and the smallest plan: a plan's added cost is ``share * noise_floor`` times the fraction
     of the size range it leaves unused, so between two plans within noise the bigger one costs less, and no
-    plan gains more than ``share * noise_floor`` over another. Monotone costs stay monotone.
+    plan gains more than ``share * noise_floor`` over another. Monotone costs stay monotone. ``noise_floor=None``:
+    the table's own (:attr:`CostTable.noise_floor`).
     """
-    if not (math.isfinite(noise_floor) and noise_floor > 0):
-        raise ValueError(f"noise_floor must be a positive finite number (frame.attrs['noise_floor'] of a table "
-                         f"measured with uncertainty=True), got {noise_floor}")
+    if noise_floor is None:
+        noise_floor = table.noise_floor
+    if noise_floor is None or not (math.isfinite(noise_floor) and noise_floor > 0):
+        raise ValueError(f"noise_floor must be a positive finite number (the noise_floor of a table measured with "
+                         f"measure_sensitivity(uncertainty=True)), got {noise_floor}")
     if not (math.isfinite(share) and 0 < share <= 1):
         raise ValueError(f"share must be in (0, 1], got {share}")
     size = np.asarray(table.size_bits, dtype=np.float64)
@@ -129,3 +138,43 @@ def tie_break_within_noise(table: CostTable, noise_floor: float, *, share: float
         return table
     extra = share * noise_floor * (size[:, -1:] - size) / span
     return table.replace(cost=np.asarray(table.cost) + extra)
+
+
+class TieBreakingAllocator:
+    """``allocator`` run on :func:`tie_break_within_noise` of the table (with the table's own noise floor, times
+    ``share``): among plans whose costs tie within noise it returns one that uses more of the budget. The
+    :class:`Allocation`'s ``objective`` is the plan's on the table itself, which is at most ``share`` times the
+    noise floor above the table's optimum when the inner allocator is exact; ``extra["tie_break"]`` is that
+    bound. A table without a noise floor is refused by name; a noise floor of 0 (every standard error 0: nothing
+    ties within noise) allocates on the table unchanged."""
+
+    def __init__(self, allocator: Any, share: float = 0.5):
+        self.inner = build_allocator(allocator) if isinstance(allocator, str) else allocator
+        self.name = getattr(self.inner, "name", type(self.inner).__name__)
+        self.share = share
+        self.supports_extra = getattr(self.inner, "supports_extra", False)
+        self.supports_pairwise = getattr(self.inner, "supports_pairwise", False)
+
+    def allocate(self, table: CostTable, budget: Budget) -> Allocation:
+        floor = table.noise_floor
+        if floor is None:
+            raise ValueError(f"allocator '{self.name}' within noise: the cost table has no noise_floor; measure it "
+                             "with measure_sensitivity(uncertainty=True) (StudySpec(table_fit='noise'))")
+        if floor == 0:
+            return self.inner.allocate(table, budget)
+        alloc = self.inner.allocate(tie_break_within_noise(table, floor, share=self.share), budget)
+        if alloc.plan is None:
+            return alloc
+        bound = self.share * floor
+        note = f"ties within noise broken toward the bigger plan (objective within {bound:.3g} of the table's)"
+        return dataclasses.replace(alloc, objective=table.objective(alloc.plan.choices(table)),
+                                   message=f"{alloc.message}; {note}" if alloc.message else note,
+                                   extra={**alloc.extra, "tie_break": bound})
+
+    def __repr__(self) -> str:
+        return f"TieBreakingAllocator({self.inner!r}, share={self.share})"
+
+
+def within_noise(allocator: Any, share: float = 0.5) -> TieBreakingAllocator:
+    """``allocator`` (a registered name or an allocator object) wrapped in :class:`TieBreakingAllocator`."""
+    return TieBreakingAllocator(allocator, share)

@@ -1,4 +1,5 @@
-"""The parts of a cost table that need no table: its layer record and the two sums every plan is judged by.
+"""The parts of a cost table that need no table: its layer record, the two sums every plan is judged by, and
+the checks of its optional uncertainty (``cost_se``, ``noise_floor``).
 
 :func:`exact_sum` is how bitalloc adds up sizes and costs (``math.fsum``: the correctly rounded sum, the same in
 every order), and :func:`plan_objective` is a plan's objective. :class:`~bitalloc.costs.CostTable`,
@@ -10,14 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+
+from bitalloc.errors import CostTableError
 
 if TYPE_CHECKING:
     from bitalloc.pairwise import PairTerms
 
-__all__ = ["LayerSpec", "exact_sum", "plan_objective"]
+__all__ = ["LayerSpec", "check_cost_se", "check_noise_floor", "exact_sum", "plan_objective"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,39 @@ class LayerSpec:
     num_params: int = 0
     branch: str = ""
 
+
+def check_cost_se(cost_se: Any, layers: Sequence[LayerSpec], bits: Sequence[int]) -> np.ndarray | None:
+    """``cost_se`` (the standard error of each cost, (L, B), finite and >= 0) as a read-only copy, or None; a
+    :class:`CostTableError` names the shape or the layer and bit-width of a bad cell."""
+    if cost_se is None:
+        return None
+    try:
+        arr = np.array(cost_se, dtype=np.float64, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise CostTableError(f"field 'cost_se' is not numeric: {exc}") from None
+    if arr.shape != (len(layers), len(bits)):
+        raise CostTableError(f"field 'cost_se' has shape {arr.shape}, expected {(len(layers), len(bits))} "
+                             "(layers x bits: one standard error per cost)")
+    bad = ~np.isfinite(arr) | (arr < 0)
+    if bad.any():
+        l, j = map(int, np.argwhere(bad)[0])
+        raise CostTableError(f"cost_se of layer '{layers[l].name}' at {bits[j]} bits is {arr[l, j]}; a standard "
+                             "error must be finite and non-negative")
+    arr.setflags(write=False)
+    return arr
+
+
+def check_noise_floor(value: Any) -> float | None:
+    """The table's noise floor (a finite number >= 0, :func:`bitalloc.noise.noise_floor`) as a float, or None."""
+    if value is None:
+        return None
+    try:
+        x = float(value) if not isinstance(value, (bool, np.bool_, str)) else math.nan
+    except (TypeError, ValueError):
+        x = math.nan
+    if not (math.isfinite(x) and x >= 0):
+        raise CostTableError(f"field 'noise_floor' is {value!r}; it must be a finite number >= 0 (or None)")
+    return x
 
 
 def exact_sum(values: Any) -> float:

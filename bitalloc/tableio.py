@@ -99,7 +99,9 @@ def table_from_frame(frame: pd.DataFrame, source: str = "cost-table frame", firs
     records = [(i, r) for i, r in records if is_blank(r.get("pair_layer"))]
     optional = [c for c in PER_LAYER if c in frame.columns]
     has_act = "act_bits" in frame.columns  # (weight, activation) candidates: bitalloc.acttable
-    cells: dict[tuple[str, Any], tuple[float, float, int]] = {}
+    has_se = "cost_se" in frame.columns  # the costs' standard errors, and one noise floor per table
+    floor: tuple[float, int] | None = None
+    cells: dict[tuple[str, Any], tuple[float, float, int, float]] = {}
     per_layer: dict[str, dict[str, Any]] = {}
     first_at: dict[str, int] = {}
     all_bits: set[Any] = set()
@@ -112,10 +114,17 @@ def table_from_frame(frame: pd.DataFrame, source: str = "cost-table frame", firs
             b = (b, None if is_blank(rec["act_bits"]) else as_int(rec["act_bits"], where, "act_bits"))
         c = as_float(rec["cost"], where, "cost")
         s = as_float(rec["size_bits"], where, "size_bits")
+        se = as_float(rec["cost_se"], where, "cost_se") if has_se else 0.0
+        if "noise_floor" in rec:  # one value per table, repeated on every layer row
+            v = as_float(rec["noise_floor"], where, "noise_floor")
+            if floor is not None and v != floor[0]:
+                raise CostTableError(f"{where}: field 'noise_floor' is {v!r}, but {floor[0]!r} on {row_word} "
+                                     f"{floor[1]} (one noise floor per table)")
+            floor = floor or (v, n)
         if (name, b) in cells:
             raise CostTableError(f"{where}: layer '{name}' has a second row at {_label(b)} bits (first at "
                                  f"{row_word} {cells[name, b][2]})")
-        cells[name, b] = (c, s, n)
+        cells[name, b] = (c, s, n, se)
         all_bits.add(b)
         vals: dict[str, Any] = {}
         for col in optional:
@@ -144,6 +153,10 @@ def table_from_frame(frame: pd.DataFrame, source: str = "cost-table frame", firs
     cost = np.array([[cells[n, b][0] for b in bits] for n in names])
     size = np.array([[cells[n, b][1] for b in bits] for n in names])
     proxies: dict[str, Any] = {}
+    if has_se:
+        proxies["cost_se"] = np.array([[cells[n, b][3] for b in bits] for n in names])
+    if floor is not None:
+        proxies["noise_floor"] = floor[0]
     for col in ("hessian_trace", "weight_variance"):
         if col in optional:
             vals = [per_layer[n][col] for n in names]
@@ -228,11 +241,14 @@ def table_to_frame(table: CostTable) -> pd.DataFrame:
         "bits": np.tile(np.asarray(table.bits, dtype=np.int64), L),
         **({} if table.act_bits is None else {"act_bits": pd.array(list(table.act_bits) * L, dtype="Int64")}),
         "cost": table.cost.reshape(-1),
+        **({} if table.cost_se is None else {"cost_se": table.cost_se.reshape(-1)}),
         "size_bits": table.size_bits.reshape(-1),
     }
     if table.hessian_trace is not None:
         data["hessian_trace"] = np.repeat(table.hessian_trace, B)
     if table.weight_variance is not None:
         data["weight_variance"] = np.repeat(table.weight_variance, B)
+    if table.noise_floor is not None:  # one value per table, on every layer row (blank on pairwise rows)
+        data["noise_floor"] = np.full(L * B, table.noise_floor)
     frame = pd.DataFrame(data)
     return pairwise_frame(frame, table.pairwise, table.bits) if table.pairwise else frame

@@ -4,6 +4,8 @@ Version 1: bits and one entry per layer; version 2 (written when the table has p
 ``"pairwise": [{"layers": [layer_i, layer_j], "cost": B x B nested list}, ...]``, so a reader that would drop the
 terms refuses the file. Version 3 (written when the table has (weight, activation) candidates) adds
 ``"act_bits": [8, 8, null, ...]``, one per entry of ``bits`` (null: a float input; :mod:`bitalloc.acttable`).
+Any version may hold the costs' uncertainty: ``"cost_se"`` (one list per layer, beside ``"cost"``) and a top-level
+``"noise_floor"``; they change no plan's objective, so they need no new version (an older reader drops them).
 A truncated or hand-edited file raises a :class:`CostTableError` naming the file, the layer
 (or pairwise term) by position and name, and the field. :meth:`CostTable.to_dict`, :meth:`~CostTable.from_dict`,
 :meth:`~CostTable.to_json` and :meth:`~CostTable.from_json` call these functions.
@@ -40,7 +42,11 @@ def table_to_dict(table: CostTable) -> dict[str, Any]:
             row["hessian_trace"] = float(table.hessian_trace[i])
         if table.weight_variance is not None:
             row["weight_variance"] = float(table.weight_variance[i])
+        if table.cost_se is not None:
+            row["cost_se"] = [float(c) for c in table.cost_se[i]]
         out["layers"].append(row)
+    if table.noise_floor is not None:
+        out["noise_floor"] = table.noise_floor
     if table.pairwise:
         out["pairwise"] = [{"layers": list(k), "cost": [[float(x) for x in r] for r in v]}
                            for k, v in table.pairwise.items()]
@@ -82,9 +88,10 @@ def table_from_dict(data: Any, source: str = "cost-table dict") -> CostTable:
     rows = require_field(data, "layers", source)
     if not isinstance(rows, list) or not rows:
         raise CostTableError(f"{source}: field 'layers' is {type(rows).__name__}; expected a non-empty list")
-    names, costs, sizes, params, kinds, branches = [], [], [], [], [], []
+    names, costs, sizes, params, kinds, branches, ses = [], [], [], [], [], [], []
     proxies: dict[str, list[float]] = {"hessian_trace": [], "weight_variance": []}
     present = {k: k in rows[0] if isinstance(rows[0], Mapping) else False for k in proxies}
+    has_se = isinstance(rows[0], Mapping) and "cost_se" in rows[0]  # then every layer needs it
     for i, row in enumerate(rows):
         where = f"{source}, layers[{i}]"
         if not isinstance(row, Mapping):
@@ -92,7 +99,7 @@ def table_from_dict(data: Any, source: str = "cost-table dict") -> CostTable:
         name = as_text(require_field(row, "name", where), where, "name", required=True)
         where = f"{where} ('{name}')"
         vec = {}
-        for key in ("cost", "size_bits"):
+        for key in ("cost", "size_bits", *(("cost_se",) if has_se or "cost_se" in row else ())):
             v = require_field(row, key, where)
             if not isinstance(v, list) or len(v) != len(bits):
                 raise CostTableError(f"{where}: field '{key}' has {len(v) if isinstance(v, list) else repr(v)} "
@@ -101,6 +108,8 @@ def table_from_dict(data: Any, source: str = "cost-table dict") -> CostTable:
         names.append(name)
         costs.append(vec["cost"])
         sizes.append(vec["size_bits"])
+        if "cost_se" in vec:
+            ses.append(vec["cost_se"])
         params.append(as_int(row.get("num_params", 0), where, "num_params"))
         kinds.append(as_text(row.get("kind", ""), where, "kind"))
         branches.append(as_text(row.get("branch", ""), where, "branch"))
@@ -109,10 +118,14 @@ def table_from_dict(data: Any, source: str = "cost-table dict") -> CostTable:
                 proxies[key].append(as_float(require_field(row, key, where), where, key))
             elif key in row:
                 raise CostTableError(f"{where}: field '{key}' is given but layers[0] lacks it")
+    if ses and len(ses) != len(names):
+        raise CostTableError(f"{source}, layers[0]: field 'cost_se' is missing while other layers have it")
     pairwise = _pairs_from_json(data["pairwise"], len(bits), source) if "pairwise" in data else None
+    floor = data.get("noise_floor")
+    floor = None if floor is None else as_float(floor, source, "noise_floor")
     return build_table(source, names, bits, np.array(costs), np.array(sizes), num_params=params, kinds=kinds,
-                  branches=branches, pairwise=pairwise, act_bits=acts,
-                  **{k: v for k, v in proxies.items() if present[k]})
+                  branches=branches, pairwise=pairwise, act_bits=acts, cost_se=np.array(ses) if ses else None,
+                  noise_floor=floor, **{k: v for k, v in proxies.items() if present[k]})
 
 
 def _pairs_from_json(entries: Any, B: int, source: str) -> dict[tuple[str, str], np.ndarray]:

@@ -9,7 +9,8 @@ computed in eval mode (for a CompressAI model y and z are rounded: deterministic
 max(zeta, 0) (``fit="clip"``: measurement noise can be slightly negative; the raw values are in the frame
 returned with ``return_frame=True``), or the noise-aware fit of :mod:`bitalloc.noise` (``fit="isotonic"``:
 non-increasing in bits, noisy cells pooled). With ``uncertainty=True`` every crop is one observation and
-each cell gets its standard error (``zeta_se`` and ``cost_se`` in the frame, ``noise_floor`` in its attrs). The
+each cell gets its standard error (``zeta_se`` and ``cost_se`` in the frame, ``noise_floor`` in its attrs; the
+table's ``cost_se`` and ``noise_floor`` too). The
 size follows :func:`bitalloc.quant.layer_size_bits`. With the default RD loss on a model with a registered
 pipeline (:mod:`bitalloc.sensitivity.pipelines`) only the computation downstream of the quantized layer is redone
 ("cached"); otherwise every evaluation is a full forward pass ("naive"); both through
@@ -141,9 +142,11 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
     every part of the loss (and its ``*_fp`` float value); ``frame.attrs`` holds ``time_s``, ``method``,
     ``pipeline`` and ``evaluations``.
 
-    ``uncertainty``: evaluate every sample (crop) as its own batch and add ``zeta_se`` and ``cost_se`` (the
-    standard error of the raw and of the table's cost) to the frame and ``noise_floor``
-    (:func:`bitalloc.noise.noise_floor`) to its attrs; the losses are the same up to rounding. ``fit``: "clip"
+    ``uncertainty``: evaluate every sample (crop) as its own batch (at least two are needed) and add ``zeta_se``
+    and ``cost_se`` (the standard error of the raw and of the table's cost) to the frame and ``noise_floor``
+    (:func:`bitalloc.noise.noise_floor`; 0 when every standard error is 0) to its attrs, and both to the table;
+    a cell without a standard error (its loss was not finite: the cost is a set penalty; or every crop gave
+    the same loss) gets 0. The losses are the same up to rounding. ``fit``: "clip"
     (max(zeta, 0), today's table) or "isotonic" (:func:`bitalloc.noise.fit_costs`: monotone in bits, weighted
     by the standard errors with ``uncertainty``, cells within ``snap_z`` of them set to 0 when ``snap_z > 0``).
 
@@ -166,6 +169,9 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
     batches = calibration_batches(images, crop=crop, limit=limit, device=model_device(model))
     if uncertainty:
         batches = per_sample_batches(batches)
+        if len(batches) < 2:
+            raise ValueError(f"uncertainty=True needs at least two calibration samples (crops) for a standard error, "
+                             f"got {len(batches)}; give more images (limit={limit}) or a batch of several crops")
     layers = quantizable_layers(model, gdn=gdn)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no quantizable layer (Conv2d, ConvTranspose2d, Linear)")
@@ -200,6 +206,11 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
         model.train(was_training)
     frame = pd.DataFrame(rows)
     cost, cost_se = _table_costs(frame, names, bits, fit, snap_z)
+    floor = None
+    if uncertainty:  # no standard error (a set penalty, or the same loss on every crop): 0 (docstring)
+        cost_se = np.where(np.isfinite(cost_se), cost_se, 0.0)
+        floor = noise_floor(cost_se)
+        floor = 0.0 if np.isnan(floor) else floor
     at = frame.columns.get_loc("zeta_se" if uncertainty else "zeta") + 1
     frame.insert(at, "cost", cost.ravel())  # rows are layer-major, bits ascending: the table's order
     if uncertainty:
@@ -207,11 +218,12 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
     frame.attrs.update(time_s=elapsed, method=probe.method, pipeline=probe.path if probe.pipes else None,
                        lmbda=getattr(objective, "lmbda", None), num_images=sum(map(_num_samples, batches)),
                        evaluations=probe.evaluations, fit=fit,
-                       **({"noise_floor": noise_floor(cost_se), "snap_z": snap_z} if uncertainty else {}))
+                       **({"noise_floor": floor, "snap_z": snap_z} if uncertainty else {}))
     size = _pivot(frame, names, bits, "size_bits")
     tensors = [getattr(m, quantized_tensor_name(m)).detach() for m in layers.values()]
     table = CostTable.from_arrays(
         names, bits, cost, size, num_params=[int(t.numel()) for t in tensors],
         kinds=[type(m).__name__ for m in layers.values()], branches=[branch_of(n) for n in names],
-        hessian_trace=hess, weight_variance=[float(t.var()) for t in tensors], act_bits=acts)
+        hessian_trace=hess, weight_variance=[float(t.var()) for t in tensors], act_bits=acts, cost_se=cost_se,
+        noise_floor=floor)
     return (table, frame) if return_frame else table
