@@ -115,6 +115,8 @@ def bd_table(results: pd.DataFrame) -> pd.DataFrame:
                  "size_mbit": float(size_mbit(cur).mean()), "solve_time_s": float(cur.solve_time_s.mean())}
         if "plan_excess" in cur:
             entry["plan_excess_max"] = float(cur.plan_excess.max())
+        if "budget_used_pct" in cur:
+            entry["budget_used_pct_min"] = float(cur.budget_used_pct.min())
         entry.update(paired_deltas(anchors["fp32"], cur))
         for name, anchor in anchors.items():
             if name == "fp32_qat" and (mode != "qat" or anchor.empty):

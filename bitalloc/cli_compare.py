@@ -34,6 +34,9 @@ def add_compare(sub, fmt) -> None:
                    help=f"QAT steps (default: {StudySpec.qat_steps}; 20 with --quick)")
     p.add_argument("--limit", type=checks.positive_int, default=None,
                    help="evaluate on the first N images only (default: all; 4 with --quick)")
+    p.add_argument("--table-fit", default="clip", choices=["clip", "noise"],
+                   help="cost tables: clip (max(zeta, 0)) or noise (standard errors, monotone fit, ties within noise "
+                        "broken toward the bigger plan)")
     p.add_argument("--quick", action="store_true",
                    help="2 budgets, 4 images, small calibration: a few minutes on 2 cores")
     p.add_argument("--out", default="runs/compare", help="results folder (an interrupted run resumes from it)")
@@ -85,6 +88,7 @@ def check_compare(args) -> None:
             calib_images=2 if quick else 8,
             calib_crop=128 if quick else 256,
             eval_limit=args.limit if args.limit is not None else (4 if quick else None),
+            table_fit=args.table_fit,
         )
     except ValueError as exc:
         raise InvalidArgument("--allocators/--modes", str(exc)) from None

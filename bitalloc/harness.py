@@ -37,6 +37,11 @@ table). A name with the ``+verify`` suffix (``ilp+verify``, ``iqp+verify``, ``fm
 ``verify_evaluations`` (plans measured), ``verify_converged`` and the start plan's ``verify_start_predicted`` /
 ``verify_start_measured``, and its cell file the whole ``verify_history``.
 
+**Noise-aware tables.** ``table_fit="noise"`` measures each table with the standard error of every cell, fits
+it monotone in bits and keeps its noise floor, and every allocator breaks ties within noise toward the bigger
+plan (:mod:`bitalloc.study_steps`, :mod:`bitalloc.noise`); ``"clip"`` (the default) is today's table. Every row
+with a size says how much of its budget the plan uses (``budget_used_pct``).
+
 **Warnings** raised by any cell (layers that interact, a cached file set aside) are collected, not printed
 through the progress bar: ``result.warnings`` (dicts: ``cell``, ``quality``, ``allocator``, ``budget``,
 ``mode``, ``category``, ``message``, ``filename``, ``lineno``) and ``<out>/warnings.csv``; once the run is over
@@ -68,6 +73,7 @@ from .executor import Runner, local_executor, reemit
 from .plan import BitPlan
 from .repair import VERIFY_SUFFIX
 from .study_cache import COST_MODEL_VERSION, StudyCache, images_digest, loss_digest, source_digest, weights_digest
+from .study_steps import TABLE_FITS
 
 __all__ = ["DYNAMIC_ALLOCATOR", "PlanOverBudgetError", "StudySpec", "StudyResult", "bd_table", "merge_results",
            "rank", "run_study", "study_allocators"]
@@ -92,7 +98,8 @@ class StudySpec:
     ``act_bits``: every static plan also quantizes the input of each quantized (non-GDN) layer at this
     bit-width, ranges calibrated with ``act_observer`` on the calibration crops before PTQ evaluation and
     before QAT (None: weights only). ``calib_offset``: the calibration crops are the photos from this index on
-    (``calib_offset=calib_images`` gives a set disjoint from the default one)."""
+    (``calib_offset=calib_images`` gives a set disjoint from the default one). ``table_fit``: ``"clip"``
+    (today's cost tables) or ``"noise"`` (noise-aware tables and tie-break; module docstring)."""
 
     model: str = "bmshj2018-hyperprior"
     qualities: tuple[int, ...] = (1, 3, 4, 6)
@@ -117,6 +124,7 @@ class StudySpec:
     act_bits: int | None = None
     act_observer: str = "mse"
     calib_offset: int = 0
+    table_fit: str = "clip"
 
     def __post_init__(self):
         if self.budget_kind not in ("avg_bits", "ratio"):
@@ -137,6 +145,8 @@ class StudySpec:
                 or self.verify_max_evals < 1:
             raise ValueError(f"verify_max_evals must be an integer >= 1, got {self.verify_max_evals!r}")
         check_act_settings(self)
+        if self.table_fit not in TABLE_FITS:
+            raise ValueError(f"StudySpec.table_fit must be one of {', '.join(TABLE_FITS)}, got {self.table_fit!r}")
         if DYNAMIC_ALLOCATOR in self.allocators:
             if "qat" not in self.modes:
                 raise ValueError("allocator 'dynaquant' trains its quantizers and selectors: add 'qat' to modes")
@@ -152,6 +162,14 @@ def act_columns(spec: StudySpec, cell: Cell) -> dict:
     if cell.allocator == DYNAMIC_ALLOCATOR:
         return {"act_bits": DYNAMIC_ACT_BITS, "act_note": "dynaquant's own activation quantizers"}
     return {"act_bits": spec.act_bits if cell.static else None, "act_note": None}
+
+
+def budget_used(row: dict) -> dict:
+    """``{"budget_used_pct": plan size / budget size x 100}`` of a row with both sizes, else ``{}`` (fp32)."""
+    size, budget = row.get("size_bits"), row.get("budget_bits")
+    if size is None or not budget:
+        return {}
+    return {"budget_used_pct": 100.0 * float(size) / float(budget)}
 
 
 def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, calib_images=None,
@@ -220,7 +238,7 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     for cell, found_cell, fresh in done:
         cols = {"model": spec.model, "quality": cell.quality, "allocator": cell.allocator, "budget": cell.budget,
                 "budget_kind": spec.budget_kind, "mode": cell.mode, **act_columns(spec, cell)}
-        rows.append({**cols, **found_cell["row"], "cached": not fresh})
+        rows.append({**cols, **found_cell["row"], **budget_used(found_cell["row"]), "cached": not fresh})
         image_rows += [{**cols, **r} for r in found_cell["images"]]
         if found_cell["plan"] is not None:
             plans[(cell.quality, cell.allocator, cell.budget, cell.mode)] = BitPlan.from_dict(found_cell["plan"])

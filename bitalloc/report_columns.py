@@ -38,6 +38,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "iterations": ("", "allocator iterations (solver dependent)"),
     "size_mbit": ("Mbit", "quantized weights' size, bits x parameters summed (mean over qualities in summaries)"),
     "budget_mbit": ("Mbit", "the largest size the budget allows"),
+    "budget_used_pct": ("%", "plan size / the largest size the budget allows x 100 (100: the whole budget used)"),
+    "budget_used_pct_min": ("%", "smallest budget_used_pct over the qualities"),
     "compression_ratio": ("x", "FP32 weights' size / quantized size"),
     "plan_predicted_cost": ("frac. RD loss", "the cost table's additive prediction for the whole plan"),
     "plan_measured_cost": ("frac. RD loss", "measured when all the plan's layers are quantized together"),

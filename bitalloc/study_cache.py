@@ -15,6 +15,8 @@ and the file holds the key itself; the key lists what the result depends on::
     static cell,      + ``act_bits``, ``act_observer``, calibration crops (all absent when ``act_bits`` is None);
       outcome           ``calib_offset`` (absent when 0) is in the cost table's key, so in all downstream
     a user ``loss``   its :func:`loss_digest`, in the cost table's and the QAT keys (none without one)
+    ``table_fit``     "noise": its measurement options in the cost table's key (so in the pairwise terms' and
+                        every static cell's), and the tie-break share in every static cell's; absent for "clip"
 
 so a rerun with other settings computes new cells beside the old ones and never mixes them. A file that does
 not read back (bad JSON, missing fields, a key other than its name says, numbers that disagree with its own
@@ -31,10 +33,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-
 from .atomic import atomic_write_text
 from .costs import CostTable
+from .study_digests import images_digest, loss_digest, source_digest, weights_digest  # re-exported
 
 __all__ = ["COST_MODEL_VERSION", "CorruptCacheWarning", "StudyCache", "images_digest", "loss_digest",
            "source_digest", "weights_digest"]
@@ -50,75 +51,6 @@ IMAGE_FIELDS = ("image", "bpp", "psnr_rgb")
 
 class CorruptCacheWarning(UserWarning):
     """A cached file did not read back; it was set aside (``*.corrupt``) and its result is recomputed."""
-
-
-def _sha(parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p if isinstance(p, bytes) else str(p).encode())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-
-
-def _tensor_parts(name: str, t: torch.Tensor):
-    yield name
-    yield f"{t.dtype}{tuple(t.shape)}"
-    yield _tensor_bytes(t)
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 of a model's state dict (names, dtypes, shapes, values) and its ``meta`` (lambda, architecture)."""
-    parts = [p for k, v in model.state_dict().items() for p in _tensor_parts(k, v)]
-    meta = json.dumps(getattr(model, "meta", None) or {}, sort_keys=True, default=str)
-    return _sha([*parts, meta])
-
-
-def images_digest(images: Mapping[str, torch.Tensor]) -> str:
-    """sha256 of named images (names in order, shapes and pixels)."""
-    return _sha([p for name, x in images.items() for p in _tensor_parts(name, x)])
-
-
-def source_digest(source: Any) -> str:
-    """Fingerprint of a training source: a tensor by content, a folder (or ImageFolder) by its photos' names and
-    byte sizes, a dict of images by content."""
-    from .data import ImageFolder, image_paths
-
-    if isinstance(source, torch.Tensor):
-        return _sha(_tensor_parts("tensor", source))
-    if isinstance(source, Mapping):
-        return images_digest(source)
-    if isinstance(source, ImageFolder):
-        # "stream=per-run": every QAT run draws from its own stream of the seed (bitalloc.cells.fresh_source)
-        paths, extra = source.paths, f"crop={source.crop} flips={source.flips} stream=per-run"
-    elif isinstance(source, (str, os.PathLike)):
-        paths, extra = image_paths(source), "folder"
-    else:
-        raise TypeError(f"cannot key the study cache by a training source of type {type(source).__name__}; "
-                        "pass a tensor, a dict of images, an image folder or an ImageFolder")
-    return _sha([extra, *(f"{p.name}:{p.stat().st_size}" for p in paths)])
-
-
-def loss_digest(loss: Any) -> str | None:
-    """What names a user loss in the cache keys: its ``cache_key`` attribute when it has one, else its module,
-    qualified name and (for a Python function) its code and constants, so an edited body is another loss;
-    None for the default loss. A loss whose numbers change without any of these changing needs a
-    ``cache_key``."""
-    if loss is None:
-        return None
-    if getattr(loss, "cache_key", None) is not None:
-        return _sha(["cache_key", loss.cache_key])
-    fn = getattr(loss, "func", loss)  # functools.partial: the function and its bound arguments
-    code = getattr(fn, "__code__", None)
-    parts = [getattr(fn, "__module__", ""), getattr(fn, "__qualname__", type(fn).__qualname__)]
-    if code is not None:
-        parts += [code.co_code, repr(code.co_consts)]
-    if fn is not loss:
-        parts += [repr(getattr(loss, "args", ())), repr(sorted(getattr(loss, "keywords", {}).items()))]
-    return _sha(parts)
 
 
 def _key_hash(key: Mapping) -> str:
@@ -224,7 +156,15 @@ class StudyCache:
         s = self.spec
         return {**self._common(quality), "calib_images": self.inputs["calib_images"], "calib_count": s.calib_images,
                 "calib_crop": s.calib_crop, "candidate_bits": list(s.candidate_bits), "calibration": s.calibration,
-                **self._loss(), **({"calib_offset": s.calib_offset} if getattr(s, "calib_offset", 0) else {})}
+                **self._loss(), **({"calib_offset": s.calib_offset} if getattr(s, "calib_offset", 0) else {}),
+                **self._fit()}
+
+    def _fit(self) -> dict:
+        """The table fit's measurement options (none for "clip": older keys stay valid)."""
+        from .study_steps import TABLE_FITS
+
+        fit = getattr(self.spec, "table_fit", "clip")
+        return {} if fit == "clip" else {"table_fit": {"name": fit, **TABLE_FITS[fit]}}
 
     def interactions_key(self, quality: int) -> dict:
         s = self.spec
@@ -243,6 +183,10 @@ class StudyCache:
                 key["interactions"] = self.interactions_key(quality)["interactions"]
             if verify:
                 key["verify"] = {"max_evals": self.spec.verify_max_evals, "tolerance": self.spec.verify_tolerance}
+            if self._fit():
+                from .study_steps import TIE_BREAK_SHARE
+
+                key["tie_break_share"] = TIE_BREAK_SHARE
             key.update(self._acts())
         if mode == "qat":
             key.update(self._qat())

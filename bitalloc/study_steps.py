@@ -2,6 +2,16 @@
 
 Kept apart from :mod:`bitalloc.harness` so the harness reads as the study's control flow, and so a test can
 replace a step (e.g. a tiny model loader) without touching the cache logic.
+
+**Table fits** (``StudySpec.table_fit``, :data:`TABLE_FITS`): ``"clip"`` measures today's table (max(zeta, 0));
+``"noise"`` measures every calibration crop as an observation (``uncertainty=True``), fits the costs monotone in
+bits weighted by their standard errors (``fit="isotonic"``) and keeps ``cost_se`` and ``noise_floor`` in the
+table; every allocator of the study then allocates through :func:`bitalloc.noise.within_noise` (plans that tie
+within noise: the bigger one), and the pairwise terms are measured against that table. ``snap_z`` is 0 (no cell
+set to 0 because it is within 2 standard errors of it): with the study's 8 calibration crops the standard errors
+are themselves noisy, so snapping zeroes real costs at the 6- and 4-bit budgets (``studies/noise_stability.py``:
+at ``snap_z=2`` two disjoint calibration sets' plans agreed less than with clipping), while the tie-break alone
+already makes a generous budget fully used (the monotone fit removes "6 bits cheaper than 8" noise).
 """
 
 from __future__ import annotations
@@ -15,8 +25,13 @@ from .costs import CostTable
 from .data import ImageFolder, data_root, resolve_images
 
 __all__ = ["calibration_crops", "calibration_images", "cell_allocator", "check_joint_plan", "evaluate_images",
-           "evaluation_images", "load_float_model", "measure_cost_table", "measure_pairwise_table", "quantize_plan",
-           "training_source"]
+           "evaluation_images", "fit_allocator", "load_float_model", "measure_cost_table", "measure_pairwise_table",
+           "quantize_plan", "training_source"]  # the steps; the constants below are read by the harness and cache
+
+NOISE_SNAP_Z = 0.0  # no snapping to 0 within noise (module docstring)
+#: ``StudySpec.table_fit`` -> the :func:`bitalloc.measure_sensitivity` options of its cost table
+TABLE_FITS = {"clip": {}, "noise": {"uncertainty": True, "fit": "isotonic", "snap_z": NOISE_SNAP_Z}}
+TIE_BREAK_SHARE = 0.5  # a plan gains at most this share of the noise floor from the tie-break
 
 
 def load_float_model(name: str, quality: int, pretrained: str):
@@ -76,7 +91,8 @@ def measure_cost_table(model, calib: torch.Tensor, spec, path: Path, loss=None, 
     from .sensitivity import measure_sensitivity
 
     table, frame = measure_sensitivity(model, calib, bits=spec.candidate_bits, calibration=spec.calibration,
-                                       loss=loss, progress=False, return_frame=True)
+                                       loss=loss, progress=False, return_frame=True,
+                                       **TABLE_FITS[getattr(spec, "table_fit", "clip")])
     table.to_json(path)
     if frame_path is not None:
         atomic_write_text(frame_path, frame.to_csv(index=False))
@@ -86,9 +102,9 @@ def measure_cost_table(model, calib: torch.Tensor, spec, path: Path, loss=None, 
 def measure_pairwise_table(model, calib: torch.Tensor, table: CostTable, spec, path: Path, loss=None,
                            frame_path: Path | None = None) -> CostTable:
     """``table`` with the pairwise interaction costs :func:`bitalloc.measure_interactions` measures (pairs
-    ``spec.interaction_pairs``, noise floor ``spec.interaction_noise_floor``), written to ``path``. The
-    table's frame at ``frame_path``, when there, picks the bits in play (else the single layers are measured
-    again)."""
+    ``spec.interaction_pairs``, noise floor ``spec.interaction_noise_floor``; every crop an observation with
+    ``spec.table_fit="noise"``, as the table was measured), written to ``path``. The table's frame at
+    ``frame_path``, when there, picks the bits in play (else the single layers are measured again)."""
     from .interactions import measure_interactions
 
     frame = None
@@ -98,22 +114,33 @@ def measure_pairwise_table(model, calib: torch.Tensor, table: CostTable, spec, p
             frame = None
     inter = measure_interactions(model, calib, table, spec.interaction_pairs, frame=frame, loss=loss,
                                  calibration=spec.calibration, noise_floor=spec.interaction_noise_floor,
+                                 uncertainty=TABLE_FITS[getattr(spec, "table_fit", "clip")].get("uncertainty", False),
                                  progress=False)
     joint = inter.attach(table)
     joint.to_json(path)
     return joint
 
 
-def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None):
-    """The allocator of a harness cell: a registered name, or one with the ``+verify`` suffix wrapped in
-    :func:`bitalloc.verifying` on ``model`` and the calibration crops (the table's data and settings)."""
+def fit_allocator(name: str, spec):
+    """The registered allocator ``name`` as the study's table fit needs it: itself (``"clip"``), or wrapped in
+    :func:`bitalloc.noise.within_noise` (``"noise"``: among plans that tie within noise, the bigger one)."""
     from .allocation import build_allocator
+    from .noise import within_noise
+
+    allocator = build_allocator(name)
+    return within_noise(allocator, TIE_BREAK_SHARE) if getattr(spec, "table_fit", "clip") == "noise" else allocator
+
+
+def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None):
+    """The allocator of a harness cell: a registered name (:func:`fit_allocator`), or one with the ``+verify``
+    suffix wrapped in :func:`bitalloc.verifying` on ``model`` and the calibration crops (the table's data and
+    settings); the tie-break of ``table_fit="noise"`` goes inside, so every re-solve of the repair uses it."""
     from .repair import split_verify, verifying
 
     inner, verify = split_verify(name)
     if not verify:
-        return build_allocator(name)
-    return verifying(inner, model, calib, loss=loss, calibration=spec.calibration,
+        return fit_allocator(name, spec)
+    return verifying(fit_allocator(inner, spec), model, calib, loss=loss, calibration=spec.calibration,
                      max_evals=spec.verify_max_evals, tolerance=spec.verify_tolerance)
 
 

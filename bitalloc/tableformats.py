@@ -31,7 +31,8 @@ class TableFormats:
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy frame, one row per (layer, bits); with pairwise terms also one row per (pair, bits, bits) with
-        columns ``pair_layer`` and ``pair_bits`` (blank on the layers' own rows; :mod:`bitalloc.tableio`)."""
+        columns ``pair_layer`` and ``pair_bits`` (blank on the layers' own rows; :mod:`bitalloc.tableio`); with
+        the costs' uncertainty also ``cost_se`` and ``noise_floor`` (the table's one value on every layer row)."""
         from bitalloc.tableio import table_to_frame
         return table_to_frame(self)
 

@@ -4,12 +4,14 @@ DynaQuant (a dynamic, per-image bit-width model trained for the same steps) join
 
     BITALLOC_DATA=../shared/data python studies/compare_allocators.py            # both families, PTQ + QAT
     BITALLOC_DATA=../shared/data python studies/compare_allocators.py --model mbt2018-mean --modes ptq
+    BITALLOC_DATA=../shared/data python studies/compare_allocators.py --table-fit noise   # noise-aware tables
 
-Results: studies/results/compare_<model>/ (report.md, CSV, figures; the cache under runs/ makes reruns and
-interrupted runs resume). ``--report-only`` rebuilds report.md, the CSVs and the figures from the committed
-results.csv and images.csv without evaluating a cell: the plans (for plans.csv and the heat maps) are re-allocated
-from the cost tables, measured again on the same calibration crops (cached under --cache), and each must have the
-size and objective the study recorded for its cell, else it stops naming the cell.
+Results: studies/results/compare_<model>/ (``compare_<model>_noise/`` with ``--table-fit noise``: report.md, CSV,
+figures; the cache under runs/ makes reruns and interrupted runs resume). ``--report-only`` rebuilds report.md,
+the CSVs and the figures from the committed results.csv and images.csv without evaluating a cell: the plans (for
+plans.csv and the heat maps) are re-allocated from the cost tables, measured again on the same calibration crops
+(cached under --cache), and each must have the size and objective the study recorded for its cell, else it stops
+naming the cell.
 Sensitivity is measured on centre crops of training photos, never on Kodak;
 evaluation entropy-codes all 24 Kodak images. QAT uses the same steps, learning rate and data for every plan.
 """
@@ -58,6 +60,9 @@ def main(argv=None) -> None:
                    help="input-activation bits of every static plan's quantized layers (default: weights only)")
     p.add_argument("--calib-offset", type=int, default=0,
                    help="calibration crops from this training photo on (8: disjoint from the default 8)")
+    p.add_argument("--table-fit", choices=["clip", "noise"], default="clip",
+                   help="cost tables: clip (max(zeta, 0)) or noise (standard errors, monotone fit, ties within "
+                        "noise broken toward the bigger plan; bitalloc.study_steps)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/compare_allocators")
@@ -77,7 +82,7 @@ def main(argv=None) -> None:
             budgets = tuple(args.ptq_budgets) if mode == "ptq" else tuple(args.qat_budgets)
             spec = StudySpec(model=model, allocators=tuple(args.allocators), budgets=budgets, modes=(mode,),
                              qat_steps=args.qat_steps, eval_limit=args.limit, qualities=tuple(args.qualities),
-                             act_bits=args.act_bits, calib_offset=args.calib_offset)
+                             act_bits=args.act_bits, calib_offset=args.calib_offset, table_fit=args.table_fit)
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         if "qat" in args.modes and args.dynaquant_budgets:
             spec = StudySpec(model=model, allocators=("dynaquant",), budgets=tuple(args.dynaquant_budgets),
@@ -86,10 +91,17 @@ def main(argv=None) -> None:
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         merged = merge_results(*results)
         models = {q: load_model(model, q, pretrained=StudySpec.pretrained) for q in args.qualities}
-        out = Path(args.out.format(model=model)) if args.out else RESULTS / f"compare_{model}"
+        out = results_folder(model, args)
         report = write_report(merged, out, command=command, machine=machine,
                               layers=layer_frame(models))
         print(report.read_text())
+
+
+def results_folder(model: str, args) -> Path:
+    """``--out`` with ``{model}`` replaced, else studies/results/compare_<model> (``_noise`` for noise tables)."""
+    if getattr(args, "out", None):
+        return Path(args.out.format(model=model))
+    return RESULTS / f"compare_{model}{'' if getattr(args, 'table_fit', 'clip') == 'clip' else '_noise'}"
 
 
 def _recorded(report: Path, field: str) -> str:
@@ -102,24 +114,24 @@ def _recorded(report: Path, field: str) -> str:
 def rebuild_report(model: str, args, command: str) -> Path:
     """report.md, CSVs and figures of compare_<model> from its results.csv and images.csv (see the docstring)."""
     from bitalloc import study_steps as steps
-    from bitalloc.allocation import build_allocator
     from bitalloc.costs import Budget, CostTable
 
-    folder = RESULTS / f"compare_{model}"
+    folder, fit = results_folder(model, args), getattr(args, "table_fit", "clip")
     results, images = pd.read_csv(folder / "results.csv"), pd.read_csv(folder / "images.csv")
     qualities = sorted(int(q) for q in results.quality.unique())
     spec = StudySpec(model=model, qualities=tuple(qualities), modes=tuple(sorted(results["mode"].unique())),
-                     qat_steps=args.qat_steps, calib_offset=getattr(args, "calib_offset", 0))
+                     qat_steps=args.qat_steps, calib_offset=getattr(args, "calib_offset", 0), table_fit=fit)
     calib = steps.calibration_crops(None, spec.calib_images, spec.calib_crop, args.data, spec.calib_offset)
     models = {q: load_model(model, q, pretrained=spec.pretrained) for q in qualities}
     plans, cells = {}, results[~results.allocator.isin(["fp32", "dynaquant"])]
     for q in qualities:
-        path = Path(args.cache) / model / "report_tables" / f"{model}_q{q}.json"
+        path = Path(args.cache) / model / "report_tables" / f"{model}_q{q}{'' if fit == 'clip' else '_' + fit}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         table = CostTable.from_json(path) if path.is_file() else steps.measure_cost_table(models[q], calib, spec,
                                                                                           path)
         for row in cells[cells.quality == q].itertuples():
-            plan = build_allocator(row.allocator).allocate(table, Budget.from_avg_bits(table, row.budget)).plan
+            allocator = steps.fit_allocator(row.allocator, spec)
+            plan = allocator.allocate(table, Budget.from_avg_bits(table, row.budget)).plan
             size = plan.size_bits(table) / 1e6
             want = row.size_mbit if "size_mbit" in results else row.size_bits / 1e6
             if not (np.isclose(size, want, rtol=1e-9) and np.isclose(plan.cost(table), row.objective, rtol=1e-6)):

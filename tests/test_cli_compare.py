@@ -25,7 +25,7 @@ def fake_study(monkeypatch):
         ranking = pd.DataFrame({"allocator": ["ilp"]})
 
     def run_study(spec, out, data=None, workers=1, executor=None):
-        seen.update(workers=workers, executor=type(executor).__name__,
+        seen.update(spec=spec, workers=workers, executor=type(executor).__name__,
                     ran=executor.submit(operator.add, 2, 3).result(timeout=60) if executor is not None else None)
         return Result()
 
@@ -57,3 +57,13 @@ def test_compare_refuses_a_scheduler_that_does_not_answer(capsys, monkeypatch, t
     _refused(capsys, ["compare", "--data", str(data), "--out", str(tmp_path / "s"), "--workers", "0"], "--workers",
              "must be a positive integer, got '0'")
     assert not (tmp_path / "s").exists()
+
+
+def test_compare_takes_the_table_fit(tmp_path, capsys, data, fake_study):
+    assert main(["compare", "--quick", "--allocators", "ilp", "--data", str(data), "--out", str(tmp_path / "s"),
+                 "--table-fit", "noise"]) == 0
+    assert fake_study["spec"].table_fit == "noise"
+    assert main(["compare", "--quick", "--allocators", "ilp", "--data", str(data), "--out", str(tmp_path / "s")]) == 0
+    assert fake_study["spec"].table_fit == "clip"  # today's tables by default
+    _refused(capsys, ["compare", "--data", str(data), "--out", str(tmp_path / "s"), "--table-fit", "isotonic"],
+             "--table-fit", "invalid choice: 'isotonic'")

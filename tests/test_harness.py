@@ -161,6 +161,7 @@ CHANGES = {  # what changes -> the cells that must be recomputed
     "calibration_method": (dict(spec={"calibration": "minmax"}), STATIC),
     "candidate_bits": (dict(spec={"candidate_bits": (2, 4, 6, 8)}), STATIC),
     "calibration_crops": (dict(calib=_nudged), STATIC),
+    "table_fit": (dict(spec={"table_fit": "noise"}), STATIC),
 }
 
 

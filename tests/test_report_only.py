@@ -71,3 +71,24 @@ def test_report_only_refuses_a_plan_other_than_the_recorded_one(study):
     bad.to_csv(folder / "results.csv", index=False)
     with pytest.raises(SystemExit, match=r"m q3 ilp ptq at 5 bits records .* objective"):
         mod.rebuild_report("m", args, "report-only")
+
+
+def test_the_study_passes_its_table_fit_and_keeps_noise_results_apart(study, monkeypatch, tmp_path):
+    mod, folder, results, args = study
+    specs = []
+    monkeypatch.setattr(mod, "run_study", lambda spec, out, data=None: specs.append(spec) or spec)
+    monkeypatch.setattr(mod, "merge_results", lambda *r: r)
+    monkeypatch.setattr(mod, "layer_frame", lambda models: None)
+
+    def write_report(merged, out, **kw):
+        out.mkdir(parents=True)
+        (out / "report.md").write_text("report")
+        return out / "report.md"
+
+    monkeypatch.setattr(mod, "write_report", write_report)
+    mod.main(["--model", "m", "--modes", "ptq", "--qualities", "1", "--table-fit", "noise"])
+    mod.main(["--model", "m", "--modes", "ptq", "--qualities", "1", "--out", str(tmp_path / "o_{model}")])
+    assert [s.table_fit for s in specs] == ["noise", "clip"]
+    assert (folder.parent / "compare_m_noise").is_dir() and (tmp_path / "o_m").is_dir()  # --out '{model}' kept
+    with pytest.raises(SystemExit):
+        mod.main(["--table-fit", "isotonic"])
