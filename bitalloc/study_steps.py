@@ -9,9 +9,11 @@ bits weighted by their standard errors (``fit="isotonic"``) and keeps ``cost_se`
 table; every allocator of the study then allocates through :func:`bitalloc.noise.within_noise` (plans that tie
 within noise: the bigger one), and the pairwise terms are measured against that table. ``snap_z`` is 0 (no cell
 set to 0 because it is within 2 standard errors of it): with the study's 8 calibration crops the standard errors
-are themselves noisy, so snapping zeroes real costs at the 6- and 4-bit budgets (``studies/noise_stability.py``:
-at ``snap_z=2`` two disjoint calibration sets' plans agreed less than with clipping), while the tie-break alone
-already makes a generous budget fully used (the monotone fit removes "6 bits cheaper than 8" noise).
+are themselves noisy, so snapping zeroes real costs at the 6- and 4-bit budgets, while the tie-break alone already
+fills a generous budget (the monotone fit removes "6 bits cheaper than 8" noise). Measured (shipped q4, two
+disjoint sets of 8 training crops of 256^2, ILP; share of weights with equal bits in both sets' plans, snap_z 0
+vs 2): Mean-Scale 0.54 vs 0.38 at 6 bits, 1.00 vs 0.90 at 4 bits; Scale 0.79 vs 0.83 at 6, 0.99 vs 0.99 at 4;
+both 1.00 (8.0 bits used) at 8 bits, where clipped tables used 4.74-4.81 (Mean-Scale) and 6.65-6.82 (Scale).
 """
 
 from __future__ import annotations
