@@ -355,8 +355,10 @@ def plot_rd(results: pd.DataFrame, path: Path) -> None:
     panels with their QAT and DynaQuant (trained for as many steps), each over its PSNR gap to FP32."""
     from bitalloc.figures import plot_rd_curves
 
+    labels = {"ilp": "ilp (float inputs)", "ilp_a8": "ilp_a8 (8-bit inputs)",
+              "ilp_bops": "ilp_bops (DynaQuant's bit-ops)"}
     df = results.assign(
-        allocator=results.method.str.replace(r"_(ptq|qat)$", "", regex=True),
+        allocator=results.method.str.replace(r"_(ptq|qat)$", "", regex=True).replace(labels),
         mode=np.where(results.method.str.endswith("_ptq") | (results.method == "fp32"), "ptq", "qat"),
         budget=round(float(results[results.method == "dynaquant"].avg_bits.mean()), 2), budget_kind="avg_bits")
     plot_rd_curves(df, path, model=f"{ARCH} (compact), static plans and DynaQuant",
