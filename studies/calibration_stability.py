@@ -1,0 +1,139 @@
+"""Do plans chosen from two disjoint calibration sets of equal size give the same Kodak BD-rate?
+
+    BITALLOC_DATA=../shared/data python studies/calibration_stability.py                    # the README's numbers
+    python studies/calibration_stability.py --model mbt2018-mean --budget 6 --allocators ilp iqp
+
+FMPQ leaves robustness to the calibration set open; issue 12 asks that the BD-rate of the plans chosen from two
+disjoint calibration sets differ by at most 0.5 points at the 6-bit budget. For each cost-table fit (``clip``:
+today's additive max(zeta, 0); ``noise``: standard errors, monotone fit, ties within noise broken toward the
+bigger plan) and each calibration set (set A: the first ``calib_images`` training photos, the harness default;
+set B: the next ``calib_images``, ``calib_offset=calib_images``), the harness (:func:`bitalloc.harness.run_study`,
+PTQ) measures the tables, allocates with each allocator and entropy-codes Kodak. Per (allocator, fit): BD-rate
+against FP32 on each set, their difference, and how much of the weights get the same bit-width in both sets'
+plans (parameter-weighted, mean over qualities).
+
+Cells are cached under ``--cache`` (the same cache as ``studies/compare_allocators.py``). Writes
+``studies/results/calibration_stability_<model>.{csv,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bitalloc.atomic import atomic_savefig, atomic_write_text
+from bitalloc.harness import StudySpec, run_study
+from bitalloc.models import load_model
+from bitalloc.report import layer_frame
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def agreement(plan_a, plan_b, params: dict[str, int]) -> float:
+    """Share of the parameters whose layer gets the same weight bit-width in both plans."""
+    total = sum(params[n] for n in plan_a.bits)
+    same = sum(params[n] for n, b in plan_a.bits.items() if plan_b.bits.get(n) == b)
+    return same / total
+
+
+def stability_table(results: dict, allocators, budget: float, params: dict) -> pd.DataFrame:
+    """One row per (allocator, fit) from ``results[(fit, set)]`` (StudyResult), sets "A" and "B" (the study's
+    own uniform 8-bit anchor rows are left out: they do not depend on the calibration set's plan choice)."""
+    rows = []
+    for fit in sorted({f for f, _ in results}):
+        a, b = results[(fit, "A")], results[(fit, "B")]
+        for allocator in allocators:
+            ra = a.bd[(a.bd.allocator == allocator) & (a.bd.budget == budget)].iloc[0]
+            rb = b.bd[(b.bd.allocator == allocator) & (b.bd.budget == budget)].iloc[0]
+            keys = sorted(k for k in a.plans if k[1] == allocator and k[2] == budget and k in b.plans)
+            same = [agreement(a.plans[k], b.plans[k], params[k[0]]) for k in keys]
+            rows.append({"allocator": allocator, "table_fit": fit, "budget": budget,
+                         "bd_rate_vs_fp32_A_pct": ra.bd_rate_vs_fp32_pct,
+                         "bd_rate_vs_fp32_B_pct": rb.bd_rate_vs_fp32_pct,
+                         "abs_diff_points": abs(ra.bd_rate_vs_fp32_pct - rb.bd_rate_vs_fp32_pct),
+                         "same_bits_share": float(np.mean(same)) if same else np.nan,
+                         "avg_bits_A": ra.avg_bits, "avg_bits_B": rb.avg_bits})
+    return pd.DataFrame(rows)
+
+
+def main(argv=None) -> pd.DataFrame:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="bmshj2018-hyperprior")
+    p.add_argument("--budget", type=float, default=6.0, help="average weight bits")
+    p.add_argument("--allocators", nargs="+", default=["ilp", "iqp"])
+    p.add_argument("--fits", nargs="+", default=["clip", "noise"], choices=("clip", "noise"))
+    p.add_argument("--qualities", type=int, nargs="+", default=[1, 3, 4, 6])
+    p.add_argument("--limit", type=int, default=None, help="first N Kodak images only")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data", default=None)
+    p.add_argument("--cache", default="runs/compare_allocators")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    n = StudySpec.calib_images
+    results = {}
+    for fit in args.fits:
+        for name, offset in (("A", 0), ("B", n)):
+            spec = StudySpec(model=args.model, allocators=tuple(args.allocators), budgets=(args.budget,),
+                             modes=("ptq",), qualities=tuple(args.qualities), eval_limit=args.limit,
+                             table_fit=fit, calib_offset=offset)
+            results[(fit, name)] = run_study(spec, Path(args.cache) / args.model, data=args.data)
+    layers = layer_frame({q: load_model(args.model, q, pretrained=StudySpec.pretrained) for q in args.qualities})
+    params = {q: dict(zip(g.layer, g.num_params)) for q, g in layers.groupby("quality")}
+    table = stability_table(results, args.allocators, args.budget, params)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"calibration_stability_{args.model}"
+    atomic_write_text(out / f"{stem}.csv", table.to_csv(index=False))
+    command = "BITALLOC_DATA=../shared/data python studies/calibration_stability.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv)
+    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads"
+    md = [f"# Plans from two disjoint calibration sets: {args.model}, {args.budget:g}-bit budget, PTQ", "",
+          f"- command: `{command.strip()}`", f"- machine: {machine}",
+          f"- set A: the first {n} training photos (harness default), set B: the next {n} (calib_offset={n}); "
+          f"{StudySpec.calib_crop}^2 centre crops, {StudySpec.calibration} calibration; Kodak "
+          f"{'all 24 images' if args.limit is None else f'first {args.limit} images'}, qualities "
+          f"{', '.join(map(str, args.qualities))}",
+          "- clip: today's additive table (max(zeta, 0)); noise: standard errors, monotone fit, ties within "
+          "noise broken toward the bigger plan; same_bits_share: parameter-weighted share of the weights with "
+          "equal bits in both sets' plans (mean over qualities)", "",
+          table.to_markdown(index=False, floatfmt=".3f"), ""]
+    atomic_write_text(out / f"{stem}.md", "\n".join(md))
+    _plot(table, out / f"{stem}.png", args.model, args.budget)
+    print("\n".join(md))
+    return table
+
+
+def _plot(table: pd.DataFrame, path: Path, model: str, budget: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.allocator}\n({r.table_fit})" for r in table.itertuples()]
+    x = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(table)), 3.8))
+    ax.bar(x - 0.2, table.bd_rate_vs_fp32_A_pct, 0.4, label="calibration set A")
+    ax.bar(x + 0.2, table.bd_rate_vs_fp32_B_pct, 0.4, label="calibration set B")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("BD-rate vs FP32 [%]")
+    ax.set_title(f"{model}, {budget:g}-bit budget, PTQ: plans from two disjoint calibration sets", fontsize=9,
+                 wrap=True)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    atomic_savefig(fig, path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""studies/calibration_stability.py: the agreement of two plans (parameter-weighted) and the table that sets the
+BD-rates of the plans chosen from two calibration sets side by side (the anchor rows left out)."""
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from bitalloc import BitPlan
+
+SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "calibration_stability.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("calibration_stability", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_agreement_weights_layers_by_their_parameters(study):
+    a = BitPlan({"big": 8, "small": 4})
+    b = BitPlan({"big": 8, "small": 6})
+    assert study.agreement(a, b, {"big": 900, "small": 100}) == pytest.approx(0.9)
+    assert study.agreement(b, BitPlan({"big": 6, "small": 6}), {"big": 900, "small": 100}) == pytest.approx(0.1)
+
+
+def _result(bd_ilp: float, plan: BitPlan):
+    bd = pd.DataFrame([{"allocator": "uniform", "budget": 8.0, "bd_rate_vs_fp32_pct": 0.5, "avg_bits": 8.0},
+                       {"allocator": "ilp", "budget": 6.0, "bd_rate_vs_fp32_pct": bd_ilp, "avg_bits": 6.0}])
+    return SimpleNamespace(bd=bd, plans={(1, "ilp", 6.0, "ptq"): plan, (1, "uniform", 8.0, "ptq"): plan})
+
+
+def test_the_table_pairs_the_two_sets_per_allocator_and_fit_without_the_anchor(study):
+    params = {1: {"big": 900, "small": 100}}
+    results = {("clip", "A"): _result(1.2, BitPlan({"big": 8, "small": 4})),
+               ("clip", "B"): _result(1.6, BitPlan({"big": 8, "small": 6}))}
+    table = study.stability_table(results, ["ilp"], 6.0, params)
+    row = table.iloc[0]
+    assert list(table.allocator) == ["ilp"]
+    assert row.abs_diff_points == pytest.approx(0.4)
+    assert row.same_bits_share == pytest.approx(0.9)
+    assert (row.bd_rate_vs_fp32_A_pct, row.bd_rate_vs_fp32_B_pct) == (1.2, 1.6)
