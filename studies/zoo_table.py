@@ -79,8 +79,8 @@ def main(argv=None) -> pd.DataFrame:
     machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
     command = "BITALLOC_DATA=../shared/data python studies/zoo_table.py" + (
         "" if argv is None and args.checkpoints is None else " " + " ".join(sys.argv[1:] if argv is None else argv))
-    md = [f"# Checkpoints of {folder.name if args.checkpoints else 'the package'} on Kodak (24 images, real "
-          "bitstreams)", "", f"Command: `{command}`; machine: " + machine, "",
+    md = [f"# {'Checkpoints in ' + args.checkpoints if args.checkpoints else 'Shipped checkpoints'} on Kodak "
+          "(24 images, real bitstreams)", "", f"Command: `{command}`; machine: " + machine, "",
           table.to_markdown(index=False, floatfmt=".4g"), "",
           "BD-rate (PCHIP, PSNR-RGB) of each family against the published curves and the family before it; "
           "positive = more bits:", "",
