@@ -57,3 +57,15 @@ def allocations_under_extra(table, budget):
             continue
         out.append((name, alloc.allocate(table, budget)))
     return out
+
+
+def load_study(name: str):
+    """The study script ``studies/<name>.py`` as a module (the studies are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "studies" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,24 +1,19 @@
 """studies/calibration_stability.py: the agreement of two plans (parameter-weighted) and the table that sets the
 BD-rates of the plans chosen from two calibration sets side by side (the anchor rows left out)."""
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from bitalloc import BitPlan
+from conftest import load_study
 
-SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "calibration_stability.py"
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("calibration_stability", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_study("calibration_stability")
 
 
 def test_agreement_weights_layers_by_their_parameters(study):

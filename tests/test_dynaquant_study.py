@@ -4,8 +4,6 @@ DynaQuant. A tiny compact Scale Hyperprior at 64x64; no training, no Kodak."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,16 +14,13 @@ from bitalloc.errors import BudgetTooSmallError
 from bitalloc.graph import quantizable_layers
 from bitalloc.macs import count_macs
 from bitalloc.quant import layer_size_bits
+from conftest import load_study
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("dynaquant_study", REPO / "studies" / "dynaquant_study.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_study("dynaquant_study")
 
 
 @pytest.fixture(scope="module")

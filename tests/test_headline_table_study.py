@@ -1,10 +1,10 @@
 """studies/headline_table.py prints the headline table each committed study's report.md opens with (one table,
 built by bitalloc.report.headline_table, not a second copy of it), and the QAT gain of the float model."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import load_study
 
 SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "headline_table.py"
 RESULTS = SCRIPT.parent / "results"
@@ -12,10 +12,7 @@ RESULTS = SCRIPT.parent / "results"
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("headline_table", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_study("headline_table")
 
 
 def test_it_prints_the_table_every_committed_report_opens_with(study, capsys):

@@ -1,15 +1,13 @@
 """One MAC counter: DynaQuant's layers and the DynaQuant study count through bitalloc.macs."""
 
-import importlib.util
-from pathlib import Path
 
 import torch
 
 from bitalloc.dynaquant import DynaQuantModel
 from bitalloc.graph import quantizable_layers
 from bitalloc.macs import count_macs
+from conftest import load_study
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _hand_macs(model: torch.nn.Module, height: int, width: int) -> dict[str, float]:
@@ -32,9 +30,7 @@ def _hand_macs(model: torch.nn.Module, height: int, width: int) -> dict[str, flo
 
 def test_study_and_dynaquant_mac_counts_equal_count_macs(hyperprior):
     model = hyperprior.eval()
-    spec = importlib.util.spec_from_file_location("dynaquant_study", REPO / "studies" / "dynaquant_study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_study("dynaquant_study")
     counted = count_macs(model, (3, 128, 192))
     assert study.layer_macs(model, 128, 192) == _hand_macs(model, 128, 192) == \
         {n: float(counted[n]) for n in quantizable_layers(model)}

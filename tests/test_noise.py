@@ -7,6 +7,7 @@ import pytest
 
 from bitalloc import BitPlan, Budget, CostTable, build_allocator
 from bitalloc.noise import fit_costs, isotonic_nonincreasing, noise_floor, tie_break_within_noise
+from conftest import load_study
 
 
 def _brute_isotonic(y, w):
@@ -105,17 +106,12 @@ def test_disjoint_calibration_sets_agree_better_with_the_noise_aware_table():
     """studies/noise_stability.py on the shipped Mean-Scale q4 with two sets of two 64x64 crops: over the 8-, 6-
     and 4-bit budgets the two sets' ILP plans share more of their bits with the noise-aware table, and at 8 bits
     both use the whole budget (the clipped tables leave some of it unused)."""
-    import importlib.util
-    from pathlib import Path
 
     from bitalloc.data import data_root
 
     if data_root(None) is None:
         pytest.skip("needs BITALLOC_DATA with train/")
-    path = Path(__file__).resolve().parents[1] / "studies" / "noise_stability.py"
-    spec = importlib.util.spec_from_file_location("noise_stability", path)
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_study("noise_stability")
     df = study.run(["mbt2018-mean"], [4], [8.0, 6.0, 4.0], n_images=2, crop=64)
     same = df.groupby("table").same_bits.sum()
     assert same["noise"] > same["clip"]

@@ -3,8 +3,6 @@ checked against what the study recorded (issue 15, item 3)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,16 +12,14 @@ import torch.nn as nn
 
 from bitalloc.allocation import build_allocator
 from bitalloc.costs import Budget, CostTable
+from conftest import load_study
 
-SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "compare_allocators.py"
 TABLE = CostTable.from_arrays(["0", "1"], [4, 8], np.array([[0.5, 0.01], [0.05, 0.0]]), num_params=[1000, 200])
 
 
 @pytest.fixture
 def study(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("compare_allocators", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_study("compare_allocators")
     monkeypatch.setattr(mod, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(mod, "load_model", lambda name, q, pretrained: nn.Sequential(nn.Conv2d(3, 4, 3),
                                                                                      nn.Conv2d(4, 3, 3)))

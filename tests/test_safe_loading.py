@@ -8,7 +8,6 @@ refuse the file with a ``ValueError`` naming it, and the payload's marker file m
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import pickle
 import re
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,9 +169,7 @@ def packed_export(bad, tmp):
 
 
 def bench_sensitivity_run_state(bad, tmp):
-    spec = importlib.util.spec_from_file_location("bench_sensitivity", REPO / "studies" / "bench_sensitivity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_study("bench_sensitivity")
     target = _place(bad, tmp / "state.pt")
     args = argparse.Namespace(run_state=str(target), model="bmshj2018-hyperprior", quality=1, checkpoint=None)
     return target, lambda: module.load_model_arg(args)
