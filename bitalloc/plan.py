@@ -123,6 +123,16 @@ class BitPlan:
         return math.fsum(float(macs[n]) * b * self.act_bits.get(n, float_act_bits) for n, b in self.bits.items())
 
     # measures ---------------------------------------------------------------------------------------------
+    def agreement(self, other: "BitPlan", num_params: Mapping[str, float]) -> tuple[float, float]:
+        """(share of the parameters whose layer has the same weight bits in ``other``, parameter-weighted mean
+        absolute bit difference) over this plan's layers; ``num_params``: {layer: parameter count}."""
+        missing = [n for n in self.bits if n not in other.bits or n not in num_params]
+        if missing:
+            raise PlanError(f"agreement: layer '{missing[0]}' is not in the other plan or in num_params")
+        w = np.array([num_params[n] for n in self.bits], dtype=np.float64)
+        diff = np.abs(np.array([self.bits[n] - other.bits[n] for n in self.bits], dtype=np.float64))
+        return float(w @ (diff == 0) / w.sum()), float(w @ diff / w.sum())
+
     def check_layers(self, table: "CostTable") -> None:
         """Raise :class:`PlanError` naming every layer the plan and the table do not share."""
         names = set(table.layer_names)

@@ -37,13 +37,6 @@ from bitalloc.report import layer_frame
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def agreement(plan_a, plan_b, params: dict[str, int]) -> float:
-    """Share of the parameters whose layer gets the same weight bit-width in both plans."""
-    total = sum(params[n] for n in plan_a.bits)
-    same = sum(params[n] for n, b in plan_a.bits.items() if plan_b.bits.get(n) == b)
-    return same / total
-
-
 def stability_table(results: dict, allocators, budget: float, params: dict) -> pd.DataFrame:
     """One row per (allocator, fit) from ``results[(fit, set)]`` (StudyResult), sets "A" and "B" (the study's
     own uniform 8-bit anchor rows are left out: they do not depend on the calibration set's plan choice)."""
@@ -54,7 +47,7 @@ def stability_table(results: dict, allocators, budget: float, params: dict) -> p
             ra = a.bd[(a.bd.allocator == allocator) & (a.bd.budget == budget)].iloc[0]
             rb = b.bd[(b.bd.allocator == allocator) & (b.bd.budget == budget)].iloc[0]
             keys = sorted(k for k in a.plans if k[1] == allocator and k[2] == budget and k in b.plans)
-            same = [agreement(a.plans[k], b.plans[k], params[k[0]]) for k in keys]
+            same = [a.plans[k].agreement(b.plans[k], params[k[0]])[0] for k in keys]
             rows.append({"allocator": allocator, "table_fit": fit, "budget": budget,
                          "bd_rate_vs_fp32_A_pct": ra.bd_rate_vs_fp32_pct,
                          "bd_rate_vs_fp32_B_pct": rb.bd_rate_vs_fp32_pct,

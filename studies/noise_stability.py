@@ -38,14 +38,6 @@ def tables(model, images, crop: int) -> dict[str, CostTable]:
             "noise": tie_break_within_noise(noise, frame.attrs["noise_floor"])}
 
 
-def agreement(table: CostTable, a, b) -> tuple[float, float]:
-    """(share of parameters with equal bits, parameter-weighted mean |bit difference|) of plans ``a`` and ``b``."""
-    w = table.num_params / table.num_params.sum()
-    da = np.array([a[n] for n in table.layer_names])
-    db = np.array([b[n] for n in table.layer_names])
-    return float(w @ (da == db)), float(w @ np.abs(da - db))
-
-
 def run(models, qualities, budgets, n_images: int, crop: int, data=None, allocator: str = "ilp") -> pd.DataFrame:
     from bitalloc.data import data_root, image_paths
     from bitalloc.models import load_model
@@ -68,7 +60,7 @@ def run(models, qualities, budgets, n_images: int, crop: int, data=None, allocat
                     for s, t in per_set.items():
                         plans[s] = build_allocator(allocator).allocate(t[kind], Budget.from_avg_bits(t[kind], avg)).plan
                     ref = per_set["A"][kind]
-                    same, diff = agreement(ref, plans["A"], plans["B"])
+                    same, diff = plans["A"].agreement(plans["B"], dict(zip(ref.layer_names, ref.num_params)))
                     rows.append({"model": name, "quality": q, "budget": avg, "table": kind, "same_bits": same,
                                  "mean_abs_bit_diff": diff, "avg_bits_A": plans["A"].avg_bits(ref),
                                  "avg_bits_B": plans["B"].avg_bits(per_set["B"][kind])})

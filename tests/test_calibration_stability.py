@@ -1,4 +1,4 @@
-"""studies/calibration_stability.py: the agreement of two plans (parameter-weighted) and the table that sets the
+"""BitPlan.agreement (parameter-weighted) and studies/calibration_stability.py: the table that sets the
 BD-rates of the plans chosen from two calibration sets side by side (the anchor rows left out)."""
 
 from types import SimpleNamespace
@@ -16,11 +16,14 @@ def study():
     return load_study("calibration_stability")
 
 
-def test_agreement_weights_layers_by_their_parameters(study):
+def test_agreement_weights_layers_by_their_parameters():
     a = BitPlan({"big": 8, "small": 4})
     b = BitPlan({"big": 8, "small": 6})
-    assert study.agreement(a, b, {"big": 900, "small": 100}) == pytest.approx(0.9)
-    assert study.agreement(b, BitPlan({"big": 6, "small": 6}), {"big": 900, "small": 100}) == pytest.approx(0.1)
+    assert a.agreement(b, {"big": 900, "small": 100})[0] == pytest.approx(0.9)
+    assert b.agreement(BitPlan({"big": 6, "small": 6}), {"big": 900, "small": 100})[0] == pytest.approx(0.1)
+    assert a.agreement(b, {"big": 900, "small": 100})[1] == pytest.approx(0.2)  # 100/1000 of the weights, 2 bits
+    with pytest.raises(ValueError, match="layer 'small'"):
+        a.agreement(BitPlan({"big": 8}), {"big": 900, "small": 100})
 
 
 def _result(bd_ilp: float, plan: BitPlan):
