@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 __all__ = ["FP_ALLOCATOR", "TIE_PCT", "StudyResult", "bd_against", "bd_reason", "bd_table", "curve", "merge_results",
-           "paired_deltas", "rank", "size_mbit"]
+           "paired_deltas", "qat_drift", "rank", "size_mbit"]
 
 FP_ALLOCATOR = "fp32"
 #: BD-rate differences (percentage points) below which :func:`rank` lets the smaller plan go first.
@@ -128,6 +128,25 @@ def bd_table(results: pd.DataFrame) -> pd.DataFrame:
                 entry.setdefault("note", note)
         out.append(entry)
     return pd.DataFrame(out)
+
+
+def qat_drift(results: pd.DataFrame) -> tuple[float, str | None]:
+    """BD-rate (%) of the float model fine-tuned with the study's QAT steps against the float checkpoints: how far
+    from converged the checkpoints are (0 for converged ones; a negative value is the share of every QAT row's gain
+    that is only more training). NaN and the reason when the study has no QAT float curve or no BD-rate exists.
+
+    >>> import pandas as pd
+    >>> rows = pd.DataFrame({"allocator": "fp32", "budget": None, "quality": [1, 2, 3, 4] * 2,
+    ...                      "mode": ["ptq"] * 4 + ["qat"] * 4, "bpp": [0.2, 0.3, 0.4, 0.5] * 2,
+    ...                      "psnr_rgb": [27.0, 28.0, 29.0, 30.0, 27.5, 28.5, 29.5, 30.5]})
+    >>> round(qat_drift(rows)[0], 1)
+    -14.0
+    """
+    fp, tuned = curve(results, FP_ALLOCATOR, None, "ptq"), curve(results, FP_ALLOCATOR, None, "qat")
+    if fp.empty or tuned.empty:
+        return float("nan"), "the study has no FP32 curve in both modes"
+    values, note = bd_against(fp, tuned, "fp32")
+    return values["bd_rate_vs_fp32_pct"], note
 
 
 def rank(bd: pd.DataFrame, tie_pct: float = TIE_PCT) -> pd.DataFrame:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import bd_reason
+from .analysis import bd_reason, qat_drift
 from .atomic import atomic_write_text
 from .figures import plot_bd_vs_size, plot_bit_heatmaps, plot_rd_curves
 from .report_columns import describe, to_report_units
@@ -205,6 +205,12 @@ def write_report(result, out, command: str = "", machine: str = "", layers: pd.D
            "Anchors: the FP32 model and uniform 8-bit PTQ of the same checkpoints; QAT rows also against the FP32 "
            "model fine-tuned with the same QAT steps (their gain over FP32 includes that extra RD training).", "",
            _markdown(bd[bd_cols], bd.get("note"), fmt=".3g"), ""]
+    drift, why = qat_drift(results)
+    if why is None or "no FP32 curve" not in why:
+        value = f"{_pct(drift, why)} %" if why is None else _pct(drift, why)
+        md += [f"Convergence of the checkpoints: the FP32 model fine-tuned with the same QAT steps is {value} "
+               "BD-rate against the FP32 checkpoints (0 for converged checkpoints; a negative value is the part of "
+               "every QAT row's gain over FP32 that is only more training).", ""]
     noted = bd[bd.get("note", pd.Series(dtype=str)).fillna("").astype(bool)] if "note" in bd else bd.iloc[:0]
     md += [f"- {r.allocator} {r.mode.upper()} {r.budget:g}: {r.note}" for r in noted.itertuples()] + [""]
     md += ["## Per quality", "", "Empty cells do not apply (the FP32 rows have no plan, PTQ rows no QAT loss).", "",

@@ -131,3 +131,18 @@ def test_gap_to_anchor_is_exact_on_the_anchor_and_flags_extrapolation():
     assert at[3] == pytest.approx(33.0) and at[4] == pytest.approx(25.0)  # the end segments' lines in log bpp
     same, extra = gap_to_anchor([0.2, 0.2], [29.0, 30.0], [0.2, 0.3])  # one distinct rate: no gap to draw
     assert np.isnan(same).all() and extra.all()
+
+
+def test_report_states_how_far_from_converged_the_checkpoints_are(written, tmp_path):
+    assert "Convergence of the checkpoints" not in (written / "report.md").read_text()  # PTQ only: no QAT float curve
+    study = _study([])
+    fp = study.results[study.results.allocator == "fp32"]
+    tuned = fp.assign(mode="qat", bpp=fp.bpp * 0.9)  # same PSNR, 10 % fewer bits after the extra training
+    results = pd.concat([study.results, tuned], ignore_index=True)
+    drift, why = analysis.qat_drift(results)
+    assert why is None and drift == pytest.approx(-10.0)
+    bd = analysis.bd_table(results)
+    report.write_report(analysis.StudyResult(results, study.images, bd, analysis.rank(bd), study.plans,
+                                             study.settings, []), tmp_path, layers=FLOW)
+    assert "fine-tuned with the same QAT steps is -10.00 % BD-rate" in (tmp_path / "report.md").read_text()
+    assert np.isnan(analysis.qat_drift(study.results)[0])
