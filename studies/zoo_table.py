@@ -4,7 +4,7 @@ bmshj2018-hyperprior (the pretrained paper-size model) and an RD figure with JPE
     BITALLOC_DATA=../shared/data python studies/zoo_table.py
 
 Every number is measured here by entropy-coding the 24 Kodak images with the files that ship
-(bpp from the bytes). Writes studies/results/zoo_kodak.{csv,md,png} and one CompressAI-format JSON per family.
+(bpp from the bytes; mean encode / decode wall time per image). Writes studies/results/zoo_kodak.{csv,md,png} and one CompressAI-format JSON per family.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def main(argv=None) -> pd.DataFrame:
                      "init_from": ("q4 base run" if info.get("init_from") == "state.pt"
                                    else info.get("init_from") or "scratch"),
                      "file_kb": round((folder / info["file"]).stat().st_size / 1024),
-                     "bpp": df.bpp.mean(), "psnr_rgb": df.psnr_rgb.mean(), "ms_ssim_rgb": df.ms_ssim_rgb.mean()})
+                     "bpp": df.bpp.mean(), "psnr_rgb": df.psnr_rgb.mean(), "ms_ssim_rgb": df.ms_ssim_rgb.mean(),
+                     # wall time per image (context models decode serially), 1 process on the machine below
+                     "encode_s": df.encoding_time.mean(), "decode_s": df.decoding_time.mean()})
         per_family.setdefault(info["architecture"], []).append((info["quality"], df))
     if not rows:
         raise SystemExit("no shipped checkpoints found")
