@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bitalloc.analysis import qat_drift
 from bitalloc.report import headline_table
 
 RESULTS = Path(__file__).parent / "results"
@@ -29,9 +30,11 @@ def qat_gain(results: pd.DataFrame) -> str:
         return "(no FP32 + QAT reference in these results)"
     bpp = 100 * (fp["bpp"]["qat"] / fp["bpp"]["ptq"] - 1)
     dpsnr = fp["psnr_rgb"]["qat"] - fp["psnr_rgb"]["ptq"]
+    drift, why = qat_drift(results)
     return ("FP32 + the same QAT steps against FP32, per quality: bpp "
             + ", ".join(f"q{q} {v:+.1f} %" for q, v in bpp.items())
-            + f"; PSNR within {dpsnr.abs().max():.3f} dB")
+            + f"; PSNR within {dpsnr.abs().max():.3f} dB; BD-rate "
+            + (f"{drift:+.2f} %" if why is None else f"n/a ({why})"))
 
 
 def study_headline(folder: Path) -> str:
