@@ -4,7 +4,8 @@ bmshj2018-hyperprior (the pretrained paper-size model) and an RD figure with JPE
     BITALLOC_DATA=../shared/data python studies/zoo_table.py
 
 Every number is measured here by entropy-coding the 24 Kodak images with the files that ship
-(bpp from the bytes; mean encode / decode wall time per image). Writes studies/results/zoo_kodak.{csv,md,png} and one CompressAI-format JSON per family.
+(bpp from the bytes; mean encode / decode wall time per image). Writes studies/results/zoo_kodak.{csv,md,png}
+and one CompressAI-format JSON per family.
 """
 
 from __future__ import annotations

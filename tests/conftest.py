@@ -64,7 +64,12 @@ def load_study(name: str):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "studies" / f"{name}.py"
+    import sys
+
+    folder = Path(__file__).resolve().parents[1] / "studies"
+    if str(folder) not in sys.path:  # as `python studies/<name>.py` runs it: a study imports its own helpers
+        sys.path.insert(0, str(folder))
+    path = folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

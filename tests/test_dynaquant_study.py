@@ -24,6 +24,11 @@ def study():
 
 
 @pytest.fixture(scope="module")
+def report():
+    return load_study("dynaquant_report")  # the study's tables and dynaquant.md
+
+
+@pytest.fixture(scope="module")
 def setup(_hyperprior_master):
     """A (weight, activation) table W{4,6,8} x A{4,6,8} (costs falling with both bit-widths, seeded) and MACs."""
     model = _hyperprior_master
@@ -79,7 +84,7 @@ def test_a8_plan_keeps_the_weights_and_quantizes_every_input_with_frozen_ranges(
     assert set(quant) == set(names) and all(q.frozen and q.bits == 8 for q in quant.values())
 
 
-def test_bd_table_against_dynaquant_and_the_like_for_like_rows(study):
+def test_bd_table_against_dynaquant_and_the_like_for_like_rows(report):
     bpp = np.array([0.2, 0.4, 0.5, 0.7])
     psnr = np.array([26.7, 28.3, 28.7, 29.1])
     rows = []
@@ -87,19 +92,19 @@ def test_bd_table_against_dynaquant_and_the_like_for_like_rows(study):
         rows += [{"quality": q, "method": method, "bpp": b * scale, "psnr_rgb": p, "avg_bits": 6.0,
                   "max_avg_bits": 6.0, "gwbit_macs": 30.0, "gbit_ops": 240.0, "act_bits_eff": 8.0}
                  for q, b, p in zip((1, 3, 4, 6), bpp, psnr)]
-    bd = study.bd_table(pd.DataFrame(rows)).set_index("method")
+    bd = report.bd_table(pd.DataFrame(rows)).set_index("method")
     assert bd.loc["ilp_bops_qat", "bd_rate_vs_dynaquant_pct"] == pytest.approx(10.0, abs=1e-6)
     assert bd.loc["ilp_a8_ptq", "bd_rate_vs_dynaquant_pct"] == pytest.approx(0.0, abs=1e-9)
     assert bd.loc["dynaquant", "bd_rate_vs_dynaquant_pct"] == 0.0
-    table = study.like_for_like(bd.reset_index())
+    table = report.like_for_like(bd.reset_index())
     assert list(table.method) == ["dynaquant", "ilp_a8_ptq", "ilp_bops_qat"]  # DynaQuant first, fp32 not a row
     assert table.set_index("method").loc["ilp_bops_qat", "basis"].startswith("equal bit-operations")
 
 
-def test_plans_table_labels_weight_and_input_bits(study):
+def test_plans_table_labels_weight_and_input_bits(report):
     images = pd.DataFrame([{"quality": 1, "method": "ilp_bops_ptq", "bits:g_a.0": 6, "act:g_a.0": 8},
                            {"quality": 1, "method": "ilp_ptq", "bits:g_a.0": 6, "act:g_a.0": 32},
                            {"quality": 1, "method": "dynaquant", "bits:g_a.0": 8, "act:g_a.0": 8}])
-    table = study.plans_table(images)
+    table = report.plans_table(images)
     assert table.to_dict(orient="records") == [{"quality": 1, "plan": "ilp_bops", "g_a.0": "w6a8"},
                                                {"quality": 1, "plan": "ilp", "g_a.0": "w6"}]
