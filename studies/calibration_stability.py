@@ -64,6 +64,8 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--allocators", nargs="+", default=["ilp", "iqp"])
     p.add_argument("--fits", nargs="+", default=["clip", "noise"], choices=("clip", "noise"))
     p.add_argument("--qualities", type=int, nargs="+", default=[1, 3, 4, 6])
+    p.add_argument("--calib-images", type=int, default=StudySpec.calib_images,
+                   help="crops per calibration set (set B starts where set A ends)")
     p.add_argument("--limit", type=int, default=None, help="first N Kodak images only")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None)
@@ -71,20 +73,22 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    n = StudySpec.calib_images
+    n = args.calib_images
+    if n < 1:
+        p.error(f"--calib-images must be at least 1, got {n}")
     results = {}
     for fit in args.fits:
         for name, offset in (("A", 0), ("B", n)):
             spec = StudySpec(model=args.model, allocators=tuple(args.allocators), budgets=(args.budget,),
                              modes=("ptq",), qualities=tuple(args.qualities), eval_limit=args.limit,
-                             table_fit=fit, calib_offset=offset)
+                             table_fit=fit, calib_images=n, calib_offset=offset)
             results[(fit, name)] = run_study(spec, Path(args.cache) / args.model, data=args.data)
     layers = layer_frame({q: load_model(args.model, q, pretrained=StudySpec.pretrained) for q in args.qualities})
     params = {q: dict(zip(g.layer, g.num_params)) for q, g in layers.groupby("quality")}
     table = stability_table(results, args.allocators, args.budget, params)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"calibration_stability_{args.model}"
+    stem = f"calibration_stability_{args.model}" + ("" if n == StudySpec.calib_images else f"_{n}crops")
     atomic_write_text(out / f"{stem}.csv", table.to_csv(index=False))
     command = "BITALLOC_DATA=../shared/data python studies/calibration_stability.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)

@@ -42,3 +42,9 @@ def test_the_table_pairs_the_two_sets_per_allocator_and_fit_without_the_anchor(s
     assert row.abs_diff_points == pytest.approx(0.4)
     assert row.same_bits_share == pytest.approx(0.9)
     assert (row.bd_rate_vs_fp32_A_pct, row.bd_rate_vs_fp32_B_pct) == (1.2, 1.6)
+
+
+def test_an_empty_calibration_set_is_refused_by_name(study, capsys):
+    with pytest.raises(SystemExit):
+        study.main(["--calib-images", "0"])
+    assert "--calib-images must be at least 1, got 0" in capsys.readouterr().err
