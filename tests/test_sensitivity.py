@@ -84,8 +84,10 @@ def test_a_non_finite_rd_loss_becomes_a_prohibitive_cost_with_a_warning(hyperpri
 
 
 def test_check_plan_flags_layers_that_interact():
-    """Shipped compact Mean-Scale q4: each hyper-synthesis layer at 2 bits is harmless alone (cost ~0), all three
-    together raise the RD loss by well over 5 % -- the additive table misses it and check_plan reports it."""
+    """Shipped compact Mean-Scale q4: each hyper-synthesis layer at 2 bits costs little alone (about 0.06-0.07 of
+    the float RD loss on these crops), all three together more than twice the sum of those costs (0.54 against
+    0.20 measured here) -- the additive table misses it and check_plan reports it. (The previous, shorter-trained
+    checkpoint had each of them free alone.)"""
     from bitalloc.models import load_model
     from skimage import data as skdata
 
@@ -97,12 +99,12 @@ def test_check_plan_flags_layers_that_interact():
     x = torch.from_numpy(np.stack(crops, 0)).permute(0, 3, 1, 2).float() / 255
     table = measure_sensitivity(model, x, calibration="mse", hessian_samples=0, progress=False)
     hs = [n for n in table.layer_names if n.startswith("h_s.")]
-    assert len(hs) == 3 and all(table.cost[table.index(n), 0] < 0.01 for n in hs)  # each alone: ~free
+    assert len(hs) == 3 and all(table.cost[table.index(n), 0] < 0.1 for n in hs)  # each alone: cheap
     u8 = BitPlan.uniform(table.layer_names, 8)
     ok = check_plan(model, u8, table, x, calibration="mse")
     assert ok.ok() and abs(ok.excess) < 0.01 and ok.loss_fp > 0
     bad = check_plan(model, BitPlan({**u8.bits, **{n: 2 for n in hs}}), table, x, calibration="mse")
-    assert bad.predicted < 0.01 and bad.measured > 0.05 and not bad.ok()
+    assert bad.predicted < 0.3 and bad.measured > 2 * bad.predicted and not bad.ok()
     assert bad.bpp_plan > bad.bpp_fp  # the rate is what breaks
     with pytest.raises(PlanError, match="no entry for layer 'g_a.0'"):
         check_plan(model, {"h_s.0": 2}, table, x)
