@@ -12,7 +12,7 @@ percentage points, default 0.1, of its best row); inside a group the smaller pla
 ranked below one it is no smaller than and no better in BD-rate than (e.g. uniform 8-bit never above a smaller
 plan with an equal or better BD-rate), and BD-rate differences under ``tie_pct`` do not outweigh size. The band
 is a practical threshold, not a test: on the committed studies the paired bootstrap standard deviation of the
-difference between two close allocators' BD-rates over the 24 Kodak images is 0.01-0.22 percentage points
+difference between two close allocators' BD-rates over the 24 Kodak images is 0.02-0.23 percentage points
 (``studies/bd_rate_noise.py``, ``studies/results/bd_rate_noise.md``).
 
 >>> import pandas as pd

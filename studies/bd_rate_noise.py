@@ -23,7 +23,8 @@ from bitalloc.bdrate import bd_rate
 
 RESULTS = Path(__file__).parent / "results"
 PAIRS = [("qat", 8.0, "ilp", "uniform"), ("qat", 8.0, "convex", "uniform"), ("ptq", 8.0, "ilp", "convex"),
-         ("ptq", 6.0, "ilp", "greedy"), ("qat", 6.0, "ilp", "greedy"), ("qat", 4.0, "ilp", "greedy")]
+         ("ptq", 6.0, "ilp", "greedy"), ("qat", 6.0, "ilp", "greedy"), ("qat", 4.0, "ilp", "greedy"),
+         ("ptq", 6.0, "iqp", "convex"), ("ptq", 4.0, "iqp", "ilp"), ("qat", 4.0, "iqp", "ilp")]
 
 
 def _curve(img: pd.DataFrame, weights: pd.Series, allocator: str, budget, mode: str) -> pd.DataFrame:
@@ -52,7 +53,10 @@ def main(argv=None) -> None:
     for folder in sorted(RESULTS.glob("compare_*")):
         img = pd.read_csv(folder / "images.csv")
         names = img.image.unique()
+        present = set(zip(img["mode"], img.budget, img.allocator))
         for mode, budget, a, b in PAIRS:
+            if (mode, budget, a) not in present or (mode, budget, b) not in present:
+                continue  # a study without this pair (PTQ only, or fewer allocators)
             full = _difference(img, pd.Series(1.0, index=names), mode, budget, a, b)
             draws = []
             for _ in range(args.resamples):
