@@ -125,7 +125,7 @@ def _plot(table: pd.DataFrame, path: Path, model: str, budget: float) -> None:
     ax.set_ylabel("BD-rate vs FP32 [%]")
     ax.set_title(f"{model}, {budget:g}-bit budget, PTQ: plans from two disjoint calibration sets", fontsize=9,
                  wrap=True)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below the axes: no bar hidden
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     atomic_savefig(fig, path)
