@@ -19,6 +19,15 @@ def test_the_harness_reexports_the_analysis():
         assert getattr(harness, name) is getattr(analysis, name) and name in harness.__all__
 
 
+def _rounded(text) -> str:
+    """``text`` with every decimal number rounded to 9 significant digits (a CSV round trip can move the last one)."""
+    import re
+
+    if not isinstance(text, str):
+        return ""
+    return re.sub(r"\d+\.\d+(?:e[-+]?\d+)?", lambda m: format(float(m.group()), ".9g"), text)
+
+
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
 def test_bd_table_and_rank_reproduce_the_committed_study(folder):
     """From the committed results.csv alone (no torch), the committed bd_rate.csv and ranking.csv come back."""
@@ -28,8 +37,8 @@ def test_bd_table_and_rank_reproduce_the_committed_study(folder):
     for col in want:
         if pd.api.types.is_numeric_dtype(want[col]):
             assert np.allclose(bd[col].astype(float), want[col], rtol=1e-9, equal_nan=True), col
-        else:
-            assert bd[col].fillna("").tolist() == want[col].fillna("").tolist(), col
+        else:  # text (the reason a BD-rate is missing): the numbers in it to 9 digits, as the numeric columns
+            assert [_rounded(v) for v in bd[col]] == [_rounded(v) for v in want[col]], col
     ranked = analysis.rank(bd)
     committed = pd.read_csv(folder / "ranking.csv")
     assert ranked[["mode", "budget", "allocator"]].astype(str).values.tolist() == committed[
