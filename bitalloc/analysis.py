@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-__all__ = ["FP_ALLOCATOR", "TIE_PCT", "StudyResult", "bd_against", "bd_reason", "bd_table", "curve", "merge_results",
-           "paired_deltas", "qat_drift", "rank", "size_mbit"]
+__all__ = ["FP_ALLOCATOR", "NO_QAT_CURVE", "TIE_PCT", "StudyResult", "bd_against", "bd_reason", "bd_table", "curve",
+           "merge_results", "paired_deltas", "qat_drift", "rank", "size_mbit"]
 
 FP_ALLOCATOR = "fp32"
+#: :func:`qat_drift`'s reason when a study has no float curve in both modes (a PTQ-only study).
+NO_QAT_CURVE = "the study has no FP32 curve in both modes"
 #: BD-rate differences (percentage points) below which :func:`rank` lets the smaller plan go first.
 TIE_PCT = 0.1
 
@@ -144,7 +146,7 @@ def qat_drift(results: pd.DataFrame) -> tuple[float, str | None]:
     """
     fp, tuned = curve(results, FP_ALLOCATOR, None, "ptq"), curve(results, FP_ALLOCATOR, None, "qat")
     if fp.empty or tuned.empty:
-        return float("nan"), "the study has no FP32 curve in both modes"
+        return float("nan"), NO_QAT_CURVE
     values, note = bd_against(fp, tuned, "fp32")
     return values["bd_rate_vs_fp32_pct"], note
 

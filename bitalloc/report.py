@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import bd_reason, qat_drift
+from .analysis import NO_QAT_CURVE, bd_reason, qat_drift
 from .atomic import atomic_write_text
 from .figures import plot_bd_vs_size, plot_bit_heatmaps, plot_rd_curves
 from .report_columns import describe, to_report_units
@@ -206,7 +206,7 @@ def write_report(result, out, command: str = "", machine: str = "", layers: pd.D
            "model fine-tuned with the same QAT steps (their gain over FP32 includes that extra RD training).", "",
            _markdown(bd[bd_cols], bd.get("note"), fmt=".3g"), ""]
     drift, why = qat_drift(results)
-    if why is None or "no FP32 curve" not in why:
+    if why != NO_QAT_CURVE:
         value = f"{_pct(drift, why)} %" if why is None else _pct(drift, why)
         md += [f"Convergence of the checkpoints: the FP32 model fine-tuned with the same QAT steps is {value} "
                "BD-rate against the FP32 checkpoints (0 for converged checkpoints; a negative value is the part of "

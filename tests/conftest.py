@@ -62,9 +62,8 @@ def allocations_under_extra(table, budget):
 def load_study(name: str):
     """The study script ``studies/<name>.py`` as a module (the studies are scripts, not a package)."""
     import importlib.util
-    from pathlib import Path
-
     import sys
+    from pathlib import Path
 
     folder = Path(__file__).resolve().parents[1] / "studies"
     if str(folder) not in sys.path:  # as `python studies/<name>.py` runs it: a study imports its own helpers
