@@ -9,8 +9,9 @@ DynaQuant (a dynamic, per-image bit-width model trained for the same steps) join
 Results: studies/results/compare_<model>/ (``compare_<model>_noise/`` with ``--table-fit noise``: report.md, CSV,
 figures; the cache under runs/ makes reruns and interrupted runs resume). ``--report-only`` rebuilds report.md,
 the CSVs and the figures from the committed results.csv and images.csv without evaluating a cell: the plans (for
-plans.csv and the heat maps) are re-allocated from the cost tables, measured again on the same calibration crops
-(cached under --cache), and each must have the size and objective the study recorded for its cell, else it stops
+plans.csv and the heat maps) are re-allocated as the study allocated them (``iqp`` with pairwise terms, ``+verify``
+measuring its plans) from the cost tables, measured again on the same calibration crops (cached under --cache),
+and each must have the size and objective the study recorded for its cell, else it stops
 naming the cell.
 Sensitivity is measured on centre crops of training photos, never on Kodak;
 evaluation entropy-codes all 24 Kodak images. QAT uses the same steps, learning rate and data for every plan.
@@ -115,6 +116,7 @@ def rebuild_report(model: str, args, command: str) -> Path:
     """report.md, CSVs and figures of compare_<model> from its results.csv and images.csv (see the docstring)."""
     from bitalloc import study_steps as steps
     from bitalloc.costs import Budget, CostTable
+    from bitalloc.repair import split_verify
 
     folder, fit = results_folder(model, args), getattr(args, "table_fit", "clip")
     results, images = pd.read_csv(folder / "results.csv"), pd.read_csv(folder / "images.csv")
@@ -125,19 +127,27 @@ def rebuild_report(model: str, args, command: str) -> Path:
     models = {q: load_model(model, q, pretrained=spec.pretrained) for q in qualities}
     plans, cells = {}, results[~results.allocator.isin(["fp32", "dynaquant"])]
     for q in qualities:
-        path = Path(args.cache) / model / "report_tables" / f"{model}_q{q}{'' if fit == 'clip' else '_' + fit}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        stem = Path(args.cache) / model / "report_tables" / f"{model}_q{q}{'' if fit == 'clip' else '_' + fit}"
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        path, pairs_path = stem.with_suffix(".json"), stem.parent / f"{stem.name}_pairs.json"
         table = CostTable.from_json(path) if path.is_file() else steps.measure_cost_table(models[q], calib, spec,
                                                                                           path)
+        joint = None  # the table with its pairwise terms, measured once per quality when a cell needs it
         for row in cells[cells.quality == q].itertuples():
-            allocator = steps.fit_allocator(row.allocator, spec)
-            plan = allocator.allocate(table, Budget.from_avg_bits(table, row.budget)).plan
-            size = plan.size_bits(table) / 1e6
+            cell_table = table
+            if split_verify(row.allocator)[0] in spec.pairwise_allocators:  # as the harness gives them
+                if joint is None:
+                    joint = (CostTable.from_json(pairs_path) if pairs_path.is_file()
+                             else steps.measure_pairwise_table(models[q], calib, table, spec, pairs_path))
+                cell_table = joint
+            allocator = steps.cell_allocator(row.allocator, models[q], calib, spec)  # +verify measures, as in the study
+            plan = allocator.allocate(cell_table, Budget.from_avg_bits(cell_table, row.budget)).plan
+            size = plan.size_bits(cell_table) / 1e6
             want = row.size_mbit if "size_mbit" in results else row.size_bits / 1e6
-            if not (np.isclose(size, want, rtol=1e-9) and np.isclose(plan.cost(table), row.objective, rtol=1e-6)):
+            if not (np.isclose(size, want, rtol=1e-9) and np.isclose(plan.cost(cell_table), row.objective, rtol=1e-6)):
                 raise SystemExit(f"{folder}/results.csv: {model} q{q} {row.allocator} {row.mode} at "
                                  f"{row.budget:g} bits records {want:.6f} Mbit and objective {row.objective:.6g}; "
-                                 f"re-allocated: {size:.6f} Mbit, objective {plan.cost(table):.6g} (other "
+                                 f"re-allocated: {size:.6f} Mbit, objective {plan.cost(cell_table):.6g} (other "
                                  f"weights or calibration than the study's): run the study itself")
             plans[(q, row.allocator, row.budget, row.mode)] = plan
     images_used = list(dict.fromkeys(images.image))

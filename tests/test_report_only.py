@@ -3,6 +3,7 @@ checked against what the study recorded (issue 15, item 3)."""
 
 from __future__ import annotations
 
+import pathlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -88,3 +89,25 @@ def test_the_study_passes_its_table_fit_and_keeps_noise_results_apart(study, mon
     assert (folder.parent / "compare_m_noise").is_dir() and (tmp_path / "o_m").is_dir()  # --out '{model}' kept
     with pytest.raises(SystemExit):
         mod.main(["--table-fit", "isotonic"])
+
+
+def test_report_only_gives_iqp_the_pairwise_terms_as_the_study_did(study):
+    """iqp cells re-allocate on the table with its pairwise terms (report_tables/m_q<q>_pairs.json), not on the
+    single-layer table (there its plan and objective would differ and the rebuild would stop)."""
+    mod, folder, results, args = study
+    paired = CostTable.from_arrays(["0", "1"], [4, 8], TABLE.cost, num_params=[1000, 200],
+                                   pairwise={("0", "1"): np.array([[0.0, 1.0], [0.0, 0.0]])})  # 0@4 with 1@8: +1
+    rows = []
+    for q in range(1, 5):
+        paired.to_json(pathlib.Path(args.cache) / "m" / "report_tables" / f"m_q{q}_pairs.json")
+        alloc = build_allocator("iqp").allocate(paired, Budget.from_avg_bits(paired, 5.0))
+        plain = build_allocator("ilp").allocate(TABLE, Budget.from_avg_bits(TABLE, 5.0))
+        assert alloc.plan.bits != plain.plan.bits  # the pairs change the plan
+        row = results[(results.quality == q) & (results.allocator == "ilp")].iloc[0].to_dict()
+        rows.append({**row, "allocator": "iqp", "objective": alloc.objective, "size_bits": alloc.plan.size_bits(paired),
+                     "avg_bits": alloc.plan.avg_bits(paired)})
+    pd.concat([results, pd.DataFrame(rows)], ignore_index=True).to_csv(folder / "results.csv", index=False)
+    mod.rebuild_report("m", args, "report-only")
+    plans = pd.read_csv(folder / "plans.csv", dtype={"layer": str})
+    iqp = plans[plans.allocator == "iqp"]
+    assert len(iqp) == 4 * 2 and set(zip(iqp.layer, iqp.bits)) == {("0", 4), ("1", 4)}
