@@ -56,6 +56,8 @@ def main(argv=None) -> None:
                         "its smallest achievable average is about 5.3 bits (pass none to skip)")
     p.add_argument("--qualities", type=int, nargs="+", default=list(StudySpec.qualities))
     p.add_argument("--qat-steps", type=int, default=StudySpec.qat_steps)
+    p.add_argument("--seed", type=int, default=StudySpec.seed,
+                   help="seed of the QAT batches (and DynaQuant's); rerun with others to measure QAT's own spread")
     p.add_argument("--limit", type=int, default=None, help="first N Kodak images only")
     p.add_argument("--act-bits", type=int, default=None,
                    help="input-activation bits of every static plan's quantized layers (default: weights only)")
@@ -83,12 +85,13 @@ def main(argv=None) -> None:
             budgets = tuple(args.ptq_budgets) if mode == "ptq" else tuple(args.qat_budgets)
             spec = StudySpec(model=model, allocators=tuple(args.allocators), budgets=budgets, modes=(mode,),
                              qat_steps=args.qat_steps, eval_limit=args.limit, qualities=tuple(args.qualities),
-                             act_bits=args.act_bits, calib_offset=args.calib_offset, table_fit=args.table_fit)
+                             act_bits=args.act_bits, calib_offset=args.calib_offset, table_fit=args.table_fit,
+                             seed=args.seed)
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         if "qat" in args.modes and args.dynaquant_budgets:
             spec = StudySpec(model=model, allocators=("dynaquant",), budgets=tuple(args.dynaquant_budgets),
                              modes=("qat",), qat_steps=args.qat_steps, eval_limit=args.limit,
-                             qualities=tuple(args.qualities))
+                             qualities=tuple(args.qualities), seed=args.seed)
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         merged = merge_results(*results)
         models = {q: load_model(model, q, pretrained=StudySpec.pretrained) for q in args.qualities}
@@ -122,7 +125,8 @@ def rebuild_report(model: str, args, command: str) -> Path:
     results, images = pd.read_csv(folder / "results.csv"), pd.read_csv(folder / "images.csv")
     qualities = sorted(int(q) for q in results.quality.unique())
     spec = StudySpec(model=model, qualities=tuple(qualities), modes=tuple(sorted(results["mode"].unique())),
-                     qat_steps=args.qat_steps, calib_offset=getattr(args, "calib_offset", 0), table_fit=fit)
+                     qat_steps=args.qat_steps, calib_offset=getattr(args, "calib_offset", 0), table_fit=fit,
+                     seed=getattr(args, "seed", StudySpec.seed))
     calib = steps.calibration_crops(None, spec.calib_images, spec.calib_crop, args.data, spec.calib_offset)
     models = {q: load_model(model, q, pretrained=spec.pretrained) for q in qualities}
     plans, cells = {}, results[~results.allocator.isin(["fp32", "dynaquant"])]

@@ -111,3 +111,24 @@ def test_report_only_gives_iqp_the_pairwise_terms_as_the_study_did(study):
     plans = pd.read_csv(folder / "plans.csv", dtype={"layer": str})
     iqp = plans[plans.allocator == "iqp"]
     assert len(iqp) == 4 * 2 and set(zip(iqp.layer, iqp.bits)) == {("0", 4), ("1", 4)}
+
+
+def test_seed_reaches_every_study_spec(tmp_path, monkeypatch):
+    """--seed picks the QAT batches of the static plans and of DynaQuant (and so their cache keys)."""
+    mod = load_study("compare_allocators")
+    specs = []
+
+    class Stop(Exception):
+        pass
+
+    def run_study(spec, cache, data=None):
+        specs.append(spec)
+        if spec.allocators == ("dynaquant",):
+            raise Stop
+        return None
+
+    monkeypatch.setattr(mod, "run_study", run_study)
+    with pytest.raises(Stop):
+        mod.main(["--model", "m", "--modes", "qat", "--allocators", "ilp", "--seed", "3", "--threads", "1",
+                  "--cache", str(tmp_path)])
+    assert [s.seed for s in specs] == [3, 3]
