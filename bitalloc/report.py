@@ -96,7 +96,10 @@ def headline_table(ranking: pd.DataFrame, bd: pd.DataFrame) -> str:
 
 
 def settings_line(settings: dict) -> str:
-    """One line of what a study ran on: images, calibration, candidates, QAT and the weights' fingerprints."""
+    """One line of what a study ran on: images, calibration, candidates, QAT and the weights' fingerprints
+    (``settings["recorded"]``: a line an earlier report recorded, kept as it was)."""
+    if settings.get("recorded"):
+        return f"Settings: {settings['recorded']}" + (f" ({settings['source']})" if settings.get("source") else "") + "."
     inputs = settings.get("inputs", {})
     names = inputs.get("eval_image_names", [])
     shown = ", ".join(names[:3]) + (f", ... {names[-1]}" if len(names) > 3 else "")

@@ -36,6 +36,7 @@ from bitalloc.models import load_model
 from bitalloc.report import layer_frame
 
 RESULTS = Path(__file__).parent / "results"
+REBUILT = "report rebuilt by"
 ALLOCATORS = ("fmpq", "ilp", "convex", "greedy", "uniform", "iqp", "ilp+verify", "iqp+verify")
 
 
@@ -108,10 +109,15 @@ def results_folder(model: str, args) -> Path:
     return RESULTS / f"compare_{model}{'' if getattr(args, 'table_fit', 'clip') == 'clip' else '_noise'}"
 
 
+def _recorded_lines(report: Path, field: str) -> list[str]:
+    """Every ``<field>: ...`` line of an existing report.md, without the field name (none when absent)."""
+    lines = report.read_text().splitlines() if report.is_file() else []
+    return [line.split(": ", 1)[1] for line in lines if line.startswith(field + ": ")]
+
+
 def _recorded(report: Path, field: str) -> str:
     """The ``Command:``/``Machine:`` line of an existing report.md ('' when absent)."""
-    lines = report.read_text().splitlines() if report.is_file() else []
-    found = [line.split(": ", 1)[1].strip("` ") for line in lines if line.startswith(field + ": ")]
+    found = [line.strip("` ") for line in _recorded_lines(report, field)]
     return found[0] if found else ""
 
 
@@ -122,7 +128,9 @@ def rebuild_report(model: str, args, command: str) -> Path:
     from bitalloc.repair import split_verify
 
     folder, fit = results_folder(model, args), getattr(args, "table_fit", "clip")
-    results, images = pd.read_csv(folder / "results.csv"), pd.read_csv(folder / "images.csv")
+    # round_trip: the CSVs are written back unchanged, not with their last digits moved
+    results = pd.read_csv(folder / "results.csv", float_precision="round_trip")
+    images = pd.read_csv(folder / "images.csv", float_precision="round_trip")
     qualities = sorted(int(q) for q in results.quality.unique())
     spec = StudySpec(model=model, qualities=tuple(qualities), modes=tuple(sorted(results["mode"].unique())),
                      qat_steps=args.qat_steps, calib_offset=getattr(args, "calib_offset", 0), table_fit=fit,
@@ -155,9 +163,14 @@ def rebuild_report(model: str, args, command: str) -> Path:
                                  f"weights or calibration than the study's): run the study itself")
             plans[(q, row.allocator, row.budget, row.mode)] = plan
     images_used = list(dict.fromkeys(images.image))
-    settings = {**asdict(spec), "inputs": {"eval_image_names": images_used},
-                "source": f"reconstructed from the command and images.csv, the run predates spec.json; report "
-                          f"rebuilt by `{command}`"}
+    rebuilt = f"report rebuilt by `{command}`"
+    recorded = [line.split(f" ({REBUILT}", 1)[0].rstrip(".")
+                for line in _recorded_lines(folder / "report.md", "Settings")]
+    if recorded:  # what the study itself recorded (weights' and images' fingerprints included) stays
+        settings = {"parts": [{"recorded": line, "source": rebuilt} for line in recorded]}
+    else:
+        settings = {**asdict(spec), "inputs": {"eval_image_names": images_used},
+                    "source": f"reconstructed from the command and images.csv, the run predates spec.json; {rebuilt}"}
     bd = bd_table(results)
     result = StudyResult(results, images, bd, rank(bd), plans, settings)
     machine = _recorded(folder / "report.md", "Machine") or f"{platform.machine()} CPU, {os.cpu_count()} cores"

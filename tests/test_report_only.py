@@ -132,3 +132,19 @@ def test_seed_reaches_every_study_spec(tmp_path, monkeypatch):
         mod.main(["--model", "m", "--modes", "qat", "--allocators", "ilp", "--seed", "3", "--threads", "1",
                   "--cache", str(tmp_path)])
     assert [s.seed for s in specs] == [3, 3]
+
+
+def test_report_only_keeps_the_recorded_settings_and_the_csv_digits(study):
+    mod, folder, results, args = study
+    results = results.assign(bpp=results.bpp + 0.04951443142361116)  # 17 digits: a lossy parse moves the last
+    results.to_csv(folder / "results.csv", index=False)
+    line = "m qualities [1, 2, 3, 4], modes ['ptq']; weights sha256 q1 d1a5e0936d04; cache version 2."
+    (folder / "report.md").write_text("# old\n\nCommand: `python studies/compare_allocators.py --model m`\n\n"
+                                      f"Settings: {line}\n")
+    for _ in range(2):  # a second rebuild does not stack its note
+        md = mod.rebuild_report("m", args, "python studies/compare_allocators.py --report-only").read_text()
+    settings = [x for x in md.splitlines() if x.startswith("Settings: ")]
+    assert settings == ["Settings: m qualities [1, 2, 3, 4], modes ['ptq']; weights sha256 q1 d1a5e0936d04; cache "
+                        "version 2 (report rebuilt by `python studies/compare_allocators.py --report-only`)."]
+    written = pd.read_csv(folder / "results.csv", float_precision="round_trip")
+    assert written.bpp.tolist() == results.bpp.tolist()  # exactly: the rewritten CSV keeps every digit
