@@ -18,6 +18,11 @@ starting weights itself.
 The Kodak column is the single-point rate difference against JPEG at equal PSNR: ``bpp / bpp_JPEG(PSNR) - 1``,
 with JPEG's published Kodak curve (``bitalloc.reference_curve("jpeg")``) interpolated by PCHIP in log-rate. It
 is the one-quality analogue of a BD-rate (the BD-rate of the whole ladder is in the zoo table).
+
+How many more steps: a run whose best validation loss is above that of another run of the same quality (same
+lambda, same validation crops) gets that loss as its target, and the step where the power-law trend of its last 8
+validation points (``loss = a + b * step**-c``, :func:`trend`) reaches it. A trend, not a promise: the plateau
+schedule's next halving of the learning rate usually brings the curve down faster than the fit says.
 """
 
 from __future__ import annotations
@@ -93,6 +98,47 @@ def load(path: Path, steps_before: int = 0) -> pd.DataFrame:
     return df
 
 
+def trend(steps, losses, recent: int = 8) -> tuple[float, float, float] | None:
+    """Power-law trend ``loss(step) = a + b * step**-c`` of a run's last ``recent`` validation points: least squares
+    of ``log(loss - a)`` on ``log(step)`` for each asymptote ``a`` on a grid below the lowest loss, the best fit
+    kept. Returns ``(a, b, c)``, or None with fewer than 4 points or a curve that is not falling."""
+    s, y = np.asarray(steps, float)[-recent:], np.asarray(losses, float)[-recent:]
+    keep = s > 0
+    s, y = s[keep], y[keep]
+    if len(s) < 4 or np.polyfit(np.log(s), y, 1)[0] >= 0:
+        return None
+    best = None
+    X = np.vstack([np.ones_like(s), np.log(s)]).T
+    for a in np.linspace(0.0, y.min(), 400, endpoint=False):
+        coef, *_ = np.linalg.lstsq(X, np.log(y - a), rcond=None)
+        err = float(np.sum((a + np.exp(X @ coef) - y) ** 2))
+        if coef[1] < 0 and (best is None or err < best[0]):
+            best = (err, a, float(np.exp(coef[0])), float(-coef[1]))
+    return None if best is None else best[1:]
+
+
+def steps_to_reach(fit: tuple[float, float, float] | None, target: float) -> float:
+    """The step at which a :func:`trend` fit reaches ``target`` (inf when its asymptote is at or above it)."""
+    if fit is None:
+        return float("nan")
+    a, b, c = fit
+    return float("inf") if target <= a else float((b / (target - a)) ** (1.0 / c))
+
+
+def targets_of(rows: list[dict]) -> dict[str, tuple[str, float]]:
+    """Per run, the run of the same quality (name suffix ``-qN``) with the lowest best validation loss, when it is
+    lower than this run's: what this run has to reach (same lambda, same validation crops)."""
+    out = {}
+    for row in rows:
+        quality = row["run"].rsplit("-", 1)[-1]
+        peers = [r for r in rows if r is not row and r["run"].rsplit("-", 1)[-1] == quality
+                 and r.get("best_val_loss", np.inf) < row.get("best_val_loss", -np.inf)]
+        if peers:
+            best = min(peers, key=lambda r: r["best_val_loss"])
+            out[row["run"]] = (best["run"], best["best_val_loss"])
+    return out
+
+
 def summary(name: str, df: pd.DataFrame) -> dict:
     val = df.dropna(subset=["val_loss"]) if "val_loss" in df else df.iloc[:0]
     mon = df.dropna(subset=["monitor_bpp"]) if "monitor_bpp" in df else df.iloc[:0]
@@ -158,8 +204,21 @@ def main(argv=None):
     if not files:
         raise SystemExit(f"no learning-curve CSVs in {args.results}")
     runs = {f.stem: load(f) for f in files}
-    table = pd.DataFrame([summary(name, df) for name, df in runs.items()])
-    md = table.to_markdown(index=False, floatfmt=".4g")
+    rows = [summary(name, df) for name, df in runs.items()]
+    notes = []
+    for run, (peer, loss) in targets_of(rows).items():
+        val = runs[run].dropna(subset=["val_loss"])
+        fit = trend(val.step, val.val_loss)
+        at = steps_to_reach(fit, loss)
+        row = next(r for r in rows if r["run"] == run)
+        row.update(target=f"{peer} {loss:.3f}", trend_steps_to_target=at)
+        notes.append(f"- {run}: the power-law trend of its last 8 validation points (asymptote "
+                     + ("n/a" if fit is None else f"{fit[0]:.3f}") + f") reaches {peer}'s best {loss:.3f} "
+                     + ("nowhere (the curve is not falling)" if np.isnan(at) else
+                        "never (asymptote above it)" if np.isinf(at) else
+                        f"near step {at:,.0f}, {max(at - row['steps'], 0):,.0f} steps after the last one") + ".")
+    table = pd.DataFrame(rows)
+    md = table.to_markdown(index=False, floatfmt=".4g") + ("\n\n" + "\n".join(notes) if notes else "")
     from bitalloc.costs import atomic_write_text
 
     atomic_write_text(args.results / "learning_curves.md",
