@@ -97,6 +97,12 @@ def plot_rd_curves(results: pd.DataFrame, path: Path, model: str = "", images: i
         for c, budget in enumerate(budgets):
             ax, gap_ax = axes[2 * r, c], axes[2 * r + 1, c]
             df = cells[(cells["mode"] == mode) & (cells.budget == budget)]
+            if df.empty:  # e.g. a QAT-only run: its PTQ row has the uniform 8-bit reference only
+                ax.text(0.5, 0.5, f"{mode.upper()}, {_budget_label(budget, kind)}:\nnot run", ha="center",
+                        va="center", transform=ax.transAxes, fontsize=9, color="0.4")
+                ax.axis("off")
+                gap_ax.axis("off")
+                continue
             ax.plot(fp.bpp, fp.psnr_rgb, "k--", lw=1.2, label="FP32")
             gap_ax.axhline(0, color="k", ls="--", lw=1.2)
             if len(fp_qat):

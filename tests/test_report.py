@@ -146,3 +146,28 @@ def test_report_states_how_far_from_converged_the_checkpoints_are(written, tmp_p
                                              study.settings, []), tmp_path, layers=FLOW)
     assert "fine-tuned with the same QAT steps is -10.00 % BD-rate" in (tmp_path / "report.md").read_text()
     assert np.isnan(analysis.qat_drift(study.results)[0])
+
+
+def test_rd_panel_of_a_mode_budget_not_run_says_so(tmp_path, monkeypatch):
+    """A QAT-only run keeps PTQ references (FP32, uniform 8) but no PTQ plan at its budget: that panel says it was
+    not run instead of drawing an empty axis."""
+    import matplotlib.pyplot as plt
+
+    from bitalloc import figures
+
+    rows = []
+    for q, (bpp, psnr) in enumerate([(0.2, 27.0), (0.4, 29.0), (0.6, 30.0), (0.8, 31.0)], start=1):
+        rows.append(dict(quality=q, allocator="fp32", mode="ptq", budget=np.nan, budget_kind="avg_bits",
+                         bpp=bpp, psnr_rgb=psnr))
+        rows.append(dict(quality=q, allocator="uniform", mode="ptq", budget=8.0, budget_kind="avg_bits",
+                         bpp=bpp, psnr_rgb=psnr - 0.02))
+        rows.append(dict(quality=q, allocator="ilp", mode="qat", budget=4.0, budget_kind="avg_bits",
+                         bpp=bpp * 1.1, psnr_rgb=psnr - 0.3))
+    figs = []
+    monkeypatch.setattr(figures, "atomic_savefig", lambda fig, path: figs.append(fig))
+    monkeypatch.setattr(plt, "close", lambda fig: None)
+    figures.plot_rd_curves(pd.DataFrame(rows), tmp_path / "rd.png")
+    axes = figs[0].axes  # rows: PTQ RD, PTQ gap, QAT RD, QAT gap; columns: budgets 8, 4
+    ptq4 = axes[1]
+    assert not ptq4.axison and "not run" in ptq4.texts[0].get_text()
+    assert axes[0].axison and axes[0].lines and axes[7].axison and axes[7].lines  # PTQ 8 and QAT 4 drawn
