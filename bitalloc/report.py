@@ -98,8 +98,9 @@ def headline_table(ranking: pd.DataFrame, bd: pd.DataFrame) -> str:
 def settings_line(settings: dict) -> str:
     """One line of what a study ran on: images, calibration, candidates, QAT and the weights' fingerprints
     (``settings["recorded"]``: a line an earlier report recorded, kept as it was)."""
+    suffix = (f" ({settings['source']})" if settings.get("source") else "") + "."
     if settings.get("recorded"):
-        return f"Settings: {settings['recorded']}" + (f" ({settings['source']})" if settings.get("source") else "") + "."
+        return f"Settings: {settings['recorded']}{suffix}"
     inputs = settings.get("inputs", {})
     names = inputs.get("eval_image_names", [])
     shown = ", ".join(names[:3]) + (f", ... {names[-1]}" if len(names) > 3 else "")
@@ -116,7 +117,7 @@ def settings_line(settings: dict) -> str:
         line += "; weights sha256 " + ", ".join(f"q{q} {d[:12]}" for q, d in weights.items())
     if settings.get("cost_model_version") is not None:
         line += f"; cache version {settings.get('cost_model_version')}"
-    return line + (f" ({settings['source']})" if settings.get("source") else "") + "."
+    return line + suffix
 
 
 def _warnings(result, out: Path) -> pd.DataFrame | None:
