@@ -1,4 +1,4 @@
-"""Sensitivity table of a compact LIC model on Kodak crops, and the cached method's speed-up over the naive one.
+"""Sensitivity table of a compact LIC model on training crops, and the cached method's speed-up over the naive one.
 
     BITALLOC_DATA=../shared/data python studies/bench_sensitivity.py --model bmshj2018-hyperprior --quality 4
 
@@ -7,8 +7,10 @@ Writes (atomically) to ``--out`` (default studies/results/):
   sensitivity_<model>_q<q>_raw.csv   one row per (layer, bits): raw zeta, loss, bpp, mse
   bench_sensitivity_<model>_q<q>.md  timing of the naive (full re-run per layer and bit-width) and cached runs
 
-The model is the shipped compact checkpoint (or ``--checkpoint FILE``); without one the script says so and
-exits with status 2. ``--run-state`` reads a training run's state.pt instead (marked as such in the results).
+Calibration: centre crops of the first ``--images`` photos of ``<data>/train`` (the harness's calibration photos;
+Kodak stays the evaluation set). The model is the shipped compact checkpoint (or ``--checkpoint FILE``); without
+one the script says so and exits with status 2. ``--run-state`` reads a training run's state.pt instead (marked
+as such in the results).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from bitalloc.atomic import atomic_write_text
 from bitalloc.study_args import add_model_args, command_line, kodak_folder, load_model_arg, machine_line
+from bitalloc.study_steps import calibration_crops
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -30,17 +33,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(p, RESULTS)
-    p.add_argument("--images", type=int, default=4, help="Kodak images (first N, centre crops)")
+    p.add_argument("--images", type=int, default=4, help="training photos (first N, centre crops)")
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8])
     p.add_argument("--hessian-samples", type=int, default=4)
     p.add_argument("--repeats", type=int, default=1, help="timing repeats (min is reported)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from bitalloc.sensitivity import calibration_batch, measure_sensitivity
+    from bitalloc.sensitivity import measure_sensitivity
 
     model, source = load_model_arg(args)
-    x = calibration_batch(kodak_folder(args), crop=args.crop, limit=args.images)
+    kodak_folder(args)  # the data root must be there (exits 2 naming it otherwise)
+    x = calibration_crops(None, args.images, args.crop, args.data)
     kw = dict(bits=args.bits, progress=False, return_frame=True)
     times: dict[str, list[float]] = {"naive": [], "cached": []}
     frames = {}
@@ -62,7 +66,7 @@ def main(argv=None) -> int:
         f"# Sensitivity measurement: cached vs naive ({args.model} q{args.quality})",
         "",
         f"- model: {source}",
-        f"- calibration: {x.shape[0]} Kodak centre crops {args.crop}x{args.crop}; bits {args.bits}; "
+        f"- calibration: {x.shape[0]} centre crops of training photos {args.crop}x{args.crop}; bits {args.bits}; "
         f"{table.num_layers} layers -> {table.num_layers * len(args.bits)} (layer, bits) evaluations",
         machine_line(args.threads) + f"; timings are the min of {args.repeats} run(s)",
         command_line("studies/bench_sensitivity.py", argv),
