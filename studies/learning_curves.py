@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bitalloc.atomic import atomic_write_text
 from bitalloc.reference import reference_curve
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training"
@@ -219,8 +220,6 @@ def main(argv=None):
                         f"near step {at:,.0f}, {max(at - row['steps'], 0):,.0f} steps after the last one") + ".")
     table = pd.DataFrame(rows)
     md = table.to_markdown(index=False, floatfmt=".4g") + ("\n\n" + "\n".join(notes) if notes else "")
-    from bitalloc.costs import atomic_write_text
-
     atomic_write_text(args.results / "learning_curves.md",
         "# Learning curves of the long runs\n\n`python studies/learning_curves.py` (from the CSVs here).\n\n"
         + md + "\n")

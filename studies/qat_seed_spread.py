@@ -61,7 +61,7 @@ def spread(frames: dict[int, pd.DataFrame], budget: float) -> tuple[pd.DataFrame
     gaps = table - table.min(axis=0)
     summary = table.copy()
     summary.columns = [f"seed {s}" for s in seeds]
-    summary["mean"], summary["sd"] = table.mean(axis=1), table.std(axis=1, ddof=1) if len(seeds) > 1 else float("nan")
+    summary["mean"], summary["sd"] = table.mean(axis=1), table.std(axis=1)  # sd: NaN with one seed
     summary["gap to best, mean"] = gaps.mean(axis=1)
     summary["best at seeds"] = [", ".join(str(s) for s in seeds if gaps.loc[a, s] == 0) or "-" for a in table.index]
     return summary.sort_values("mean"), gaps
@@ -72,7 +72,7 @@ def pair_gaps(table: pd.DataFrame, seeds: list[int], reference: str) -> pd.DataF
     cols = [f"seed {s}" for s in seeds]
     diff = table[cols].sub(table.loc[reference, cols], axis=1)
     out = diff.copy()
-    out["mean"], out["sd"] = diff.mean(axis=1), diff.std(axis=1, ddof=1) if len(seeds) > 1 else float("nan")
+    out["mean"], out["sd"] = diff.mean(axis=1), diff.std(axis=1)
     return out.drop(index=reference)
 
 
