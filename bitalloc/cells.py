@@ -15,18 +15,19 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .analysis import FP_ALLOCATOR
 from .costs import Budget, CostTable
 from .errors import BudgetError, BudgetTooSmallError
 from .plan import BitPlan
+from .qat import fresh_source
+from .recovery import split_qat
 from .repair import split_verify
 
 __all__ = ["DYNAMIC_ACT_BITS", "DYNAMIC_ALLOCATOR", "Cell", "PlanOverBudgetError", "allocate_task",
-           "cached_plan_problem", "check_act_settings", "check_within_budget", "folder_recipe", "fresh_source",
-           "outcome_task", "pairs_task", "reference_task", "study_budget", "table_task", "with_means"]
+           "cached_plan_problem", "check_act_settings", "check_within_budget", "folder_recipe",
+           "outcome_task", "pairs_task", "recovered_task", "reference_task", "study_budget", "table_task", "with_means"]
 
 DYNAMIC_ALLOCATOR = "dynaquant"
 DYNAMIC_ACT_BITS = 8  # DynaQuant cells quantize activations with their own 8-bit quantizers whatever spec.act_bits
@@ -113,18 +114,6 @@ def with_means(cell: dict, outcome: dict) -> dict:
     return cell
 
 
-def fresh_source(train, seed: int):
-    """The training source as a run of its own sees it: an :class:`~bitalloc.data.ImageFolder` gets a new random
-    stream from ``seed`` (the decoded photos shared), so a QAT outcome depends on its plan and settings only, not
-    on how many QAT runs drew crops from the same folder before it in this process."""
-    from .data import ImageFolder
-
-    if isinstance(train, ImageFolder):
-        train = copy.copy(train)
-        train.rng = np.random.default_rng(seed)
-    return train
-
-
 def folder_recipe(train) -> tuple | None:
     """How a worker rebuilds an :class:`~bitalloc.data.ImageFolder` of a whole folder (decoding its photos
     once) instead of receiving every decoded photo with every task; None for any other source."""
@@ -150,10 +139,20 @@ def pairs_task(model, calib, table: CostTable, spec, path: Path, frame_path: Pat
     return steps.measure_pairwise_table(copy.deepcopy(model.get()), calib.get(), table, spec, path, loss, frame_path)
 
 
-def allocate_task(cell: Cell, spec, model, calib, table: CostTable, loss, plan: dict | None = None) -> dict:
+def recovered_task(model, calib, train, table: CostTable, spec, path: Path, frame_path: Path | None, workdir: Path,
+                   loss) -> CostTable:
+    from . import study_steps as steps
+
+    return steps.measure_recovered_table(copy.deepcopy(model.get()), calib.get(), train.get(), table, spec, path,
+                                         loss, frame_path, workdir)
+
+
+def allocate_task(cell: Cell, spec, model, calib, table: CostTable, loss, plan: dict | None = None,
+                  train=None) -> dict:
     """Allocate the cell's plan (timed, checked against its budget; ``+verify`` measures and repairs it), then
-    measure it quantized as a whole against the table's prediction. Returns the cell's ``row`` and ``plan``
-    (and ``verify_history``); with ``plan`` given (a cached cell), only the joint check's row fields."""
+    measure it quantized as a whole against the table's prediction (a ``+qat`` cell: after the QAT of its
+    QAT-aware table, on ``train``). Returns the cell's ``row`` and ``plan`` (and ``verify_history``); with
+    ``plan`` given (a cached cell), only the joint check's row fields."""
     from . import study_steps as steps
 
     where = cell.where(spec)
@@ -179,13 +178,21 @@ def allocate_task(cell: Cell, spec, model, calib, table: CostTable, loss, plan: 
                               verify_start_measured=extra["start_measured"])
             out["verify_history"] = extra["history"]
         out["plan"] = plan
-    check = steps.check_joint_plan(copy.deepcopy(model.get()), BitPlan.from_dict(plan), table, calib.get(), spec,
-                                   loss)
+    after_qat = split_qat(cell.allocator)[1]
+    if after_qat:
+        if train is None:
+            raise ValueError(f"{where}: a +qat cell's joint check needs the training crops (train=)")
+        check = steps.recovery_run(copy.deepcopy(model.get()), calib.get(), train.get(), spec, loss).check(
+            BitPlan.from_dict(plan), table)
+    else:
+        check = steps.check_joint_plan(copy.deepcopy(model.get()), BitPlan.from_dict(plan), table, calib.get(),
+                                       spec, loss)
     out["row"].update(plan_predicted_cost=check.predicted, plan_measured_cost=check.measured,
                       plan_excess=check.excess)
     if not check.ok():
-        warnings.warn(f"{where}: quantized together its layers add {check.measured:.1%} loss on the calibration "
-                      f"crops, the cost table predicted {check.predicted:.1%} (layers interact)", stacklevel=1)
+        state = f"after {spec.recovery_steps or spec.qat_steps} QAT steps" if after_qat else "quantized together"
+        warnings.warn(f"{where}: {state} its layers add {check.measured:.1%} loss on the calibration crops, the "
+                      f"cost table predicted {check.predicted:.1%} (layers interact)", stacklevel=1)
     return out
 
 

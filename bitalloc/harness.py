@@ -37,6 +37,12 @@ table). A name with the ``+verify`` suffix (``ilp+verify``, ``iqp+verify``, ``fm
 ``verify_evaluations`` (plans measured), ``verify_converged`` and the start plan's ``verify_start_predicted`` /
 ``verify_start_measured``, and its cell file the whole ``verify_history``.
 
+**QAT-aware cells.** A name with the ``+qat`` suffix (``ilp+qat``) allocates with the inner allocator on the
+quality's QAT-aware table (:func:`bitalloc.measure_recovered_costs`: each cell's loss after ``recovery_steps``
+QAT steps with that layer alone quantized, against the float model after the same steps; once per quality,
+cached beside the table) and runs in QAT mode only. Its joint check measures the plan after the same QAT
+(:class:`bitalloc.recovery.Recovery`) against that table's prediction.
+
 **Noise-aware tables.** ``table_fit="noise"`` measures each table with the standard error of every cell, fits
 it monotone in bits and keeps its noise floor, and every allocator breaks ties within noise toward the bigger
 plan (:mod:`bitalloc.study_steps`, :mod:`bitalloc.noise`); ``"clip"`` (the default) is today's table. Every row
@@ -71,23 +77,29 @@ from .atomic import atomic_write_text
 from .cells import DYNAMIC_ACT_BITS, DYNAMIC_ALLOCATOR, Cell, PlanOverBudgetError, check_act_settings
 from .executor import Runner, local_executor, reemit
 from .plan import BitPlan
+from .recovery import QAT_SUFFIX, split_qat
 from .repair import VERIFY_SUFFIX
 from .study_cache import COST_MODEL_VERSION, StudyCache, images_digest, loss_digest, source_digest, weights_digest
 from .study_steps import TABLE_FITS
 
 __all__ = ["DYNAMIC_ALLOCATOR", "PlanOverBudgetError", "StudySpec", "StudyResult", "bd_table", "merge_results",
-           "rank", "run_study", "study_allocators"]
+           "qat_only", "rank", "run_study", "study_allocators"]
 
 WARNING_FIELDS = ("cell", "quality", "allocator", "budget", "mode", "category", "message", "filename", "lineno")
 
 
 def study_allocators() -> list[str]:
-    """Every allocator name a study takes: the registered ones, each with the ``+verify`` suffix, and
-    ``dynaquant`` (QAT only)."""
+    """Every allocator name a study takes: the registered ones, each with the ``+verify`` suffix, each with the
+    ``+qat`` suffix (QAT only), and ``dynaquant`` (QAT only)."""
     from .allocation import available_allocators
 
     names = available_allocators()
-    return [*names, *(n + VERIFY_SUFFIX for n in names), DYNAMIC_ALLOCATOR]
+    return [*names, *(n + VERIFY_SUFFIX for n in names), *(n + QAT_SUFFIX for n in names), DYNAMIC_ALLOCATOR]
+
+
+def qat_only(allocator: str) -> bool:
+    """Whether a study runs ``allocator`` in QAT mode only (``dynaquant``, and the ``+qat`` names)."""
+    return allocator == DYNAMIC_ALLOCATOR or split_qat(allocator)[1]
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,9 @@ class StudySpec:
     bit-width, ranges calibrated with ``act_observer`` on the calibration crops before PTQ evaluation and
     before QAT (None: weights only). ``calib_offset``: the calibration crops are the photos from this index on
     (``calib_offset=calib_images`` gives a set disjoint from the default one). ``table_fit``: ``"clip"``
-    (today's cost tables) or ``"noise"`` (noise-aware tables and tie-break; module docstring)."""
+    (today's cost tables) or ``"noise"`` (noise-aware tables and tie-break; module docstring).
+    ``recovery_steps``: the QAT steps of each cell of the QAT-aware table the ``+qat`` allocators get (None: the
+    study's ``qat_steps``)."""
 
     model: str = "bmshj2018-hyperprior"
     qualities: tuple[int, ...] = (1, 3, 4, 6)
@@ -125,6 +139,7 @@ class StudySpec:
     act_observer: str = "mse"
     calib_offset: int = 0
     table_fit: str = "clip"
+    recovery_steps: int | None = None
 
     def __post_init__(self):
         if self.budget_kind not in ("avg_bits", "ratio"):
@@ -147,6 +162,13 @@ class StudySpec:
         check_act_settings(self)
         if self.table_fit not in TABLE_FITS:
             raise ValueError(f"StudySpec.table_fit must be one of {', '.join(TABLE_FITS)}, got {self.table_fit!r}")
+        steps = self.recovery_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"StudySpec.recovery_steps must be None or an integer >= 1, got {steps!r}")
+        recovered = [a for a in self.allocators if split_qat(a)[1]]
+        if recovered and "qat" not in self.modes:
+            raise ValueError(f"allocator {recovered[0]!r} allocates on QAT-aware costs and runs in QAT mode only: add "
+                             "'qat' to modes")
         if DYNAMIC_ALLOCATOR in self.allocators:
             if "qat" not in self.modes:
                 raise ValueError("allocator 'dynaquant' trains its quantizers and selectors: add 'qat' to modes")
@@ -212,7 +234,7 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
         models[quality] = loader(spec.model, quality)
         cache.set_weights(quality, weights_digest(models[quality]))
     cells = [Cell(q, a, b, m) for q in spec.qualities for m in spec.modes for b in spec.budgets
-             for a in spec.allocators if not (a == DYNAMIC_ALLOCATOR and m != "qat")]
+             for a in spec.allocators if not (qat_only(a) and m != "qat")]
     refs = [Cell(q, FP_ALLOCATOR, None, "ptq") for q in spec.qualities]
     if "qat" in spec.modes:  # the float model fine-tuned with the same QAT steps: the anchor for QAT rows
         refs += [Cell(q, FP_ALLOCATOR, None, "qat") for q in spec.qualities]

@@ -53,8 +53,8 @@ from bitalloc.quant import plan_of
 from bitalloc.sensitivity.calibration import calibration_batches
 from bitalloc.sensitivity.probe import LossProbe, per_sample_batches, summarize
 
-__all__ = ["ALL_PAIRS_MAX_LAYERS", "SIDE_BRANCHES", "Interactions", "bits_in_play", "measure_interactions",
-           "structure_pairs", "with_pairwise"]
+__all__ = ["ALL_PAIRS_MAX_LAYERS", "SIDE_BRANCHES", "Interactions", "bits_in_play", "frame_matrix",
+           "measure_interactions", "structure_pairs", "with_pairwise"]
 
 #: Tables with at most this many layers get every pair measured by default (module docstring).
 ALL_PAIRS_MAX_LAYERS = 8
@@ -165,7 +165,9 @@ def _check_pairs(pairs: Iterable, names: Sequence[str]) -> list[tuple[str, str]]
     return out
 
 
-def _frame_matrix(frame: pd.DataFrame, col: str, names: Sequence[str], bits: Sequence[int]) -> np.ndarray | None:
+def frame_matrix(frame: pd.DataFrame, col: str, names: Sequence[str], bits: Sequence[int]) -> np.ndarray | None:
+    """The (layers x bits) matrix of column ``col`` of a sensitivity frame (one row per layer and bits), None when
+    the frame has no such column; a (layer, bits) of the table missing from the frame is an error."""
     if col not in frame:
         return None
     try:
@@ -219,7 +221,7 @@ def measure_interactions(model: nn.Module, data: Any, table: CostTable, pairs: A
                           method=method, keep_weights=True)
         in_pairs = [n for n in names if any(n in p for p in pairs)]
         if frame is not None:
-            zeta, se = _frame_matrix(frame, "zeta", names, bits), _frame_matrix(frame, "zeta_se", names, bits)
+            zeta, se = frame_matrix(frame, "zeta", names, bits), frame_matrix(frame, "zeta_se", names, bits)
             if zeta is None:
                 raise ValueError("the frame given has no 'zeta' column: pass measure_sensitivity's frame")
         else:

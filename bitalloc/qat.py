@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -31,7 +32,7 @@ from bitalloc.quant import apply_plan, plan_of
 from bitalloc.safe_load import load_torch_file
 from bitalloc.training import train_step  # re-exported: bitalloc.qat.train_step
 
-__all__ = ["Batches", "finetune", "train_step"]
+__all__ = ["Batches", "finetune", "fresh_source", "train_step"]
 
 STATE_FILE = "qat_state.pt"
 STATE_KEYS = ("plan", "step", "model", "optimizer", "aux_optimizer", "schedule", "data_rng", "torch_rng", "log")
@@ -96,6 +97,19 @@ class Batches:
             self.folder.rng.bit_generator.state = state
         else:
             self.gen.set_state(state)
+
+
+def fresh_source(train: Any, seed: int) -> Any:
+    """The training source as a run of its own sees it: an :class:`~bitalloc.data.ImageFolder` gets a new random
+    stream from ``seed`` (the decoded photos shared), so a QAT outcome depends on its plan and settings only, not
+    on how many QAT runs drew crops from the same folder before it in this process. Any other source is
+    returned as it is (a tensor's rows are drawn by a generator of the run's own seed)."""
+    from bitalloc.data import ImageFolder
+
+    if isinstance(train, ImageFolder):
+        train = copy.copy(train)
+        train.rng = np.random.default_rng(seed)
+    return train
 
 
 def finetune(model: nn.Module, plan: BitPlan | Mapping[str, int] | None, data: Any, *, steps: int = 500,

@@ -112,6 +112,9 @@ def settings_line(settings: dict) -> str:
             f"budgets {settings.get('budgets')} ({settings.get('budget_kind')})")
     if "qat" in settings.get("modes", ()):
         line += f"; QAT {settings.get('qat_steps')} steps at lr {settings.get('qat_lr')}, seed {settings.get('seed')}"
+    if any(str(a).endswith("+qat") for a in settings.get("allocators", ())):
+        line += (f"; QAT-aware tables ('+qat'): {settings.get('recovery_steps') or settings.get('qat_steps')} QAT "
+                 "steps per cell")
     weights = settings.get("weights") or {}
     if weights:
         line += "; weights sha256 " + ", ".join(f"q{q} {d[:12]}" for q, d in weights.items())
@@ -131,8 +134,8 @@ def _warnings(result, out: Path) -> pd.DataFrame | None:
     return frame.reindex(columns=list(dict.fromkeys(["cell", "message", *frame.columns])))
 
 
-def _heatmaps(result, layers, out: Path, model: str, kind: str) -> list[str]:
-    """The heat-map files: PTQ plans, and QAT plans only where they differ from them."""
+def _heatmaps(result, layers, out: Path, model: str, kind: str) -> list[tuple[str, str]]:
+    """The heat-map files and their modes: PTQ plans, and QAT plans only where they differ from them."""
     written = []
     by_mode: dict = {}
     for (q, a, b, m), plan in result.plans.items():
@@ -143,7 +146,7 @@ def _heatmaps(result, layers, out: Path, model: str, kind: str) -> list[str]:
             continue
         name = "bits_heatmap.png" if first is None else f"bits_heatmap_{mode}.png"
         plot_bit_heatmaps(result.plans, layers, out / name, model=model, mode=mode, budget_kind=kind)
-        written.append(name)
+        written.append((name, mode))
         first = by_mode[mode] if first is None else first
     return written
 
@@ -177,9 +180,9 @@ def write_report(result, out, command: str = "", machine: str = "", layers: pd.D
         names = _heatmaps(result, layers, out, model, kind)
         modes = sorted({k[3] for k in result.plans})
         same = f" ({', '.join(m.upper() for m in modes)} use the same plans)" if len(names) < len(modes) else ""
-        figures += [(n, f"bits per layer of every plan{same if i == 0 else ''}, one panel per quality and "
-                            "budget, layers in data-flow order with parameter counts")
-                    for i, n in enumerate(names)]
+        figures += [(n, f"bits per layer of every {'' if same else m.upper() + ' '}plan{same}, one panel per "
+                            "quality and budget, layers in data-flow order with parameter counts")
+                    for n, m in names]
     md = [f"# Allocator comparison: {model}", "", headline_table(result.ranking, bd), "",
           f"Per mode and budget ({'average weight bits' if kind == 'avg_bits' else 'compression ratio'}), the "
           "allocators ranked by BD-rate against FP32 (%, PCHIP over PSNR-RGB, real bitstreams; lower is better). "

@@ -171,13 +171,24 @@ class StudyCache:
         return {**self.sensitivity_key(quality), "interactions": {
             "pairs": s.interaction_pairs, "noise_floor": s.interaction_noise_floor, "negative": "clip"}}
 
+    def recovery_key(self, quality: int) -> dict:
+        """The QAT-aware table's key: the table's, the QAT it runs per cell (its steps instead of the study's), and
+        the noise settings that pick and stop the cells it measures."""
+        s = self.spec
+        qat = {k: v for k, v in self._qat().items() if k != "qat_steps"}
+        return {**self.sensitivity_key(quality), "recovery": {
+            **qat, "steps": s.recovery_steps or s.qat_steps, "noise_floor": s.interaction_noise_floor}}
+
     def cell_key(self, quality: int, allocator: str, budget, mode: str, static: bool) -> dict:
+        from .recovery import split_qat
         from .repair import split_verify
 
         base = self.sensitivity_key(quality) if static else self._common(quality)
         key = {**base, **self._eval(), "allocator": allocator, "budget": budget, "mode": mode}
         if static:
             key["budget_kind"] = self.spec.budget_kind
+            if split_qat(allocator)[1]:
+                key["recovery"] = self.recovery_key(quality)["recovery"]
             inner, verify = split_verify(allocator)
             if inner in self.spec.pairwise_allocators:
                 key["interactions"] = self.interactions_key(quality)["interactions"]

@@ -54,7 +54,7 @@ def source_digest(source: Any) -> str:
     if isinstance(source, Mapping):
         return images_digest(source)
     if isinstance(source, ImageFolder):
-        # "stream=per-run": every QAT run draws from its own stream of the seed (bitalloc.cells.fresh_source)
+        # "stream=per-run": every QAT run draws from its own stream of the seed (bitalloc.qat.fresh_source)
         paths, extra = source.paths, f"crop={source.crop} flips={source.flips} stream=per-run"
     elif isinstance(source, (str, os.PathLike)):
         paths, extra = image_paths(source), "folder"

@@ -30,10 +30,11 @@ import json
 import warnings
 
 from .analysis import FP_ALLOCATOR
-from .cells import (Cell, allocate_task, cached_plan_problem, folder_recipe, outcome_task, pairs_task, reference_task,
-                    study_budget, table_task, with_means)
+from .cells import (Cell, allocate_task, cached_plan_problem, folder_recipe, outcome_task, pairs_task,
+                    recovered_task, reference_task, study_budget, table_task, with_means)
 from .executor import Runner, Shipped
 from .plan import BitPlan
+from .recovery import split_qat
 from .repair import split_verify
 from .study_cache import ROW_FIELDS, STATIC_ROW_FIELDS, StudyCache, set_aside
 
@@ -42,6 +43,8 @@ __all__ = ["StudyRun", "stored_warnings"]
 WARNINGS_FOLDER = "table_warnings"  # <out>/table_warnings/<table's name>: the warnings measuring it raised
 
 TABLE_FIRST = 0  # cost tables gate every static cell: they start before any cell's work
+TABLE, PAIRS, RECOVERED = "table", "pairs", "recovered"  # the tables a static cell allocates on
+TABLE_LABELS = {TABLE: "cost table", PAIRS: "pairwise terms", RECOVERED: "QAT-aware costs"}
 
 
 class StudyRun:
@@ -71,9 +74,9 @@ class StudyRun:
         order: dict = {}
         for cell in cells:  # a table before the first cell that uses it
             if cell.static:
-                order.setdefault(self._table_label(cell.quality, False)["cell"], len(order))
-                if self._pairwise(cell):
-                    order.setdefault(self._table_label(cell.quality, True)["cell"], len(order))
+                order.setdefault(self._table_label(cell.quality, TABLE)["cell"], len(order))
+                if self._kind(cell) != TABLE:
+                    order.setdefault(self._table_label(cell.quality, self._kind(cell))["cell"], len(order))
             order.setdefault(cell.label(self.spec)["cell"], len(order))
         self.runner.warnings.sort(key=lambda rec: order.get(rec.get("cell"), len(order)))
         return [self.done[i] for i in range(len(cells))]
@@ -82,28 +85,30 @@ class StudyRun:
         """Submit ``fn(*args)``; the warnings it raises are kept under its label (to store with its result)."""
         self.runner.submit(fn, args, label, then, priority, raised=self.raised.setdefault(label["cell"], []))
 
-    def _pairwise(self, cell: Cell) -> bool:
-        return split_verify(cell.allocator)[0] in self.spec.pairwise_allocators
+    def _kind(self, cell: Cell) -> str:
+        """Which table a static cell allocates on: the cost table, with its pairwise terms, or QAT-aware."""
+        if split_qat(cell.allocator)[1]:
+            return RECOVERED
+        return PAIRS if split_verify(cell.allocator)[0] in self.spec.pairwise_allocators else TABLE
 
-    def _table_label(self, quality: int, pairwise: bool) -> dict:
-        return {"cell": f"{self.spec.model} q{quality} {'pairwise terms' if pairwise else 'cost table'}",
-                "quality": quality}
+    def _table_label(self, quality: int, kind: str) -> dict:
+        return {"cell": f"{self.spec.model} q{quality} {TABLE_LABELS[kind]}", "quality": quality}
 
     # what a cell needs ------------------------------------------------------------------------------------
     def _read(self, label: dict, path, key, fields=()):
         return self.runner.record(self.cache.read, (path, key, self.eval_names, fields), label)
 
-    def _table(self, quality: int, pairwise: bool, then) -> None:
-        """Call ``then(table)`` with the quality's cost table (with its pairwise terms), once there."""
-        k = (quality, pairwise)
+    def _table(self, quality: int, kind: str, then) -> None:
+        """Call ``then(table)`` with the quality's table of ``kind`` (TABLE, PAIRS, RECOVERED), once there."""
+        k = (quality, kind)
         if k in self.tables:
             return then(self.tables[k])
         if k in self.waiting:
             return self.waiting[k].append(then)
         self.waiting[k] = [then]
         spec, cache = self.spec, self.cache
-        label = self._table_label(quality, pairwise)
-        if not pairwise:
+        label = self._table_label(quality, kind)
+        if kind == TABLE:
             stem, key = f"{spec.model}_q{quality}", cache.sensitivity_key(quality)
             if not self._cached_table(k, stem, key, label):
                 args = (self.models[quality], self.calib, spec, cache.path("sensitivity", stem, key),
@@ -112,13 +117,23 @@ class StudyRun:
             return
 
         def with_base(base):
-            stem, key = f"{spec.model}_q{quality}_pairs", cache.interactions_key(quality)
-            if not self._cached_table(k, stem, key, label):
-                args = (self.models[quality], self.calib, base, spec, cache.path("sensitivity", stem, key),
-                        self._frame_path(quality), self.loss)
-                self._submit(pairs_task, args, label, self._measured(k, stem, key, label), TABLE_FIRST)
+            if kind == PAIRS:
+                stem, key = f"{spec.model}_q{quality}_pairs", cache.interactions_key(quality)
+            else:
+                stem, key = f"{spec.model}_q{quality}_recovered", cache.recovery_key(quality)
+            if self._cached_table(k, stem, key, label):
+                return
+            path = cache.path("sensitivity", stem, key)
+            if kind == PAIRS:
+                fn, args = pairs_task, (self.models[quality], self.calib, base, spec, path, self._frame_path(quality),
+                                        self.loss)
+            else:
+                fn, args = recovered_task, (self.models[quality], self.calib, self.train, base, spec, path,
+                                            self._frame_path(quality), cache.workdir("recovery", stem, key),
+                                            self.loss)
+            self._submit(fn, args, label, self._measured(k, stem, key, label), TABLE_FIRST)
 
-        self._table(quality, False, with_base)
+        self._table(quality, TABLE, with_base)
 
     def _cached_table(self, k, stem: str, key: dict, label: dict) -> bool:
         """Hand on the cached table (its stored warnings back in the run); False when it is not cached."""
@@ -189,7 +204,7 @@ class StudyRun:
         found = self._read(label, path, key, ROW_FIELDS + (STATIC_ROW_FIELDS if cell.static else ()))
         finish = self._finisher(i, cell, key, path)
         if cell.static:
-            return self._table(cell.quality, self._pairwise(cell),
+            return self._table(cell.quality, self._kind(cell),
                                lambda table: self._static(cell, found, table, finish))
         if found is not None:
             return finish(found, fresh=False)
@@ -210,13 +225,14 @@ class StudyRun:
                 self.runner.record(set_aside, (finish.path, problem), label)
                 found = None
         args = (cell, self.spec, self.models[cell.quality], self.calib, table, self.loss)
+        train = self.train if self._kind(cell) == RECOVERED else None  # its joint check runs the QAT
         if found is None:
             def allocated(res):
                 plan = res.pop("plan")
                 self._outcome(label, cell.quality, cell.mode, plan,
                               lambda outcome: finish(with_means({**res, "plan": plan}, outcome), fresh=True))
 
-            return self._submit(allocate_task, args, label, allocated)
+            return self._submit(allocate_task, (*args, None, train), label, allocated)
         if "plan_excess" in found["row"]:
             return finish(found, fresh=False)
 
@@ -224,7 +240,7 @@ class StudyRun:
             found["row"].update(res["row"])
             finish(found, fresh=False, write=True)
 
-        self._submit(allocate_task, (*args, found["plan"]), label, checked)
+        self._submit(allocate_task, (*args, found["plan"], train), label, checked)
 
     def _finisher(self, i: int, cell: Cell, key: dict, path):
         name = cell.label(self.spec)["cell"]

@@ -28,7 +28,8 @@ from .data import ImageFolder, data_root, resolve_images
 
 __all__ = ["calibration_crops", "calibration_images", "cell_allocator", "check_joint_plan", "evaluate_images",
            "evaluation_images", "fit_allocator", "load_float_model", "measure_cost_table", "measure_pairwise_table",
-           "quantize_plan", "training_source"]  # the steps; the constants below are read by the harness and cache
+           "measure_recovered_table", "quantize_plan", "recovery_run",
+           "training_source"]  # the steps; the constants below are read by the harness and cache
 
 NOISE_SNAP_Z = 0.0  # no snapping to 0 within noise (module docstring)
 #: ``StudySpec.table_fit`` -> the :func:`bitalloc.measure_sensitivity` options of its cost table
@@ -123,6 +124,41 @@ def measure_pairwise_table(model, calib: torch.Tensor, table: CostTable, spec, p
     return joint
 
 
+
+def recovery_run(model, calib: torch.Tensor, train, spec, loss=None):
+    """The QAT runs of a study's QAT-aware costs (:class:`bitalloc.recovery.Recovery`): the study's QAT
+    (``spec.recovery_steps`` steps, default its ``qat_steps``; its lr, seed and training crops) measured on the
+    calibration crops."""
+    from .recovery import Recovery
+
+    return Recovery(model, train, calib, steps=spec.recovery_steps or spec.qat_steps, lr=spec.qat_lr, loss=loss,
+                    calibration=spec.calibration, seed=spec.seed, eval_crop=spec.calib_crop)
+
+
+def measure_recovered_table(model, calib: torch.Tensor, train, table: CostTable, spec, path: Path, loss=None,
+                            frame_path: Path | None = None, workdir: Path | None = None) -> CostTable:
+    """The QAT-aware table of ``table`` (:func:`bitalloc.measure_recovered_costs` with the study's QAT, noise
+    floor and table fit), written to ``path``, its measured cells beside it (``*_frame.csv``). The table's frame
+    at ``frame_path``, when there, picks the bits in play; ``workdir`` keeps the cells measured (resume)."""
+    from .atomic import atomic_write_text
+    from .interactions import frame_matrix
+    from .recovery import measure_recovered_costs
+
+    zeta = zeta_se = None
+    if frame_path is not None and Path(frame_path).is_file():
+        frame = pd.read_csv(frame_path)
+        if {"layer", "bits", "zeta"} <= set(frame.columns):
+            zeta = frame_matrix(frame, "zeta", table.layer_names, table.bits)
+            zeta_se = frame_matrix(frame, "zeta_se", table.layer_names, table.bits)
+    rec = measure_recovered_costs(model, train, table, calib, steps=spec.recovery_steps or spec.qat_steps,
+                                  lr=spec.qat_lr, loss=loss, calibration=spec.calibration, seed=spec.seed,
+                                  zeta=zeta, zeta_se=zeta_se, noise_floor=spec.interaction_noise_floor,
+                                  snap_z=TABLE_FITS[getattr(spec, "table_fit", "clip")].get("snap_z", 0.0),
+                                  eval_crop=spec.calib_crop, workdir=workdir, progress=False)
+    rec.table.to_json(path)
+    atomic_write_text(Path(path).with_name(Path(path).stem + "_frame.csv"), rec.frame.to_csv(index=False))
+    return rec.table
+
 def fit_allocator(name: str, spec):
     """The registered allocator ``name`` as the study's table fit needs it: itself (``"clip"``), or wrapped in
     :func:`bitalloc.noise.within_noise` (``"noise"``: among plans that tie within noise, the bigger one)."""
@@ -136,12 +172,14 @@ def fit_allocator(name: str, spec):
 def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None):
     """The allocator of a harness cell: a registered name (:func:`fit_allocator`), or one with the ``+verify``
     suffix wrapped in :func:`bitalloc.verifying` on ``model`` and the calibration crops (the table's data and
-    settings); the tie-break of ``table_fit="noise"`` goes inside, so every re-solve of the repair uses it."""
+    settings); the tie-break of ``table_fit="noise"`` goes inside, so every re-solve of the repair uses it. A
+    ``+qat`` name is its inner allocator: the harness gives it the QAT-aware table."""
+    from .recovery import split_qat
     from .repair import split_verify, verifying
 
-    inner, verify = split_verify(name)
+    inner, verify = split_verify(split_qat(name)[0])
     if not verify:
-        return fit_allocator(name, spec)
+        return fit_allocator(inner, spec)
     return verifying(fit_allocator(inner, spec), model, calib, loss=loss, calibration=spec.calibration,
                      max_evals=spec.verify_max_evals, tolerance=spec.verify_tolerance)
 

@@ -32,6 +32,7 @@ import torch
 
 from bitalloc import StudySpec, run_study, write_report
 from bitalloc.analysis import StudyResult, bd_table, merge_results, rank
+from bitalloc.harness import qat_only
 from bitalloc.models import load_model
 from bitalloc.report import layer_frame
 
@@ -67,6 +68,9 @@ def main(argv=None) -> None:
     p.add_argument("--table-fit", choices=["clip", "noise"], default="clip",
                    help="cost tables: clip (max(zeta, 0)) or noise (standard errors, monotone fit, ties within "
                         "noise broken toward the bigger plan; bitalloc.study_steps)")
+    p.add_argument("--recovery-steps", type=int, default=None,
+                   help="QAT steps of each cell of the QAT-aware tables the '+qat' allocators (QAT mode only) "
+                        "allocate on (default: --qat-steps)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/compare_allocators")
@@ -84,10 +88,13 @@ def main(argv=None) -> None:
         results = []
         for mode in args.modes:
             budgets = tuple(args.ptq_budgets) if mode == "ptq" else tuple(args.qat_budgets)
-            spec = StudySpec(model=model, allocators=tuple(args.allocators), budgets=budgets, modes=(mode,),
+            allocators = tuple(a for a in args.allocators if mode == "qat" or not qat_only(a))
+            if not allocators:
+                continue
+            spec = StudySpec(model=model, allocators=allocators, budgets=budgets, modes=(mode,),
                              qat_steps=args.qat_steps, eval_limit=args.limit, qualities=tuple(args.qualities),
                              act_bits=args.act_bits, calib_offset=args.calib_offset, table_fit=args.table_fit,
-                             seed=args.seed)
+                             seed=args.seed, recovery_steps=args.recovery_steps)
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         if "qat" in args.modes and args.dynaquant_budgets:
             spec = StudySpec(model=model, allocators=("dynaquant",), budgets=tuple(args.dynaquant_budgets),
@@ -121,6 +128,28 @@ def _recorded(report: Path, field: str) -> str:
     return found[0] if found else ""
 
 
+def _recorded_plans(folder: Path, cells: pd.DataFrame) -> dict:
+    """The plans of plans.csv for the rows of ``cells`` whose allocator runs in QAT mode only (``+qat``), keyed
+    (quality, allocator, budget, mode); stops naming the first one plans.csv lacks."""
+    from bitalloc.plan import BitPlan
+
+    wanted = cells[cells.allocator.map(qat_only)]
+    if wanted.empty:
+        return {}
+    path = folder / "plans.csv"
+    frame = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["quality", "allocator", "budget", "mode"])
+    found = {}
+    for row in wanted.itertuples():
+        rows = frame[(frame.quality == row.quality) & (frame.allocator == row.allocator)
+                     & (frame.budget == row.budget) & (frame["mode"] == row.mode)]
+        if rows.empty:
+            raise SystemExit(f"{path}: no plan of {row.allocator} q{row.quality} {row.mode} at {row.budget:g} bits "
+                             "(a +qat plan is read from there, not re-measured): run the study itself")
+        found[(row.quality, row.allocator, row.budget, row.mode)] = BitPlan(
+            {str(r.layer): int(r.bits) for r in rows.itertuples()})
+    return found
+
+
 def rebuild_report(model: str, args, command: str) -> Path:
     """report.md, CSVs and figures of compare_<model> from its results.csv and images.csv (see the docstring)."""
     from bitalloc import study_steps as steps
@@ -138,6 +167,7 @@ def rebuild_report(model: str, args, command: str) -> Path:
     calib = steps.calibration_crops(None, spec.calib_images, spec.calib_crop, args.data, spec.calib_offset)
     models = {q: load_model(model, q, pretrained=spec.pretrained) for q in qualities}
     plans, cells = {}, results[~results.allocator.isin(["fp32", "dynaquant"])]
+    recorded_plans = _recorded_plans(folder, cells)
     for q in qualities:
         stem = Path(args.cache) / model / "report_tables" / f"{model}_q{q}{'' if fit == 'clip' else '_' + fit}"
         stem.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +176,14 @@ def rebuild_report(model: str, args, command: str) -> Path:
                                                                                           path)
         joint = None  # the table with its pairwise terms, measured once per quality when a cell needs it
         for row in cells[cells.quality == q].itertuples():
+            if qat_only(row.allocator):  # its QAT-aware table costs a QAT run per cell: the plan the study wrote
+                plan = recorded_plans[(q, row.allocator, row.budget, row.mode)]
+                if not np.isclose(plan.size_bits(table), row.size_bits, rtol=1e-9):
+                    raise SystemExit(f"{folder}/plans.csv: {model} q{q} {row.allocator} {row.mode} at "
+                                     f"{row.budget:g} bits is {plan.size_bits(table):.0f} bits, results.csv records "
+                                     f"{row.size_bits:.0f}: run the study itself")
+                plans[(q, row.allocator, row.budget, row.mode)] = plan
+                continue
             cell_table = table
             if split_verify(row.allocator)[0] in spec.pairwise_allocators:  # as the harness gives them
                 if joint is None:

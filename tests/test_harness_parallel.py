@@ -245,3 +245,40 @@ def test_shipped_arguments_travel_once_and_an_image_folder_as_its_recipe(tmp_pat
     assert pickle.loads(blob).get() is there  # decoded once per worker process
     tensor = Shipped(torch.arange(6.0))
     assert torch.equal(pickle.loads(pickle.dumps(tensor)).get(), torch.arange(6.0))
+
+
+def test_qat_aware_cells_allocate_on_the_recovered_table_in_qat_mode_only(tmp_path, inputs):
+    from bitalloc.interactions import frame_matrix
+    from bitalloc.recovery import measure_recovered_costs
+
+    train = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    spec = StudySpec(**{**TINY, "allocators": ("ilp", "ilp+qat"), "modes": ("ptq", "qat"), "qat_steps": 2,
+                        "recovery_steps": 1, "candidate_bits": (2, 8)})
+    res = _run(tmp_path, inputs, spec, train_images=train).results
+    cells = res[res.allocator == "ilp+qat"]
+    assert list(cells["mode"]) == ["qat"]  # no PTQ cell: its plan is made for QAT
+    rec_path = next((tmp_path / "sensitivity").glob("*_recovered_*[0-9a-f].json"))
+    recovered = CostTable.from_json(rec_path)
+    frame = pd.read_csv(rec_path.with_name(rec_path.stem + "_frame.csv"))
+    assert len(frame) >= 1 and {"ptq_cost", "zeta", "zeta_se", "cost"} <= set(frame.columns)
+    # the table is the library's own measurement with the study's settings (QAT steps, seed, crops)
+    model = load_tiny("bmshj2018-hyperprior", 1)
+    base = CostTable.from_json(next(p for p in (tmp_path / "sensitivity").glob("*.json")
+                                    if "_pairs_" not in p.name and "_recovered_" not in p.name))
+    raw = pd.read_csv(next((tmp_path / "sensitivity").glob("*_frame_*.csv")))  # its raw cells pick the bits
+    zeta = frame_matrix(raw, "zeta", base.layer_names, base.bits)
+    again = measure_recovered_costs(model, train, base, inputs["calib_images"], steps=1, lr=spec.qat_lr,
+                                    calibration="minmax", eval_crop=64, zeta=zeta, progress=False)
+    assert recovered.cost == pytest.approx(again.table.cost)
+    row = cells.iloc[0]
+    assert row.plan_predicted_cost == pytest.approx(sum(
+        recovered.cost[recovered.index(n), recovered.bits.index(b)]
+        for n, b in json.loads(next((tmp_path / "cells").glob("*_ilp+qat_*.json")).read_text())["plan"]["bits"].items()))
+    assert row.size_bits <= row.budget_bits
+    # another recovery setting recomputes the QAT-aware table and its cells only
+    again = _run(tmp_path, inputs, StudySpec(**{**spec.__dict__, "recovery_steps": 2}), train_images=train)
+    assert set(again.results[~again.results.cached].allocator) == {"ilp+qat"}
+    with pytest.raises(ValueError, match=r"'ilp\+qat' allocates on QAT-aware costs .* add 'qat' to modes"):
+        StudySpec(allocators=("ilp+qat",), modes=("ptq",))
+    with pytest.raises(ValueError, match="recovery_steps must be None or an integer >= 1"):
+        StudySpec(recovery_steps=0)
