@@ -113,7 +113,8 @@ class StudySpec:
     (``calib_offset=calib_images`` gives a set disjoint from the default one). ``table_fit``: ``"clip"``
     (today's cost tables) or ``"noise"`` (noise-aware tables and tie-break; module docstring).
     ``recovery_steps``: the QAT steps of each cell of the QAT-aware table the ``+qat`` allocators get (None: the
-    study's ``qat_steps``)."""
+    study's ``qat_steps``); ``recovery_crop``: their training crops' size (None: the study's QAT crops,
+    ``calib_crop``)."""
 
     model: str = "bmshj2018-hyperprior"
     qualities: tuple[int, ...] = (1, 3, 4, 6)
@@ -140,6 +141,7 @@ class StudySpec:
     calib_offset: int = 0
     table_fit: str = "clip"
     recovery_steps: int | None = None
+    recovery_crop: int | None = None
 
     def __post_init__(self):
         if self.budget_kind not in ("avg_bits", "ratio"):
@@ -162,9 +164,10 @@ class StudySpec:
         check_act_settings(self)
         if self.table_fit not in TABLE_FITS:
             raise ValueError(f"StudySpec.table_fit must be one of {', '.join(TABLE_FITS)}, got {self.table_fit!r}")
-        steps = self.recovery_steps
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"StudySpec.recovery_steps must be None or an integer >= 1, got {steps!r}")
+        for field_name in ("recovery_steps", "recovery_crop"):
+            value = getattr(self, field_name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"StudySpec.{field_name} must be None or an integer >= 1, got {value!r}")
         recovered = [a for a in self.allocators if split_qat(a)[1]]
         if recovered and "qat" not in self.modes:
             raise ValueError(f"allocator {recovered[0]!r} allocates on QAT-aware costs and runs in QAT mode only: add "

@@ -103,19 +103,25 @@ def _read_cells(path: Path, settings: dict) -> dict:
 class Recovery:
     """QAT runs that all draw the same batches from ``train`` (:func:`bitalloc.qat.fresh_source`), each measured
     on ``data`` crop by crop against the float model's run with the same steps (the anchor, fine-tuned once
-    here). :func:`measure_recovered_costs` measures single layers through it, :meth:`check` whole plans."""
+    here). :func:`measure_recovered_costs` measures single layers through it, :meth:`check` whole plans.
+    ``train_crop``: an image folder's training crops at this size instead of its own (smaller crops make each
+    step cheaper: 128^2 costs a quarter of 256^2); other sources are used as they are."""
 
     def __init__(self, model: nn.Module, train: Any, data: Any, *, steps: int = 100, lr: float = 5e-5,
                  loss: Loss | None = None, lmbda: float | None = None, calibration: str = "mse",
                  batch_size: int = 8, crop: int = 128, seed: int = 0, eval_crop: int = 256,
-                 eval_limit: int | None = None):
+                 eval_limit: int | None = None, train_crop: int | None = None):
         from bitalloc.qat import finetune
 
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
         if len(plan_of(model)):
             raise ValueError("QAT-aware costs need the float model, but this one is already fake-quantized")
+        if train_crop is not None and (isinstance(train_crop, bool) or not isinstance(train_crop, int)
+                                       or train_crop < 1):
+            raise ValueError(f"train_crop must be None or an integer >= 1, got {train_crop!r}")
         self.model, self.train, self.seed, self.calibration, self.steps = model, train, seed, calibration, steps
+        self.train_crop = train_crop
         self.objective = resolve_loss(model, loss, lmbda)
         self.batches = per_sample_batches(calibration_batches(data, crop=eval_crop, limit=eval_limit,
                                                               device=model_device(model)))
@@ -126,9 +132,13 @@ class Recovery:
         self.runs = 1
 
     def _source(self) -> Any:
+        from bitalloc.data import ImageFolder
         from bitalloc.qat import fresh_source
 
-        return fresh_source(self.train, self.seed)
+        source = fresh_source(self.train, self.seed)  # a copy for an image folder
+        if self.train_crop is not None and isinstance(source, ImageFolder):
+            source.crop = self.train_crop
+        return source
 
     def _per_crop(self, m: nn.Module) -> list[dict[str, float]]:
         m.eval()
@@ -162,17 +172,18 @@ def measure_recovered_costs(model: nn.Module, train: Any, table: CostTable, data
                             calibration: str = "mse", batch_size: int = 8, crop: int = 128, seed: int = 0,
                             zeta: Any = None, zeta_se: Any = None, noise_floor: float = 1e-3, noise_z: float = 2.0,
                             snap_z: float = 0.0, eval_crop: int = 256, eval_limit: int | None = None,
-                            workdir: str | Path | None = None, progress: bool = True) -> Recovered:
+                            train_crop: int | None = None, workdir: str | Path | None = None,
+                            progress: bool = True) -> Recovered:
     """The QAT-aware cost table of ``table``'s layers in ``model`` (module docstring).
 
     ``train``: what QAT draws batches from (:func:`bitalloc.qat.finetune`'s ``data``); ``data``: the crops the
     losses are measured on (the table's calibration crops, each its own observation; ``eval_crop`` and
     ``eval_limit`` as :func:`bitalloc.sensitivity.calibration_batches` takes them). ``steps``, ``lr``,
     ``batch_size``, ``crop``, ``seed``: the QAT of each cell and of the anchor (use the QAT the plans will
-    get); every run draws the same batches (:class:`Recovery`). ``zeta``/``zeta_se``: the raw single-layer
-    measurements (layers x bits, the table's frame) that pick the bits in play; default: the table's costs and
-    standard errors. ``workdir``: keeps the measured cells (resume). ``snap_z``: as
-    :func:`bitalloc.noise.fit_costs` (fitted costs within that many standard errors of 0 become 0).
+    get); every run draws the same batches (:class:`Recovery`, which takes ``train_crop``).
+    ``zeta``/``zeta_se``: the raw single-layer measurements (layers x bits, the table's frame) that pick the bits
+    in play; default: the table's costs and standard errors. ``workdir``: keeps the measured cells (resume).
+    ``snap_z``: as :func:`bitalloc.noise.fit_costs` (fitted costs within that many standard errors of 0 become 0).
     """
     names, bits = list(table.layer_names), tuple(table.bits)
     layers = quantizable_layers(model, gdn=True)
@@ -184,12 +195,14 @@ def measure_recovered_costs(model: nn.Module, train: Any, table: CostTable, data
     if raw.shape != (len(names), len(bits)):
         raise ValueError(f"zeta has shape {raw.shape}; the table has {len(names)} layers x {len(bits)} bits")
     play = dict(zip(names, bits_in_play(raw, raw_se, bits, noise_floor=noise_floor, noise_z=noise_z)))
-    settings = _settings(table, steps, lr, seed, calibration, batch_size, crop, noise_floor, noise_z)
+    settings = {**_settings(table, steps, lr, seed, calibration, batch_size, crop, noise_floor, noise_z),
+                "train_crop": train_crop}
     path = None if workdir is None else Path(workdir) / _CELLS_FILE
     done = {} if path is None else _read_cells(path, settings)
     t0 = time.perf_counter()
     run = Recovery(model, train, data, steps=steps, lr=lr, loss=loss, lmbda=lmbda, calibration=calibration,
-                   batch_size=batch_size, crop=crop, seed=seed, eval_crop=eval_crop, eval_limit=eval_limit)
+                   batch_size=batch_size, crop=crop, seed=seed, eval_crop=eval_crop, eval_limit=eval_limit,
+                   train_crop=train_crop)
     def noise(row: dict) -> bool:
         se = row["zeta_se"] if np.isfinite(row["zeta_se"]) else 0.0
         return abs(row["zeta"]) <= max(noise_floor, noise_z * se)

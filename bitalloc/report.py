@@ -113,8 +113,9 @@ def settings_line(settings: dict) -> str:
     if "qat" in settings.get("modes", ()):
         line += f"; QAT {settings.get('qat_steps')} steps at lr {settings.get('qat_lr')}, seed {settings.get('seed')}"
     if any(str(a).endswith("+qat") for a in settings.get("allocators", ())):
+        crop = settings.get("recovery_crop") or settings.get("calib_crop")
         line += (f"; QAT-aware tables ('+qat'): {settings.get('recovery_steps') or settings.get('qat_steps')} QAT "
-                 "steps per cell")
+                 f"steps per cell on {crop} px crops")
     weights = settings.get("weights") or {}
     if weights:
         line += "; weights sha256 " + ", ".join(f"q{q} {d[:12]}" for q, d in weights.items())

@@ -177,7 +177,8 @@ class StudyCache:
         s = self.spec
         qat = {k: v for k, v in self._qat().items() if k != "qat_steps"}
         return {**self.sensitivity_key(quality), "recovery": {
-            **qat, "steps": s.recovery_steps or s.qat_steps, "noise_floor": s.interaction_noise_floor}}
+            **qat, "steps": s.recovery_steps or s.qat_steps, "noise_floor": s.interaction_noise_floor,
+            **({"crop": s.recovery_crop} if s.recovery_crop is not None else {})}}
 
     def cell_key(self, quality: int, allocator: str, budget, mode: str, static: bool) -> dict:
         from .recovery import split_qat

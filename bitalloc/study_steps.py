@@ -127,12 +127,13 @@ def measure_pairwise_table(model, calib: torch.Tensor, table: CostTable, spec, p
 
 def recovery_run(model, calib: torch.Tensor, train, spec, loss=None):
     """The QAT runs of a study's QAT-aware costs (:class:`bitalloc.recovery.Recovery`): the study's QAT
-    (``spec.recovery_steps`` steps, default its ``qat_steps``; its lr, seed and training crops) measured on the
-    calibration crops."""
+    (``spec.recovery_steps`` steps, default its ``qat_steps``; its lr, seed and training photos, cropped to
+    ``spec.recovery_crop`` when set) measured on the calibration crops."""
     from .recovery import Recovery
 
     return Recovery(model, train, calib, steps=spec.recovery_steps or spec.qat_steps, lr=spec.qat_lr, loss=loss,
-                    calibration=spec.calibration, seed=spec.seed, eval_crop=spec.calib_crop)
+                    calibration=spec.calibration, seed=spec.seed, eval_crop=spec.calib_crop,
+                    train_crop=spec.recovery_crop)
 
 
 def measure_recovered_table(model, calib: torch.Tensor, train, table: CostTable, spec, path: Path, loss=None,
@@ -154,7 +155,8 @@ def measure_recovered_table(model, calib: torch.Tensor, train, table: CostTable,
                                   lr=spec.qat_lr, loss=loss, calibration=spec.calibration, seed=spec.seed,
                                   zeta=zeta, zeta_se=zeta_se, noise_floor=spec.interaction_noise_floor,
                                   snap_z=TABLE_FITS[getattr(spec, "table_fit", "clip")].get("snap_z", 0.0),
-                                  eval_crop=spec.calib_crop, workdir=workdir, progress=False)
+                                  eval_crop=spec.calib_crop, train_crop=spec.recovery_crop, workdir=workdir,
+                                  progress=False)
     rec.table.to_json(path)
     atomic_write_text(Path(path).with_name(Path(path).stem + "_frame.csv"), rec.frame.to_csv(index=False))
     return rec.table

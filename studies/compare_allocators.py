@@ -71,6 +71,8 @@ def main(argv=None) -> None:
     p.add_argument("--recovery-steps", type=int, default=None,
                    help="QAT steps of each cell of the QAT-aware tables the '+qat' allocators (QAT mode only) "
                         "allocate on (default: --qat-steps)")
+    p.add_argument("--recovery-crop", type=int, default=None,
+                   help="training crop size of those QAT runs (default: the study's QAT crops, 256)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/compare_allocators")
@@ -94,7 +96,7 @@ def main(argv=None) -> None:
             spec = StudySpec(model=model, allocators=allocators, budgets=budgets, modes=(mode,),
                              qat_steps=args.qat_steps, eval_limit=args.limit, qualities=tuple(args.qualities),
                              act_bits=args.act_bits, calib_offset=args.calib_offset, table_fit=args.table_fit,
-                             seed=args.seed, recovery_steps=args.recovery_steps)
+                             seed=args.seed, recovery_steps=args.recovery_steps, recovery_crop=args.recovery_crop)
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         if "qat" in args.modes and args.dynaquant_budgets:
             spec = StudySpec(model=model, allocators=("dynaquant",), budgets=tuple(args.dynaquant_budgets),

@@ -271,9 +271,9 @@ def test_qat_aware_cells_allocate_on_the_recovered_table_in_qat_mode_only(tmp_pa
                                     calibration="minmax", eval_crop=64, zeta=zeta, progress=False)
     assert recovered.cost == pytest.approx(again.table.cost)
     row = cells.iloc[0]
+    plan = json.loads(next((tmp_path / "cells").glob("*_ilp+qat_*.json")).read_text())["plan"]["bits"]
     assert row.plan_predicted_cost == pytest.approx(sum(
-        recovered.cost[recovered.index(n), recovered.bits.index(b)]
-        for n, b in json.loads(next((tmp_path / "cells").glob("*_ilp+qat_*.json")).read_text())["plan"]["bits"].items()))
+        recovered.cost[recovered.index(n), recovered.bits.index(b)] for n, b in plan.items()))
     assert row.size_bits <= row.budget_bits
     # another recovery setting recomputes the QAT-aware table and its cells only
     again = _run(tmp_path, inputs, StudySpec(**{**spec.__dict__, "recovery_steps": 2}), train_images=train)

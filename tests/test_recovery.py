@@ -141,3 +141,25 @@ def test_a_whole_plan_is_checked_after_the_same_qat(problem):
     _, z, _ = run.measure(plan.bits)
     assert check.measured == pytest.approx(z, rel=1e-6) and run.runs == 3  # anchor, check, measure
     assert check.loss_fp == pytest.approx(np.mean([p["loss"] for p in run.anchor]))
+
+
+def test_train_crop_crops_an_image_folder_and_is_refused_when_bad(problem, tmp_path):
+    from PIL import Image
+
+    from bitalloc.data import ImageFolder
+    from bitalloc.recovery import Recovery
+
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"im{k}.png")
+    folder = ImageFolder(tmp_path, crop=32)
+    model, data, _ = problem
+
+    class _Probe(Recovery):  # no QAT here: only what the runs would draw from
+        def __init__(self, train_crop):
+            self.train, self.seed, self.train_crop = folder, 0, train_crop
+
+    assert _Probe(16)._source().batch(2).shape[-1] == 16 and _Probe(None)._source().batch(2).shape[-1] == 32
+    assert folder.crop == 32  # the caller's folder is not changed
+    with pytest.raises(ValueError, match="train_crop must be None or an integer >= 1"):
+        Recovery(model, data, data, train_crop=0, **{k: v for k, v in OPTIONS.items() if k != "progress"})
