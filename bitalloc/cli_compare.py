@@ -25,13 +25,18 @@ def add_compare(sub, fmt) -> None:
                    help="qualities: 1,3,4,6 or 1 3 4 6 (default: 1 3 4 6)")
     p.add_argument("--allocators", nargs="+", default=["fmpq", "ilp", "convex", "greedy", "uniform"],
                    help="registered allocator names (bitalloc.available_allocators()), each also with a "
-                        "'+verify' suffix (measured verify-and-repair), or dynaquant with qat")
+                        "'+verify' suffix (measured verify-and-repair) or, with qat, a '+qat' suffix (allocates on "
+                        "QAT-aware costs, QAT rows only), or dynaquant with qat")
     p.add_argument("--budgets", type=checks.positive_float, nargs="+", default=None,
                    help="average weight bits (or ratios) (default: 8 6 4; 8 4 with --quick)")
     p.add_argument("--budget-kind", default="avg_bits", choices=["avg_bits", "ratio"], help="what --budgets are")
     p.add_argument("--modes", nargs="+", default=["ptq"], choices=["ptq", "qat"], help="post-training and/or QAT")
     p.add_argument("--qat-steps", type=checks.positive_int, default=None,
                    help=f"QAT steps (default: {StudySpec.qat_steps}; 20 with --quick)")
+    p.add_argument("--recovery-steps", type=checks.positive_int, default=None,
+                   help="QAT steps per cell of the QAT-aware tables of '+qat' allocators (default: --qat-steps)")
+    p.add_argument("--recovery-crop", type=checks.positive_int, default=None,
+                   help="training crop size of those QAT runs (default: the QAT crops)")
     p.add_argument("--limit", type=checks.positive_int, default=None,
                    help="evaluate on the first N images only (default: all; 4 with --quick)")
     p.add_argument("--table-fit", default="clip", choices=["clip", "noise"],
@@ -89,6 +94,8 @@ def check_compare(args) -> None:
             calib_crop=128 if quick else 256,
             eval_limit=args.limit if args.limit is not None else (4 if quick else None),
             table_fit=args.table_fit,
+            recovery_steps=args.recovery_steps,
+            recovery_crop=args.recovery_crop,
         )
     except ValueError as exc:
         raise InvalidArgument("--allocators/--modes", str(exc)) from None

@@ -67,3 +67,15 @@ def test_compare_takes_the_table_fit(tmp_path, capsys, data, fake_study):
     assert fake_study["spec"].table_fit == "clip"  # today's tables by default
     _refused(capsys, ["compare", "--data", str(data), "--out", str(tmp_path / "s"), "--table-fit", "isotonic"],
              "--table-fit", "invalid choice: 'isotonic'")
+
+
+def test_compare_takes_qat_aware_allocators_and_their_recovery(tmp_path, capsys, data, fake_study):
+    assert main(["compare", "--quick", "--allocators", "ilp", "ilp+qat", "--modes", "ptq", "qat", "--data", str(data),
+                 "--out", str(tmp_path / "s"), "--recovery-steps", "10", "--recovery-crop", "64"]) == 0
+    spec = fake_study["spec"]
+    assert spec.allocators == ("ilp", "ilp+qat") and (spec.recovery_steps, spec.recovery_crop) == (10, 64)
+    _refused(capsys, ["compare", "--quick", "--allocators", "ilp+qat", "--data", str(data), "--out",
+                      str(tmp_path / "s")], "--allocators/--modes", "add 'qat' to modes")
+    _refused(capsys, ["compare", "--quick", "--allocators", "ilp+qat", "--modes", "qat", "--data", str(data),
+                      "--out", str(tmp_path / "s"), "--recovery-steps", "0"], "--recovery-steps",
+             "must be a positive integer")
