@@ -1,6 +1,7 @@
 """Issue 12's checks, read off the committed allocator studies: are the interaction-aware allocators
 (``iqp``, ``ilp+verify``, ``iqp+verify``) as good as the best allocator of each table, do their plans' measured
-joint losses match the predictions, do they use the budget?
+joint losses match the predictions, do they use the budget? And in QAT rows, where the QAT-aware allocators
+(``+qat``: allocated on costs measured after a short QAT) stand.
 
     python studies/interaction_summary.py                        # every studies/results/compare_*/ with them
     python studies/interaction_summary.py --model mbt2018-mean
@@ -8,7 +9,8 @@ joint losses match the predictions, do they use the budget?
 Per (model, mode, budget): the best allocator of the whole table and its BD-rate against FP32, the best
 interaction-aware one and its gap to it (percentage points), its ``plan_excess_max`` (measured minus predicted
 joint RD loss, fraction of the float loss, worst quality) and the smallest share of the budget any
-interaction-aware plan used; then, per allocator and PTQ budget, the range over the qualities of measured /
+interaction-aware plan used (QAT rows: also the best QAT-aware one, its gap and plan_excess_max, measured after
+its QAT); then, per allocator and PTQ budget, the range over the qualities of measured /
 predicted joint loss, where the prediction is at least 1 % of the float loss (the additive allocators beside
 them). QAT rows rank by BD-rate against the FP32 model fine-tuned with the same QAT steps (the fair anchor for
 them), PTQ rows against FP32. Reads only the CSVs ``studies/compare_allocators.py`` wrote; measures nothing.
@@ -23,6 +25,7 @@ import pandas as pd
 
 RESULTS = Path(__file__).parent / "results"
 AWARE = ("iqp", "ilp+verify", "iqp+verify")
+QAT_AWARE_SUFFIX = "+qat"  # allocated on QAT-aware costs (bitalloc.recovery), QAT rows only
 #: plans predicted to cost less (fraction of the float RD loss) get no ratio: their costs sit in the noise
 MIN_PREDICTED = 0.01
 
@@ -37,12 +40,18 @@ def best_rows(bd: pd.DataFrame) -> pd.DataFrame:
         if cur.empty or aware.empty:
             continue
         best, mine = cur.loc[cur[key].idxmin()], aware.loc[aware[key].idxmin()]
-        rows.append({"mode": mode, "budget": budget, "anchor": "FP32 + same QAT" if mode == "qat" else "FP32",
-                     "best_allocator": best.allocator, "best_bd_pct": best[key],
-                     "best_aware": mine.allocator, "aware_bd_pct": mine[key],
-                     "gap_points": mine[key] - best[key],
-                     "aware_plan_excess_max": mine.get("plan_excess_max"),
-                     "aware_budget_used_min_pct": aware.get("budget_used_pct_min", pd.Series(dtype=float)).min()})
+        row = {"mode": mode, "budget": budget, "anchor": "FP32 + same QAT" if mode == "qat" else "FP32",
+               "best_allocator": best.allocator, "best_bd_pct": best[key],
+               "best_aware": mine.allocator, "aware_bd_pct": mine[key],
+               "gap_points": mine[key] - best[key],
+               "aware_plan_excess_max": mine.get("plan_excess_max"),
+               "aware_budget_used_min_pct": aware.get("budget_used_pct_min", pd.Series(dtype=float)).min()}
+        qat_aware = cur[cur.allocator.str.endswith(QAT_AWARE_SUFFIX)]
+        if not qat_aware.empty:
+            top = qat_aware.loc[qat_aware[key].idxmin()]
+            row.update(best_qat_aware=top.allocator, qat_aware_bd_pct=top[key],
+                       qat_aware_gap_points=top[key] - best[key], qat_aware_plan_excess_max=top.get("plan_excess_max"))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -35,3 +35,14 @@ def test_prediction_ratios_skip_plans_predicted_inside_the_noise(summary):
     assert list(table.index) == [(4.0, "ilp"), (4.0, "iqp")]  # the 8-bit plan (1e-4) and the QAT row are left out
     assert table.loc[(4.0, "ilp")].tolist() == pytest.approx([2.5, 3.0])
     assert table.loc[(4.0, "iqp")].tolist() == pytest.approx([1.1, 1.1])
+
+
+def test_qat_rows_name_the_best_qat_aware_allocator(summary):
+    bd = pd.DataFrame({"allocator": ["convex", "iqp", "ilp+qat", "convex", "iqp"], "mode": ["qat"] * 3 + ["ptq"] * 2,
+                       "budget": [4.0] * 5, "bd_rate_vs_fp32_pct": [9.0, 13.0, 8.0, 120.0, 110.0],
+                       "bd_rate_vs_fp32_qat_pct": [10.5, 16.0, 10.1, np.nan, np.nan],
+                       "plan_excess_max": [0.2, 0.05, 0.02, 0.3, 0.06]})
+    rows = summary.best_rows(bd).set_index("mode")
+    assert rows.loc["qat", "best_allocator"] == "ilp+qat" and rows.loc["qat", "best_aware"] == "iqp"
+    assert rows.loc["qat", "qat_aware_gap_points"] == 0.0 and rows.loc["qat", "qat_aware_plan_excess_max"] == 0.02
+    assert np.isnan(rows.loc["ptq", "qat_aware_gap_points"])  # no +qat allocator in PTQ rows
