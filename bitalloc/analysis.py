@@ -47,6 +47,7 @@ class StudyResult:
     plans: dict = field(default_factory=dict)  # (quality, allocator, budget, mode) -> BitPlan
     settings: dict = field(default_factory=dict)  # what spec.json records: the spec and its input fingerprints
     warnings: list | None = None  # [{"cell": ..., "message": ...}] collected while the study ran (None: not collected)
+    recovered: pd.DataFrame | None = None  # the QAT-aware tables' measured cells, with a quality column ("+qat")
 
 
 def curve(results: pd.DataFrame, allocator: str, budget, mode: str) -> pd.DataFrame:
@@ -191,4 +192,8 @@ def merge_results(*parts: StudyResult) -> StudyResult:
     plans = {k: v for p in parts for k, v in p.plans.items()}
     collected = [p.warnings for p in parts if getattr(p, "warnings", None) is not None]
     found = [w for ws in collected for w in ws] if collected else None
-    return StudyResult(results, images, bd, rank(bd), plans, {"parts": [p.settings for p in parts]}, found)
+    frames = [p.recovered for p in parts if getattr(p, "recovered", None) is not None]
+    recovered = (pd.concat(frames).drop_duplicates(subset=["quality", "layer", "bits"]).reset_index(drop=True)
+                 if frames else None)
+    return StudyResult(results, images, bd, rank(bd), plans, {"parts": [p.settings for p in parts]}, found,
+                       recovered)

@@ -248,8 +248,9 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     bar = tqdm(total=len(refs + cells), disable=not progress, desc=f"study {spec.model}")
     from .study_run import StudyRun
 
+    study = StudyRun(spec, cache, models, calib, evals, train, loss, runner, bar, progress)
     try:
-        done = StudyRun(spec, cache, models, calib, evals, train, loss, runner, bar, progress).run(refs + cells)
+        done = study.run(refs + cells)
     finally:
         bar.close()
         if own is not None:
@@ -271,4 +272,5 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     bd = bd_table(results)
     result = StudyResult(results, pd.DataFrame(image_rows), bd, rank(bd), plans, json.loads(json.dumps(settings)))
     result.warnings = collected  # dicts, WARNING_FIELDS (also <out>/warnings.csv)
+    result.recovered = study.recovered_frames()
     return result

@@ -23,7 +23,7 @@ from .atomic import atomic_write_text
 from .figures import plot_bd_vs_size, plot_bit_heatmaps, plot_rd_curves
 from .report_columns import describe, to_report_units
 
-__all__ = ["headline_table", "layer_frame", "plans_frame", "settings_line", "write_report"]
+__all__ = ["headline_table", "layer_frame", "plans_frame", "qat_aware_section", "settings_line", "write_report"]
 
 _BD = ("bd_rate_vs_fp32_pct", "bd_rate_vs_uniform8_pct", "bd_rate_vs_fp32_qat_pct")
 
@@ -152,6 +152,30 @@ def _heatmaps(result, layers, out: Path, model: str, kind: str) -> list[tuple[st
     return written
 
 
+def qat_aware_section(recovered: pd.DataFrame, bits: tuple[int, ...] = (2, 3, 4)) -> list[str]:
+    """The report's lines on the QAT-aware tables: per layer and bit-width, the single-layer cost right after PTQ
+    and after the QAT (means over the qualities that measured the cell)."""
+    order = list(dict.fromkeys(recovered.layer))
+    mean = recovered.groupby(["layer", "bits"])[["ptq_cost", "zeta"]].mean()
+    head = "| layer | " + " | ".join(f"{b} bits: PTQ -> after QAT" for b in bits) + " |"
+    lines = ["## QAT-aware costs", "",
+             "The tables the `+qat` allocators allocate on (`qat_aware_costs.csv`, every measured cell): the RD loss "
+             "increase of each layer alone at b bits (fraction of the float loss, calibration crops), right after "
+             "PTQ (the cost table) and after the QAT of the QAT-aware table, against the float model after the same "
+             "QAT; means over the qualities that measured the cell (a layer stops being measured once QAT repairs "
+             "it into the noise).", "", head, "| --- |" + " ---: |" * len(bits)]
+    for layer in order:
+        cells = []
+        for b in bits:
+            if (layer, b) in mean.index:
+                ptq, after = mean.loc[(layer, b)]
+                cells.append(f"{ptq:.3g} -> {after:.3g}")
+            else:
+                cells.append("")
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def write_report(result, out, command: str = "", machine: str = "", layers: pd.DataFrame | None = None) -> Path:
     """Write the CSVs, figures and ``report.md`` (see the module docstring) under ``out``; ``layers``
     (:func:`layer_frame`) gives the heat maps and ``plans.csv`` data-flow order and parameter counts."""
@@ -191,6 +215,10 @@ def write_report(result, out, command: str = "", machine: str = "", layers: pd.D
           "(`(tie)`); curves without a BD-rate are not ranked and say why. Size in Mbit and avg bits: means over "
           "the qualities; solve time in seconds. Every column is described in the data dictionary at the end.", ""]
     md += ["## Figures", ""] + [f"![{text}]({name})\n\n*{name}*: {text}.\n" for name, text in figures]
+    recovered = getattr(result, "recovered", None)
+    if recovered is not None and len(recovered):
+        atomic_write_text(out / "qat_aware_costs.csv", recovered.to_csv(index=False))
+        md += qat_aware_section(recovered)
     md += ["## Settings", ""]
     if command:
         md += [f"Command: `{command}`", ""]

@@ -250,17 +250,23 @@ def test_shipped_arguments_travel_once_and_an_image_folder_as_its_recipe(tmp_pat
 def test_qat_aware_cells_allocate_on_the_recovered_table_in_qat_mode_only(tmp_path, inputs):
     from bitalloc.interactions import frame_matrix
     from bitalloc.recovery import measure_recovered_costs
+    from bitalloc.report import write_report
 
     train = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     spec = StudySpec(**{**TINY, "allocators": ("ilp", "ilp+qat"), "modes": ("ptq", "qat"), "qat_steps": 2,
                         "recovery_steps": 1, "candidate_bits": (2, 8)})
-    res = _run(tmp_path, inputs, spec, train_images=train).results
+    study = _run(tmp_path, inputs, spec, train_images=train)
+    res = study.results
     cells = res[res.allocator == "ilp+qat"]
     assert list(cells["mode"]) == ["qat"]  # no PTQ cell: its plan is made for QAT
     rec_path = next((tmp_path / "sensitivity").glob("*_recovered_*[0-9a-f].json"))
     recovered = CostTable.from_json(rec_path)
     frame = pd.read_csv(rec_path.with_name(rec_path.stem + "_frame.csv"))
     assert len(frame) >= 1 and {"ptq_cost", "zeta", "zeta_se", "cost"} <= set(frame.columns)
+    assert study.recovered.drop(columns="quality").equals(frame) and (study.recovered.quality == 1).all()
+    report = write_report(study, tmp_path / "report", command="test")
+    assert "## QAT-aware costs" in report.read_text()
+    assert pd.read_csv(tmp_path / "report" / "qat_aware_costs.csv").shape == study.recovered.shape
     # the table is the library's own measurement with the study's settings (QAT steps, seed, crops)
     model = load_tiny("bmshj2018-hyperprior", 1)
     base = CostTable.from_json(next(p for p in (tmp_path / "sensitivity").glob("*.json")
