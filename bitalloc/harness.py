@@ -246,7 +246,7 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     own = local_executor(workers) if executor is None and workers > 1 else None
     runner = Runner(executor or own, window=2 * (workers if workers > 1 else (os.cpu_count() or 2)))
     bar = tqdm(total=len(refs + cells), disable=not progress, desc=f"study {spec.model}")
-    from .study_run import StudyRun
+    from .study_run import RECOVERED, StudyRun
 
     study = StudyRun(spec, cache, models, calib, evals, train, loss, runner, bar, progress)
     try:
@@ -272,5 +272,5 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     bd = bd_table(results)
     result = StudyResult(results, pd.DataFrame(image_rows), bd, rank(bd), plans, json.loads(json.dumps(settings)))
     result.warnings = collected  # dicts, WARNING_FIELDS (also <out>/warnings.csv)
-    result.recovered = study.recovered_frames()
+    result.recovered = cache.recovered_frames(q for q, kind in study.tables if kind == RECOVERED)
     return result

@@ -33,6 +33,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
+import pandas as pd
+
 from .atomic import atomic_write_text
 from .costs import CostTable
 from .study_digests import images_digest, loss_digest, source_digest, weights_digest  # re-exported
@@ -179,6 +181,17 @@ class StudyCache:
         return {**self.sensitivity_key(quality), "recovery": {
             **qat, "steps": s.recovery_steps or s.qat_steps, "noise_floor": s.interaction_noise_floor,
             **({"crop": s.recovery_crop} if s.recovery_crop is not None else {})}}
+
+    def recovered_frames(self, qualities):
+        """The measured cells of the QAT-aware tables of ``qualities`` (the ``*_frame.csv`` beside each table), one
+        frame with a ``quality`` column; None when there is none."""
+        frames = []
+        for quality in sorted(qualities):
+            path = self.path("sensitivity", f"{self.spec.model}_q{quality}_recovered", self.recovery_key(quality))
+            frame_path = path.with_name(path.stem + "_frame.csv")
+            if frame_path.is_file():
+                frames.append(pd.read_csv(frame_path).assign(quality=quality))
+        return pd.concat(frames, ignore_index=True) if frames else None
 
     def cell_key(self, quality: int, allocator: str, budget, mode: str, static: bool) -> dict:
         from .recovery import split_qat

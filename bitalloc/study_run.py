@@ -135,20 +135,6 @@ class StudyRun:
 
         self._table(quality, TABLE, with_base)
 
-    def recovered_frames(self):
-        """The measured cells of every QAT-aware table this run used (``*_frame.csv`` beside each), one frame with
-        a ``quality`` column; None when no cell used one."""
-        import pandas as pd
-
-        frames = []
-        for quality in sorted(q for q, kind in self.tables if kind == RECOVERED):
-            key = self.cache.recovery_key(quality)
-            path = self.cache.path("sensitivity", f"{self.spec.model}_q{quality}_recovered", key)
-            frame_path = path.with_name(path.stem + "_frame.csv")
-            if frame_path.is_file():
-                frames.append(pd.read_csv(frame_path).assign(quality=quality))
-        return pd.concat(frames, ignore_index=True) if frames else None
-
     def _cached_table(self, k, stem: str, key: dict, label: dict) -> bool:
         """Hand on the cached table (its stored warnings back in the run); False when it is not cached."""
         path = self.cache.path("sensitivity", stem, key)
