@@ -50,6 +50,8 @@ _LAZY: dict[str, str] = {
     "verifying": "bitalloc.repair",
     "Repair": "bitalloc.repair",
     "tie_break_within_noise": "bitalloc.noise",
+    "measure_recovered_costs": "bitalloc.recovery",
+    "Recovered": "bitalloc.recovery",
     "rd_loss_fn": "bitalloc.models.losses",
     "finetune": "bitalloc.qat",
     "export_packed": "bitalloc.export",
