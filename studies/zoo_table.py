@@ -35,10 +35,13 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--data", default=None)
     p.add_argument("--anchor", default="bmshj2018-hyperprior", help="published CompressAI curve to compare with")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads (default: every core; 1 beside other jobs: the context model's serial "
+                        "decoding slows down badly when threads are oversubscribed)")
     p.add_argument("--checkpoints", default=None,
                    help="folder of checkpoints to measure (default: the shipped ones), e.g. a new ladder to compare")
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(max(1, args.threads))
     root = data_root(args.data)
     if root is None:
         p.error("needs the Kodak images: set BITALLOC_DATA or --data")
