@@ -70,7 +70,8 @@ def test_malformed_numbers_name_the_flag(capsys, no_work, argv, flag, message):
 
 @pytest.mark.parametrize("argv,flag,message", [
     (["--allocators", "ilp", "foo"], "--allocators", "unknown allocator 'foo'; valid allocators: "),
-    (["--model", "cheng2020-anchor"], "--model", "no shipped checkpoint for cheng2020-anchor quality 1, 3, 4, 6"),
+    (["--model", "cheng2020-anchor", "--qualities", "2", "5"], "--qualities",
+     "no shipped checkpoint for cheng2020-anchor quality 2, 5; shipped: qualities 0, 1, 3, 4, 6"),
     (["--model", "hyperprior"], "--model", "valid models: bmshj2018-hyperprior"),
     (["--qualities", "4", "2"], "--qualities", "no shipped checkpoint for bmshj2018-hyperprior quality 2; "
                                                "shipped: qualities 0, 1, 3, 4, 6, 8"),

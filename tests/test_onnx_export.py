@@ -145,6 +145,10 @@ def test_activation_qdq_has_the_quantizers_integer_grid(tmp_path):
             checked += 1
         with torch.no_grad():
             ref = getattr(q, t)(inputs[t])
-        close = ((torch.from_numpy(got["output"]) - ref).abs() <= 1e-5).float().mean().item()
-        assert close >= 0.99, t  # a float difference upstream may move a value across a rounding boundary
+        diff = (torch.from_numpy(got["output"]) - ref).abs()
+        # a float difference upstream may move a value across a rounding boundary of a 4-bit quantizer, which moves
+        # the outputs it feeds by a fraction of a step; a wrong scale or zero point would move them by the output's
+        # own spread
+        assert (diff <= 1e-5).float().mean().item() >= 0.9, t
+        assert diff.max().item() <= 1e-2 * ref.std().item(), t
     assert checked == len([n for n in acts if n.split(".")[0] in reports])
