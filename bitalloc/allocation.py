@@ -32,8 +32,12 @@ import numpy as np
 from bitalloc.costs import Budget, CostTable
 from bitalloc.plan import BitPlan
 
-__all__ = ["AllocStatus", "Allocation", "Allocator", "BaseAllocator", "Solution", "register_allocator",
-           "build_allocator", "available_allocators", "bool_option", "int_option", "float_option", "ignored_pairwise"]
+__all__ = ["AllocStatus", "Allocation", "Allocator", "BaseAllocator", "QAT_SUFFIX", "Solution", "register_allocator",
+           "build_allocator", "available_allocators", "bool_option", "int_option", "float_option", "ignored_pairwise",
+           "split_qat", "split_suffix"]
+
+#: an allocator name with this suffix allocates on QAT-aware costs (bitalloc.recovery), in QAT rows only
+QAT_SUFFIX = "+qat"
 
 
 class AllocStatus(str, enum.Enum):
@@ -240,3 +244,13 @@ def build_allocator(name: str, **options: Any) -> Allocator:
     if name not in _REGISTRY:
         raise ValueError(f"unknown allocator '{name}'; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**options)
+
+
+def split_suffix(name: str, suffix: str) -> tuple[str, bool]:
+    """``(inner, True)`` for a name ``inner + suffix`` (``"ilp+verify"``, ``"ilp+qat"``), ``(name, False)`` else."""
+    return (name[: -len(suffix)], True) if name.endswith(suffix) else (name, False)
+
+
+def split_qat(name: str) -> tuple[str, bool]:
+    """``("ilp", True)`` for ``"ilp+qat"``; ``(name, False)`` for a name without the suffix."""
+    return split_suffix(name, QAT_SUFFIX)

@@ -40,6 +40,7 @@ import pandas as pd
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from bitalloc.allocation import QAT_SUFFIX, split_qat  # re-exported: the suffix lives with the allocator names
 from bitalloc.atomic import atomic_write_text
 from bitalloc.costs import CostTable
 from bitalloc.graph import quantizable_layers
@@ -53,15 +54,7 @@ from bitalloc.sensitivity.probe import mean_parts, per_sample_batches, summarize
 
 __all__ = ["QAT_SUFFIX", "Recovered", "Recovery", "measure_recovered_costs", "split_qat"]
 
-QAT_SUFFIX = "+qat"
 _CELLS_FILE = "recovered_cells.json"
-
-
-def split_qat(name: str) -> tuple[str, bool]:
-    """``("ilp", True)`` for ``"ilp+qat"``; ``(name, False)`` for a name without the suffix."""
-    if name.endswith(QAT_SUFFIX):
-        return name[: -len(QAT_SUFFIX)], True
-    return name, False
 
 
 @dataclass(frozen=True)
@@ -77,13 +70,6 @@ class Recovered:
     qat_runs: int
     qat_steps: int
     time_s: float
-
-
-def _settings(table: CostTable, steps: int, lr: float, seed: int, calibration: str, batch_size: int, crop: int,
-              noise_floor: float, noise_z: float) -> dict:
-    return {"layers": list(table.layer_names), "bits": list(table.bits), "steps": steps, "lr": lr, "seed": seed,
-            "calibration": calibration, "batch_size": batch_size, "crop": crop, "noise_floor": noise_floor,
-            "noise_z": noise_z}
 
 
 def _read_cells(path: Path, settings: dict) -> dict:
@@ -195,14 +181,16 @@ def measure_recovered_costs(model: nn.Module, train: Any, table: CostTable, data
     if raw.shape != (len(names), len(bits)):
         raise ValueError(f"zeta has shape {raw.shape}; the table has {len(names)} layers x {len(bits)} bits")
     play = dict(zip(names, bits_in_play(raw, raw_se, bits, noise_floor=noise_floor, noise_z=noise_z)))
-    settings = {**_settings(table, steps, lr, seed, calibration, batch_size, crop, noise_floor, noise_z),
-                "train_crop": train_crop}
+    settings = {"layers": names, "bits": list(bits), "steps": steps, "lr": lr, "seed": seed,
+                "calibration": calibration, "batch_size": batch_size, "crop": crop, "noise_floor": noise_floor,
+                "noise_z": noise_z, "train_crop": train_crop}
     path = None if workdir is None else Path(workdir) / _CELLS_FILE
     done = {} if path is None else _read_cells(path, settings)
     t0 = time.perf_counter()
     run = Recovery(model, train, data, steps=steps, lr=lr, loss=loss, lmbda=lmbda, calibration=calibration,
                    batch_size=batch_size, crop=crop, seed=seed, eval_crop=eval_crop, eval_limit=eval_limit,
                    train_crop=train_crop)
+
     def noise(row: dict) -> bool:
         se = row["zeta_se"] if np.isfinite(row["zeta_se"]) else 0.0
         return abs(row["zeta"]) <= max(noise_floor, noise_z * se)

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch.nn as nn
 
-from bitalloc.allocation import Allocation, Allocator, AllocStatus, build_allocator
+from bitalloc.allocation import Allocation, Allocator, AllocStatus, build_allocator, split_suffix
 from bitalloc.costs import Budget, CostTable
 from bitalloc.errors import BudgetError
 from bitalloc.interactions import with_pairwise
@@ -81,7 +81,7 @@ class Repair:
 
 def split_verify(name: str) -> tuple[str, bool]:
     """``("ilp", True)`` for ``"ilp+verify"``, ``("ilp", False)`` for ``"ilp"``."""
-    return (name[: -len(VERIFY_SUFFIX)], True) if name.endswith(VERIFY_SUFFIX) else (name, False)
+    return split_suffix(name, VERIFY_SUFFIX)
 
 
 def _allocator(allocator: Any) -> Allocator:

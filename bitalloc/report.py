@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .allocation import split_qat
 from .analysis import NO_QAT_CURVE, bd_reason, qat_drift
 from .atomic import atomic_write_text
 from .figures import plot_bd_vs_size, plot_bit_heatmaps, plot_rd_curves
@@ -112,7 +113,7 @@ def settings_line(settings: dict) -> str:
             f"budgets {settings.get('budgets')} ({settings.get('budget_kind')})")
     if "qat" in settings.get("modes", ()):
         line += f"; QAT {settings.get('qat_steps')} steps at lr {settings.get('qat_lr')}, seed {settings.get('seed')}"
-    if any(str(a).endswith("+qat") for a in settings.get("allocators", ())):
+    if any(split_qat(str(a))[1] for a in settings.get("allocators", ())):
         crop = settings.get("recovery_crop") or settings.get("calib_crop")
         line += (f"; QAT-aware tables ('+qat'): {settings.get('recovery_steps') or settings.get('qat_steps')} QAT "
                  f"steps per cell on {crop} px crops")

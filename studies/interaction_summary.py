@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from bitalloc.allocation import split_qat
+
 RESULTS = Path(__file__).parent / "results"
 AWARE = ("iqp", "ilp+verify", "iqp+verify")
-QAT_AWARE_SUFFIX = "+qat"  # allocated on QAT-aware costs (bitalloc.recovery), QAT rows only
 #: plans predicted to cost less (fraction of the float RD loss) get no ratio: their costs sit in the noise
 MIN_PREDICTED = 0.01
 
@@ -46,7 +47,7 @@ def best_rows(bd: pd.DataFrame) -> pd.DataFrame:
                "gap_points": mine[key] - best[key],
                "aware_plan_excess_max": mine.get("plan_excess_max"),
                "aware_budget_used_min_pct": aware.get("budget_used_pct_min", pd.Series(dtype=float)).min()}
-        qat_aware = cur[cur.allocator.str.endswith(QAT_AWARE_SUFFIX)]
+        qat_aware = cur[cur.allocator.map(lambda a: split_qat(a)[1])]
         if not qat_aware.empty:
             top = qat_aware.loc[qat_aware[key].idxmin()]
             row.update(best_qat_aware=top.allocator, qat_aware_bd_pct=top[key],

@@ -8,6 +8,22 @@ import torch
 torch.set_num_threads(1)
 
 
+def toy_mlp(hidden: int = 2) -> torch.nn.Sequential:
+    """The seeded ReLU MLP the tests of any-model features use (8 inputs, ``hidden`` layers of 32, 4 outputs; its
+    quantizable layers are "0", "2", ...), in eval mode."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(8, 32), torch.nn.ReLU()]
+    for _ in range(hidden - 1):
+        layers += [torch.nn.Linear(32, 32), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers, torch.nn.Linear(32, 4)).eval()
+
+
+def pair_mse(model, batch):
+    """``loss(model, batch)`` for ``(input, target)`` batches: the mean squared error."""
+    x, y = batch
+    return torch.nn.functional.mse_loss(model(x), y)
+
+
 def _tiny(name: str) -> torch.nn.Module:
     from bitalloc.models import build_model, lambda_of
 

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from bitalloc import CostTable
 from bitalloc.graph import quantizable_layers
@@ -11,6 +10,7 @@ from bitalloc.interactions import Interactions, bits_in_play, measure_interactio
 from bitalloc.objective import evaluate_loss
 from bitalloc.quant import apply_plan
 from bitalloc.sensitivity import calibration_batch, measure_sensitivity
+from conftest import pair_mse, toy_mlp
 
 HAS_PAIRWISE = "pairwise" in CostTable.__dataclass_fields__
 
@@ -102,56 +102,45 @@ def test_bits_in_play_stop_where_the_single_cost_reaches_the_noise_floor():
     assert bits_in_play(zeta, se, (2, 4, 8), noise_floor=1e-3, noise_z=3) == [(2,), (2, 4), ()]
 
 
-class _MLP(nn.Sequential):
-    def __init__(self):
-        torch.manual_seed(0)
-        super().__init__(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
-
-
-def _mse(model, batch):
-    x, y = batch
-    return torch.nn.functional.mse_loss(model(x), y)
-
-
 def test_any_model_small_tables_get_every_pair_and_errors_name_the_pair():
-    model = _MLP().eval()
+    model = toy_mlp()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 8, generator=g)
     with torch.no_grad():
         y = model(x) + 0.05 * torch.randn(64, 4, generator=g)
     data = [(x[:32], y[:32]), (x[32:], y[32:])]
-    table = measure_sensitivity(model, data, bits=(2, 3, 8), loss=_mse, hessian_samples=0, progress=False)
-    inter = measure_interactions(model, data, table, loss=_mse, progress=False)  # singles re-measured here
+    table = measure_sensitivity(model, data, bits=(2, 3, 8), loss=pair_mse, hessian_samples=0, progress=False)
+    inter = measure_interactions(model, data, table, loss=pair_mse, progress=False)  # singles re-measured here
     assert sorted(inter.pairwise) == [("0", "2"), ("0", "4"), ("2", "4")]  # 3 layers <= 8: all pairs
     assert inter.single_passes == 3 * 3 and inter.forward_passes > inter.single_passes
     assert inter.frame.attrs["method"] == "naive" and all(np.isfinite(m).all() for m in inter.pairwise.values())
     # the 2-bit pair by hand, through apply_plan
     q = apply_plan(model, {"0": 2, "2": 2}, keep_float=True).eval()
-    fp, joint = evaluate_loss(model, _mse, data)["loss"], evaluate_loss(q, _mse, data)["loss"]
+    fp, joint = evaluate_loss(model, pair_mse, data)["loss"], evaluate_loss(q, pair_mse, data)["loss"]
     expected = max((joint - fp) / fp, 0) - table.cost[0, 0] - table.cost[1, 0]
     assert inter.matrix("0", "2")[0, 0] == pytest.approx(max(expected, 0), rel=1e-5)
-    kept = measure_interactions(model, data, table, [("0", "2")], loss=_mse, progress=False, negative="keep")
+    kept = measure_interactions(model, data, table, [("0", "2")], loss=pair_mse, progress=False, negative="keep")
     assert kept.matrix("0", "2")[0, 0] == pytest.approx(expected, rel=1e-5)
     assert (kept.frame.pairwise == kept.frame.interaction).all()
     with pytest.raises(KeyError, match=r"layer 'nope' of pair \('0', 'nope'\)"):
-        measure_interactions(model, data, table, [("0", "nope")], loss=_mse, progress=False)
+        measure_interactions(model, data, table, [("0", "nope")], loss=pair_mse, progress=False)
     with pytest.raises(ValueError, match=r"pairs a layer with itself"):
-        measure_interactions(model, data, table, [("2", "2")], loss=_mse, progress=False)
+        measure_interactions(model, data, table, [("2", "2")], loss=pair_mse, progress=False)
     with pytest.raises(ValueError, match="not a pair"):
-        measure_interactions(model, data, table, ["02"], loss=_mse, progress=False)
-    other = measure_sensitivity(model, [(x, y + 1)], bits=(2, 3, 8), loss=_mse, hessian_samples=0, progress=False)
+        measure_interactions(model, data, table, ["02"], loss=pair_mse, progress=False)
+    other = measure_sensitivity(model, [(x, y + 1)], bits=(2, 3, 8), loss=pair_mse, hessian_samples=0, progress=False)
     with pytest.warns(RuntimeWarning, match="data, loss and calibration of the table"):
-        measure_interactions(model, data, other, [("0", "2")], loss=_mse, progress=False, noise_floor=1e-6)
+        measure_interactions(model, data, other, [("0", "2")], loss=pair_mse, progress=False, noise_floor=1e-6)
 
 
 @pytest.mark.skipif(not HAS_PAIRWISE, reason="CostTable.from_arrays has no pairwise= yet (issue 12, item 1)")
 def test_attached_interactions_make_the_table_predict_the_pair():
-    model = _MLP().eval()
+    model = toy_mlp()
     x = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         data = [(x, model(x) + 0.05)]
-    table = measure_sensitivity(model, data, bits=(2, 8), loss=_mse, hessian_samples=0, progress=False)
-    inter = measure_interactions(model, data, table, loss=_mse, progress=False, noise_floor=0.0, negative="keep")
+    table = measure_sensitivity(model, data, bits=(2, 8), loss=pair_mse, hessian_samples=0, progress=False)
+    inter = measure_interactions(model, data, table, loss=pair_mse, progress=False, noise_floor=0.0, negative="keep")
     joint = inter.attach(table)
     from bitalloc.plan import BitPlan
 

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 import bitalloc.qat as qat
 from bitalloc.interactions import bits_in_play
@@ -12,33 +11,23 @@ from bitalloc.quant import apply_plan
 from bitalloc.recovery import measure_recovered_costs, split_qat
 from bitalloc.sensitivity import measure_sensitivity
 from bitalloc.sensitivity.probe import per_sample_batches
-
-
-class _MLP(nn.Sequential):
-    def __init__(self):
-        torch.manual_seed(0)
-        super().__init__(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
-
-
-def _mse(model, batch):
-    x, y = batch
-    return torch.nn.functional.mse_loss(model(x), y)
+from conftest import pair_mse, toy_mlp
 
 
 @pytest.fixture(scope="module")
 def problem():
-    model = _MLP().eval()
+    model = toy_mlp()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 8, generator=g)
     with torch.no_grad():
         y = model(x) + 0.05 * torch.randn(64, 4, generator=g)
     data = [(x[:32], y[:32]), (x[32:], y[32:])]
-    table = measure_sensitivity(model, data, bits=(2, 3, 8), loss=_mse, hessian_samples=0, progress=False,
+    table = measure_sensitivity(model, data, bits=(2, 3, 8), loss=pair_mse, hessian_samples=0, progress=False,
                                 uncertainty=True, fit="isotonic")
     return model, data, table
 
 
-OPTIONS = dict(steps=4, lr=1e-3, loss=_mse, calibration="minmax", progress=False)
+OPTIONS = dict(steps=4, lr=1e-3, loss=pair_mse, calibration="minmax", progress=False)
 
 
 def test_a_cell_is_the_loss_after_qat_against_the_float_model_after_the_same_qat(problem):
@@ -51,11 +40,11 @@ def test_a_cell_is_the_loss_after_qat_against_the_float_model_after_the_same_qat
     assert rec.qat_runs == 1 + len(expected) and rec.qat_steps == rec.qat_runs * 4 and rec.steps == 4
     # one cell by hand: QAT of the layer alone, each sample an observation, against the float model's QAT
     per = per_sample_batches(data)
-    anchor, _ = qat.finetune(model, {}, data, steps=4, lr=1e-3, loss=_mse, progress=False)
+    anchor, _ = qat.finetune(model, {}, data, steps=4, lr=1e-3, loss=pair_mse, progress=False)
     q = apply_plan(model, {"2": 2}, calibration="minmax", keep_float=True)
-    q, _ = qat.finetune(q, None, data, steps=4, lr=1e-3, loss=_mse, progress=False)
-    lq = np.mean([evaluate_loss(q.eval(), _mse, [b])["loss"] for b in per])
-    la = np.mean([evaluate_loss(anchor.eval(), _mse, [b])["loss"] for b in per])
+    q, _ = qat.finetune(q, None, data, steps=4, lr=1e-3, loss=pair_mse, progress=False)
+    lq = np.mean([evaluate_loss(q.eval(), pair_mse, [b])["loss"] for b in per])
+    la = np.mean([evaluate_loss(anchor.eval(), pair_mse, [b])["loss"] for b in per])
     row = rec.frame[(rec.frame.layer == "2") & (rec.frame.bits == 2)].iloc[0]
     assert row.zeta == pytest.approx((lq - la) / la, rel=1e-5)
     assert row.ptq_cost == table.cost[table.index("2"), 0]

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from bitalloc import AllocStatus, BitPlan, Budget
 from bitalloc.repair import VERIFY_SUFFIX, split_verify, verify_and_repair, verifying
 from bitalloc.sensitivity import calibration_batch, check_plan, measure_sensitivity
+from conftest import pair_mse, toy_mlp
 
 
 @pytest.fixture(scope="module")
@@ -60,27 +60,15 @@ def test_the_verifying_allocator_returns_an_allocation_of_the_best_measured_plan
     assert "repaired" in out.message and "ilp plan measured" in out.message
 
 
-class _MLP(nn.Sequential):
-    def __init__(self):
-        torch.manual_seed(0)
-        super().__init__(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
-                         nn.Linear(32, 4))
-
-
-def _mse(model, batch):
-    x, y = batch
-    return torch.nn.functional.mse_loss(model(x), y)
-
-
 @pytest.fixture(scope="module")
 def mlp_case():
-    model = _MLP().eval()
+    model = toy_mlp(3)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 8, generator=g)
     with torch.no_grad():
         y = model(x) + 0.02 * torch.randn(64, 4, generator=g)
     data = [(x, y)]
-    table = measure_sensitivity(model, data, bits=(2, 3, 4, 8), loss=_mse, hessian_samples=2, progress=False)
+    table = measure_sensitivity(model, data, bits=(2, 3, 4, 8), loss=pair_mse, hessian_samples=2, progress=False)
     return model, data, table
 
 
@@ -89,7 +77,7 @@ def mlp_case():
 def test_never_over_budget_and_never_worse_measured_than_the_start(mlp_case, allocator, avg_bits):
     model, data, table = mlp_case
     budget = Budget.from_avg_bits(table, avg_bits)
-    rep = verify_and_repair(model, data, table, budget, allocator, loss=_mse, max_evals=5, tolerance=0.0)
+    rep = verify_and_repair(model, data, table, budget, allocator, loss=pair_mse, max_evals=5, tolerance=0.0)
     assert budget.exceeded(table, rep.plan.choices(table)) is None
     assert rep.measured <= rep.start_measured
     assert (rep.history.size_bits <= budget.max_size_bits).all() and len(rep.history) <= 5
@@ -101,13 +89,13 @@ def test_never_over_budget_and_never_worse_measured_than_the_start(mlp_case, all
 def test_the_evaluation_and_time_budgets_stop_the_search(mlp_case):
     model, data, table = mlp_case
     budget = Budget.from_avg_bits(table, 3.0)
-    one = verify_and_repair(model, data, table, budget, "uniform", loss=_mse, max_evals=1, tolerance=0.0)
+    one = verify_and_repair(model, data, table, budget, "uniform", loss=pair_mse, max_evals=1, tolerance=0.0)
     assert one.evaluations == 1 and one.plan == one.start.plan and not one.improved
-    quick = verify_and_repair(model, data, table, budget, "uniform", loss=_mse, max_evals=50, tolerance=0.0,
+    quick = verify_and_repair(model, data, table, budget, "uniform", loss=pair_mse, max_evals=50, tolerance=0.0,
                               time_limit=1e-9)
     assert quick.evaluations == 1 and quick.plan == quick.start.plan
     low = Budget.from_avg_bits(table, 2.5)  # uniform 2 bits, measured far above its prediction
-    wide = verify_and_repair(model, data, table, low, "uniform", loss=_mse, max_evals=6, tolerance=0.0)
+    wide = verify_and_repair(model, data, table, low, "uniform", loss=pair_mse, max_evals=6, tolerance=0.0)
     assert set(wide.history.source) == {"allocator", "local search"} and wide.evaluations == 6
     assert wide.measured < wide.start_measured / 2 and low.fits(wide.plan.size_bits(table))
 
@@ -116,16 +104,16 @@ def test_options_are_checked_and_a_failed_allocation_passes_through(mlp_case):
     model, data, table = mlp_case
     budget = Budget.from_avg_bits(table, 3.0)
     with pytest.raises(ValueError, match="max_evals must be an integer >= 1"):
-        verify_and_repair(model, data, table, budget, loss=_mse, max_evals=0)
+        verify_and_repair(model, data, table, budget, loss=pair_mse, max_evals=0)
     with pytest.raises(ValueError, match="correction must be one of auto, unary, pairwise"):
-        verify_and_repair(model, data, table, budget, loss=_mse, correction="group")
+        verify_and_repair(model, data, table, budget, loss=pair_mse, correction="group")
     with pytest.raises(ValueError, match="time_limit must be a positive number"):
-        verify_and_repair(model, data, table, budget, loss=_mse, time_limit=0)
+        verify_and_repair(model, data, table, budget, loss=pair_mse, time_limit=0)
     with pytest.raises(TypeError, match="allocator must be a registered name"):
-        verify_and_repair(model, data, table, budget, object(), loss=_mse)
+        verify_and_repair(model, data, table, budget, object(), loss=pair_mse)
     start = BitPlan.uniform(table.layer_names, 8)
     from bitalloc.allocation import Allocation
 
     over = Allocation(start, AllocStatus.FEASIBLE, start.cost(table), start.size_bits(table), 0.0, 0, "")
     with pytest.raises(Exception, match="returned a plan over the budget"):
-        verify_and_repair(model, data, table, budget, loss=_mse, start=over)
+        verify_and_repair(model, data, table, budget, loss=pair_mse, start=over)
