@@ -34,10 +34,12 @@ from bitalloc.plan import BitPlan
 
 __all__ = ["AllocStatus", "Allocation", "Allocator", "BaseAllocator", "QAT_SUFFIX", "Solution", "register_allocator",
            "build_allocator", "available_allocators", "bool_option", "int_option", "float_option", "ignored_pairwise",
-           "split_qat", "split_suffix"]
+           "VERIFY_SUFFIX", "allocator_parts", "split_qat", "split_suffix", "split_verify"]
 
 #: an allocator name with this suffix allocates on QAT-aware costs (bitalloc.recovery), in QAT rows only
 QAT_SUFFIX = "+qat"
+#: an allocator name with this suffix is measured and repaired around its plan (bitalloc.repair)
+VERIFY_SUFFIX = "+verify"
 
 
 class AllocStatus(str, enum.Enum):
@@ -254,3 +256,17 @@ def split_suffix(name: str, suffix: str) -> tuple[str, bool]:
 def split_qat(name: str) -> tuple[str, bool]:
     """``("ilp", True)`` for ``"ilp+qat"``; ``(name, False)`` for a name without the suffix."""
     return split_suffix(name, QAT_SUFFIX)
+
+
+def split_verify(name: str) -> tuple[str, bool]:
+    """``("ilp", True)`` for ``"ilp+verify"``, ``("ilp", False)`` for ``"ilp"``."""
+    return split_suffix(name, VERIFY_SUFFIX)
+
+
+def allocator_parts(name: str) -> tuple[str, bool, bool]:
+    """``(inner, verify, qat)`` of a study allocator name: ``"ilp+verify+qat"`` -> ``("ilp", True, True)`` (QAT-aware
+    costs, verified and repaired by measurement after the same QAT), ``"ilp+verify"`` -> ``("ilp", True, False)``,
+    ``"ilp+qat"`` -> ``("ilp", False, True)``. The ``+qat`` suffix comes last: it changes what every part measures."""
+    rest, qat = split_qat(name)
+    inner, verify = split_verify(rest)
+    return inner, verify, qat

@@ -22,8 +22,7 @@ from .costs import Budget, CostTable
 from .errors import BudgetError, BudgetTooSmallError
 from .plan import BitPlan
 from .qat import fresh_source
-from .recovery import split_qat
-from .repair import split_verify
+from .allocation import allocator_parts
 
 __all__ = ["DYNAMIC_ACT_BITS", "DYNAMIC_ALLOCATOR", "Cell", "PlanOverBudgetError", "allocate_task",
            "cached_plan_problem", "check_act_settings", "check_within_budget", "folder_recipe",
@@ -159,7 +158,8 @@ def allocate_task(cell: Cell, spec, model, calib, table: CostTable, loss, plan: 
     out: dict = {"row": {}}
     if plan is None:
         budget = study_budget(spec, table, cell.budget)
-        allocator = steps.cell_allocator(cell.allocator, copy.deepcopy(model.get()), calib.get(), spec, loss)
+        allocator = steps.cell_allocator(cell.allocator, copy.deepcopy(model.get()), calib.get(), spec, loss,
+                                         None if train is None else train.get())
         alloc = allocator.allocate(table, budget)
         if alloc.plan is None:
             raise BudgetError(f"{where}: no plan ({alloc.status}: {alloc.message})")
@@ -171,14 +171,14 @@ def allocate_task(cell: Cell, spec, model, calib, table: CostTable, loss, plan: 
                       "compression_ratio": table.fp32_size_bits / size}
         if table.pairwise:
             out["row"]["pairwise_pairs"] = len(table.pairwise)
-        if split_verify(cell.allocator)[1]:
+        if allocator_parts(cell.allocator)[1]:
             extra = alloc.extra
             out["row"].update(verify_evaluations=len(extra["history"]), verify_converged=bool(extra["converged"]),
                               verify_start_predicted=extra["start_predicted"],
                               verify_start_measured=extra["start_measured"])
             out["verify_history"] = extra["history"]
         out["plan"] = plan
-    after_qat = split_qat(cell.allocator)[1]
+    after_qat = allocator_parts(cell.allocator)[2]
     if after_qat:
         if train is None:
             raise ValueError(f"{where}: a +qat cell's joint check needs the training crops (train=)")

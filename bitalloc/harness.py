@@ -41,7 +41,8 @@ table). A name with the ``+verify`` suffix (``ilp+verify``, ``iqp+verify``, ``fm
 quality's QAT-aware table (:func:`bitalloc.measure_recovered_costs`: each cell's loss after ``recovery_steps``
 QAT steps with that layer alone quantized, against the float model after the same steps; once per quality,
 cached beside the table) and runs in QAT mode only. Its joint check measures the plan after the same QAT
-(:class:`bitalloc.recovery.Recovery`) against that table's prediction.
+(:class:`bitalloc.recovery.Recovery`) against that table's prediction. ``ilp+verify+qat`` verifies and repairs
+the plan by that measurement (each plan measured costs one QAT run of ``recovery_steps``).
 
 **Noise-aware tables.** ``table_fit="noise"`` measures each table with the standard error of every cell, fits
 it monotone in bits and keeps its noise floor, and every allocator breaks ties within noise toward the bigger
@@ -90,11 +91,12 @@ WARNING_FIELDS = ("cell", "quality", "allocator", "budget", "mode", "category", 
 
 def study_allocators() -> list[str]:
     """Every allocator name a study takes: the registered ones, each with the ``+verify`` suffix, each with the
-    ``+qat`` suffix (QAT only), and ``dynaquant`` (QAT only)."""
+    ``+qat`` suffix and with ``+verify+qat`` (QAT only), and ``dynaquant`` (QAT only)."""
     from .allocation import available_allocators
 
-    names = available_allocators()
-    return [*names, *(n + VERIFY_SUFFIX for n in names), *(n + QAT_SUFFIX for n in names), DYNAMIC_ALLOCATOR]
+    names = [*available_allocators()]
+    verified = [n + VERIFY_SUFFIX for n in names]
+    return [*names, *verified, *(n + QAT_SUFFIX for n in [*names, *verified]), DYNAMIC_ALLOCATOR]
 
 
 def qat_only(allocator: str) -> bool:

@@ -140,6 +140,11 @@ class Recovery:
         self.runs += 1
         return summarize(self._per_crop(qmodel), self.anchor, self.model)
 
+    def increase(self, plan: Any) -> float:
+        """``plan``'s loss increase after the QAT, a fraction of the anchor's loss (what a QAT-aware table predicts;
+        the measure :func:`bitalloc.verify_and_repair` takes for ``+verify+qat``)."""
+        return self.measure(plan)[1]
+
     def check(self, plan: Any, table: CostTable) -> PlanCheck:
         """``plan`` after the QAT against ``table``'s prediction (a QAT-aware table's, for it to mean something):
         :class:`~bitalloc.sensitivity.plan_check.PlanCheck` with the anchor as the float loss."""

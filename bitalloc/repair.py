@@ -5,7 +5,8 @@ beyond that make the prediction wrong (the Mean-Scale Hyperprior's hyper-synthes
 alone, +25 % RD loss together). :func:`verify_and_repair`:
 
 1. allocates with the given allocator and measures the plan's joint loss (all its layers quantized at once,
-   :class:`~bitalloc.sensitivity.plan_check.JointLoss`, the measure of :func:`bitalloc.check_plan`);
+   :meth:`JointLoss.increase <bitalloc.sensitivity.plan_check.JointLoss.increase>`, as :func:`bitalloc.check_plan`;
+   or the ``measure`` given: after QAT, :meth:`bitalloc.recovery.Recovery.increase`, for a QAT-aware table);
 2. while the measured loss exceeds the (learned) prediction by more than ``tolerance``, *learns*: the excess is
    added to the table as a correction on the layers the plan pushed lowest (the layers at its lowest
    bit-width; with fewer than two of them, those at the next bit-width too), on their cells at the plan's
@@ -31,6 +32,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,18 +40,18 @@ import numpy as np
 import pandas as pd
 import torch.nn as nn
 
-from bitalloc.allocation import Allocation, Allocator, AllocStatus, build_allocator, split_suffix
+# re-exported: the suffix lives with the allocator names
+from bitalloc.allocation import VERIFY_SUFFIX, Allocation, Allocator, AllocStatus, build_allocator, split_verify
 from bitalloc.costs import Budget, CostTable
 from bitalloc.errors import BudgetError
 from bitalloc.interactions import with_pairwise
-from bitalloc.objective import Loss, relative_increase
+from bitalloc.objective import Loss
 from bitalloc.plan import BitPlan
 from bitalloc.sensitivity.plan_check import JointLoss
 
 __all__ = ["CORRECTIONS", "VERIFY_SUFFIX", "Repair", "VerifyingAllocator", "split_verify", "verify_and_repair",
            "verifying"]
 
-VERIFY_SUFFIX = "+verify"
 CORRECTIONS = ("auto", "unary", "pairwise")
 
 
@@ -79,11 +81,6 @@ class Repair:
         return self.plan != self.start.plan
 
 
-def split_verify(name: str) -> tuple[str, bool]:
-    """``("ilp", True)`` for ``"ilp+verify"``, ``("ilp", False)`` for ``"ilp"``."""
-    return split_suffix(name, VERIFY_SUFFIX)
-
-
 def _allocator(allocator: Any) -> Allocator:
     if isinstance(allocator, str):
         return build_allocator(allocator)
@@ -96,22 +93,20 @@ def _allocator(allocator: Any) -> Allocator:
 def _correction_kind(correction: str, inner: Allocator) -> str:
     if correction not in CORRECTIONS:
         raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
-    if correction != "auto":
-        return correction
-    return "pairwise" if getattr(inner, "supports_pairwise", False) else "unary"
+    auto = "pairwise" if getattr(inner, "supports_pairwise", False) else "unary"
+    return auto if correction == "auto" else correction
 
 
 class _Search:
     """The state of one repair: measured plans, the learned corrections, the clock and the budgets."""
 
-    def __init__(self, table: CostTable, budget: Budget, joint: JointLoss, model: nn.Module, max_evals: int,
+    def __init__(self, table: CostTable, budget: Budget, score: Callable[[BitPlan], float], max_evals: int,
                  time_limit: float | None, correction: str):
-        self.table, self.budget, self.joint, self.model = table, budget, joint, model
+        self.table, self.budget, self.score, self.learned = table, budget, score, table
         self.max_evals, self.time_limit, self.correction = max_evals, time_limit, correction
         self.t0 = time.perf_counter()
         self.unary = np.zeros(table.cost.shape)
         self.pairs: dict[tuple[str, str], np.ndarray] = {}
-        self.learned = table
         self.measured: dict[tuple[int, ...], float] = {}
         self.rows: list[dict] = []
 
@@ -127,7 +122,7 @@ class _Search:
         if problem is not None:  # never measured, never returned
             raise BudgetError(f"verify_and_repair: a {source} plan does not fit: {problem}")
         plan = BitPlan.from_choices(self.table, choice)
-        value = relative_increase(self.joint.parts(plan)["loss"], self.joint.fp["loss"], self.model)
+        value = float(self.score(plan))
         self.measured[key] = value
         predicted = self.table.objective(choice)
         self.rows.append({"iteration": len(self.rows), "source": source, "plan": dict(plan.bits),
@@ -187,7 +182,7 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
                       loss: Loss | None = None, lmbda: float | None = None, calibration: str = "minmax",
                       crop: int = 256, limit: int | None = 4, tolerance: float = 0.05, max_evals: int = 12,
                       time_limit: float | None = None, correction: str = "auto",
-                      start: Allocation | None = None) -> Repair:
+                      start: Allocation | None = None, measure: Callable[[BitPlan], float] | None = None) -> Repair:
     """Allocate, measure, learn and re-solve, then search locally by measurement (module docstring).
 
     ``data``, ``loss``, ``lmbda``, ``calibration``, ``crop``, ``limit``: the data and settings the table was
@@ -195,7 +190,9 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
     allocator object. ``tolerance``: the excess (fraction of the float loss) the learned prediction may miss
     by. ``max_evals``: plans measured at most (the first is the allocator's); ``time_limit``: seconds after
     which no new measurement starts. ``correction``: "auto", "unary" or "pairwise". ``start``: the allocator's
-    allocation when already computed.
+    allocation when already computed. ``measure``: a function of a :class:`BitPlan` returning its measured loss
+    increase (fraction of the float loss) in place of the joint loss after PTQ; ``data`` and the loss settings are
+    then unused (:meth:`bitalloc.recovery.Recovery.increase`: after QAT, what a QAT-aware table predicts).
     """
     table.require_weight_only("verify_and_repair", "its corrections and local search step along weight bits")
     if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
@@ -215,8 +212,12 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
     over = budget.exceeded(table, choice)
     if over is not None:
         raise BudgetError(f"verify_and_repair: allocator '{name}' returned a plan over the budget: {over}")
-    joint = JointLoss(model, data, loss=loss, calibration=calibration, lmbda=lmbda, crop=crop, limit=limit)
-    search = _Search(table, budget, joint, model, max_evals, time_limit, kind)
+    if measure is None:
+        measure = JointLoss(model, data, loss=loss, calibration=calibration, lmbda=lmbda, crop=crop,
+                            limit=limit).increase
+    elif not callable(measure):
+        raise TypeError(f"verify_and_repair: measure must be a function of a BitPlan, got {type(measure).__name__}")
+    search = _Search(table, budget, measure, max_evals, time_limit, kind)
     search.t0 = t0
     start_measured = measured = search.measure(choice, "allocator")
     converged = False
@@ -272,10 +273,9 @@ class VerifyingAllocator:
         first = self.inner.allocate(table, budget)
         if first.plan is None or not first.ok:
             return first
-        rep = verify_and_repair(self.model, self.data, table, budget, self.inner, start=first, **self.options)
-        self.last = rep
-        choice = rep.plan.choices(table)
-        same = not rep.improved
+        self.last = rep = verify_and_repair(self.model, self.data, table, budget, self.inner, start=first,
+                                            **self.options)
+        choice, same = rep.plan.choices(table), not rep.improved
         msg = (f"verified {rep.evaluations} plan(s): measured {rep.measured:.4g} (predicted {rep.predicted:.4g}); "
                f"the {self.inner_name} plan measured {rep.start_measured:.4g} (predicted {first.objective:.4g})"
                + ("" if same else f"; repaired ({rep.correction} corrections, local search)"))

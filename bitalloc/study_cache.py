@@ -194,16 +194,15 @@ class StudyCache:
         return pd.concat(frames, ignore_index=True) if frames else None
 
     def cell_key(self, quality: int, allocator: str, budget, mode: str, static: bool) -> dict:
-        from .recovery import split_qat
-        from .repair import split_verify
+        from .allocation import allocator_parts
 
         base = self.sensitivity_key(quality) if static else self._common(quality)
         key = {**base, **self._eval(), "allocator": allocator, "budget": budget, "mode": mode}
         if static:
             key["budget_kind"] = self.spec.budget_kind
-            if split_qat(allocator)[1]:
+            inner, verify, qat = allocator_parts(allocator)
+            if qat:
                 key["recovery"] = self.recovery_key(quality)["recovery"]
-            inner, verify = split_verify(allocator)
             if inner in self.spec.pairwise_allocators:
                 key["interactions"] = self.interactions_key(quality)["interactions"]
             if verify:

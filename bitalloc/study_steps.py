@@ -171,19 +171,25 @@ def fit_allocator(name: str, spec):
     return within_noise(allocator, TIE_BREAK_SHARE) if getattr(spec, "table_fit", "clip") == "noise" else allocator
 
 
-def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None):
+def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None, train=None):
     """The allocator of a harness cell: a registered name (:func:`fit_allocator`), or one with the ``+verify``
     suffix wrapped in :func:`bitalloc.verifying` on ``model`` and the calibration crops (the table's data and
     settings); the tie-break of ``table_fit="noise"`` goes inside, so every re-solve of the repair uses it. A
-    ``+qat`` name is its inner allocator: the harness gives it the QAT-aware table."""
-    from .recovery import split_qat
-    from .repair import split_verify, verifying
+    ``+qat`` name is its inner allocator: the harness gives it the QAT-aware table; ``+verify+qat`` measures each
+    plan after the QAT of that table (:func:`recovery_run` on ``train``, the training photos), what it predicts."""
+    from .allocation import allocator_parts
+    from .repair import verifying
 
-    inner, verify = split_verify(split_qat(name)[0])
+    inner, verify, qat = allocator_parts(name)
     if not verify:
         return fit_allocator(inner, spec)
-    return verifying(fit_allocator(inner, spec), model, calib, loss=loss, calibration=spec.calibration,
-                     max_evals=spec.verify_max_evals, tolerance=spec.verify_tolerance)
+    options = dict(max_evals=spec.verify_max_evals, tolerance=spec.verify_tolerance)
+    if qat:
+        if train is None:
+            raise ValueError(f"allocator {name!r} verifies its plans after QAT: it needs the training photos (train=)")
+        recovery = recovery_run(model, calib, train, spec, loss)
+        return verifying(fit_allocator(inner, spec), model, calib, measure=recovery.increase, **options)
+    return verifying(fit_allocator(inner, spec), model, calib, loss=loss, calibration=spec.calibration, **options)
 
 
 def quantize_plan(model, plan, mode: str, spec, train, workdir: Path | None = None, loss=None, calib=None):

@@ -6,6 +6,7 @@ DynaQuant (a dynamic, per-image bit-width model trained for the same steps) join
     BITALLOC_DATA=../shared/data python studies/compare_allocators.py --model mbt2018-mean --modes ptq
     BITALLOC_DATA=../shared/data python studies/compare_allocators.py --table-fit noise   # noise-aware tables
     ... --allocators ilp ilp+qat --recovery-steps 50 --recovery-crop 128     # + QAT-aware allocation (QAT rows)
+    ... --allocators ilp+verify+qat ...    # QAT-aware, each plan verified and repaired by its loss after the QAT
 
 Results: studies/results/compare_<model>/ (``compare_<model>_noise/`` with ``--table-fit noise``: report.md, CSV,
 figures; the cache under runs/ makes reruns and interrupted runs resume). ``--report-only`` rebuilds report.md,

@@ -284,6 +284,14 @@ def test_qat_aware_cells_allocate_on_the_recovered_table_in_qat_mode_only(tmp_pa
     # another recovery setting recomputes the QAT-aware table and its cells only
     again = _run(tmp_path, inputs, StudySpec(**{**spec.__dict__, "recovery_steps": 2}), train_images=train)
     assert set(again.results[~again.results.cached].allocator) == {"ilp+qat"}
+    # +verify+qat: the same start plan, measured after the same QAT, repaired by that measurement
+    verified = _run(tmp_path, inputs, StudySpec(**{**spec.__dict__, "allocators": ("ilp+qat", "ilp+verify+qat"),
+                                                   "verify_max_evals": 2}), train_images=train).results
+    assert list(verified[verified.allocator == "ilp+verify+qat"]["mode"]) == ["qat"]
+    mine, base_row = (verified[verified.allocator == a].iloc[0] for a in ("ilp+verify+qat", "ilp+qat"))
+    assert 1 <= mine.verify_evaluations <= 2 and mine.size_bits <= mine.budget_bits
+    assert mine.verify_start_measured == pytest.approx(base_row.plan_measured_cost, rel=1e-6)
+    assert mine.plan_measured_cost <= mine.verify_start_measured + 1e-9
     with pytest.raises(ValueError, match=r"'ilp\+qat' allocates on QAT-aware costs .* add 'qat' to modes"):
         StudySpec(allocators=("ilp+qat",), modes=("ptq",))
     with pytest.raises(ValueError, match="recovery_steps must be None or an integer >= 1"):

@@ -46,3 +46,13 @@ def test_qat_rows_name_the_best_qat_aware_allocator(summary):
     assert rows.loc["qat", "best_allocator"] == "ilp+qat" and rows.loc["qat", "best_aware"] == "iqp"
     assert rows.loc["qat", "qat_aware_gap_points"] == 0.0 and rows.loc["qat", "qat_aware_plan_excess_max"] == 0.02
     assert np.isnan(rows.loc["ptq", "qat_aware_gap_points"])  # no +qat allocator in PTQ rows
+
+
+def test_a_verified_qat_aware_allocator_is_both_interaction_and_qat_aware(summary):
+    assert summary.interaction_aware("ilp+verify+qat") and summary.interaction_aware("iqp")
+    assert not summary.interaction_aware("ilp+qat") and not summary.interaction_aware("convex")
+    bd = pd.DataFrame({"allocator": ["convex", "iqp", "ilp+qat", "ilp+verify+qat"], "mode": ["qat"] * 4,
+                       "budget": [4.0] * 4, "bd_rate_vs_fp32_pct": [9.0, 13.0, 8.0, 7.0],
+                       "bd_rate_vs_fp32_qat_pct": [10.5, 16.0, 10.1, 9.6], "plan_excess_max": [0.2, 0.05, 0.02, 0.01]})
+    row = summary.best_rows(bd).iloc[0]
+    assert row.best_aware == row.best_allocator == row.best_qat_aware == "ilp+verify+qat" and row.gap_points == 0.0

@@ -103,7 +103,11 @@ def test_bad_input_is_named(problem):
 
 
 def test_split_qat():
+    from bitalloc.allocation import allocator_parts
+
     assert split_qat("ilp+qat") == ("ilp", True) and split_qat("ilp") == ("ilp", False)
+    assert allocator_parts("ilp+verify+qat") == ("ilp", True, True) and allocator_parts("ilp") == ("ilp", False, False)
+    assert allocator_parts("iqp+verify") == ("iqp", True, False) and allocator_parts("ilp+qat") == ("ilp", False, True)
 
 
 def test_a_layer_repaired_into_the_noise_is_not_measured_at_more_bits(problem):
@@ -152,3 +156,18 @@ def test_train_crop_crops_an_image_folder_and_is_refused_when_bad(problem, tmp_p
     assert folder.crop == 32  # the caller's folder is not changed
     with pytest.raises(ValueError, match="train_crop must be None or an integer >= 1"):
         Recovery(model, data, data, train_crop=0, **{k: v for k, v in OPTIONS.items() if k != "progress"})
+
+
+def test_plans_verified_after_qat_are_measured_by_the_same_qat(problem):
+    from bitalloc import Budget, verify_and_repair
+    from bitalloc.recovery import Recovery
+
+    model, data, table = problem
+    rec = measure_recovered_costs(model, data, table, data, **OPTIONS)
+    run = Recovery(model, data, data, **{k: v for k, v in OPTIONS.items() if k != "progress"})
+    budget = Budget.from_avg_bits(rec.table, 3.0)
+    rep = verify_and_repair(model, data, rec.table, budget, "ilp", measure=run.increase, max_evals=3,
+                            tolerance=0.0)
+    assert budget.exceeded(rec.table, rep.plan.choices(rec.table)) is None and rep.measured <= rep.start_measured
+    assert run.runs == 1 + rep.evaluations  # the anchor, then one QAT run per plan measured
+    assert rep.measured == pytest.approx(run.check(rep.plan, rec.table).measured, rel=1e-6)  # the same QAT again

@@ -117,3 +117,25 @@ def test_options_are_checked_and_a_failed_allocation_passes_through(mlp_case):
     over = Allocation(start, AllocStatus.FEASIBLE, start.cost(table), start.size_bits(table), 0.0, 0, "")
     with pytest.raises(Exception, match="returned a plan over the budget"):
         verify_and_repair(model, data, table, budget, loss=pair_mse, start=over)
+
+
+def test_a_measure_given_replaces_the_joint_loss(mlp_case):
+    from bitalloc.allocation import build_allocator
+
+    model, data, table = mlp_case
+    budget = Budget.from_avg_bits(table, 3.0)
+    start = build_allocator("ilp").allocate(table, budget).plan
+    low = min(start.bits, key=lambda n: (start.bits[n], n))  # the layer the ILP pushes lowest
+    seen = []
+
+    def measure(plan):  # a measurement the table does not predict: that layer hurts at its start bits or below
+        seen.append(plan)
+        return plan.cost(table) + (1.0 if plan.bits[low] <= start.bits[low] else 0.0)
+
+    rep = verify_and_repair(None, None, table, budget, "ilp", measure=measure, max_evals=8, tolerance=0.0)
+    assert all(isinstance(p, BitPlan) for p in seen) and len(seen) == rep.evaluations
+    assert rep.start_measured == pytest.approx(start.cost(table) + 1.0)
+    assert rep.plan.bits[low] > start.bits[low] and rep.measured < rep.start_measured
+    assert rep.measured == pytest.approx(measure(rep.plan)) and budget.exceeded(table, rep.plan.choices(table)) is None
+    with pytest.raises(TypeError, match="measure must be a function of a BitPlan"):
+        verify_and_repair(model, data, table, budget, measure=3.0)

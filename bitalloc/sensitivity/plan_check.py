@@ -82,6 +82,10 @@ class JointLoss:
         self.evaluations += 1
         return evaluate_loss(qmodel, self.objective, self.batches)
 
+    def increase(self, plan) -> float:
+        """The plan's measured loss increase, a fraction of the float loss (the cost table's unit)."""
+        return relative_increase(self.parts(plan)["loss"], self.fp["loss"], self.model)
+
     def check(self, plan, table: CostTable) -> PlanCheck:
         """The plan's :class:`PlanCheck` against ``table`` (which must cover exactly the plan's layers)."""
         from bitalloc.plan import BitPlan
