@@ -203,7 +203,7 @@ class StudyCache:
             inner, verify, qat = allocator_parts(allocator)
             if qat:
                 key["recovery"] = self.recovery_key(quality)["recovery"]
-            if inner in self.spec.pairwise_allocators:
+            if inner in self.spec.pairwise_allocators and not qat:  # a +qat name allocates on the QAT-aware table
                 key["interactions"] = self.interactions_key(quality)["interactions"]
             if verify:
                 key["verify"] = {"max_evals": self.spec.verify_max_evals, "tolerance": self.spec.verify_tolerance}

@@ -57,6 +57,18 @@ def test_default_keys_are_those_of_before_and_each_option_changes_what_it_affect
     assert {k for k in KEYS_BEFORE if offset[k] != KEYS_BEFORE[k]} == {"sens", "pairs", "ilp_ptq", "iqp_qat"}
 
 
+def test_qat_aware_cell_keys_follow_what_the_cell_allocates_on_and_measures(tmp_path):
+    spec = StudySpec(modes=("qat",), allocators=("iqp+qat", "ilp+verify+qat"), recovery_steps=5)
+    c = StudyCache(tmp_path, spec, {"eval_images": "E", "calib_images": "C", "train_images": "T", "loss": None})
+    c.set_weights(1, "W")
+    iqp = c.cell_key(1, "iqp+qat", 6.0, "qat", True)  # the QAT-aware table: no pairwise terms
+    assert iqp["recovery"] == c.recovery_key(1)["recovery"] and "interactions" not in iqp
+    verified = c.cell_key(1, "ilp+verify+qat", 6.0, "qat", True)  # measured after that QAT: both settings
+    assert verified["recovery"] == iqp["recovery"] and verified["verify"] == c.cell_key(1, "ilp+verify", 6.0, "qat",
+                                                                                        True)["verify"]
+    assert "recovery" not in c.cell_key(1, "ilp+verify", 6.0, "qat", True)
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("act_bits", 1, "StudySpec.act_bits 1"), ("act_bits", 8.0, "StudySpec.act_bits 8.0"),
     ("act_observer", "median", "StudySpec.act_observer: unknown activation observer 'median'"),
