@@ -15,9 +15,11 @@ from .checkpoint import (
     shipped_checkpoint_dir,
 )
 from .losses import RateDistortionLoss, split_parameters
+from .wavefront import Cheng2020AnchorWavefront, wavefronts
 from .registry import LAMBDAS, MODELS, SIZES, ModelSpec, available_models, build_model, check_quality, lambda_of
 
 __all__ = [
+    "Cheng2020AnchorWavefront",
     "LAMBDAS",
     "MODELS",
     "SIZES",
@@ -35,4 +37,5 @@ __all__ = [
     "save_checkpoint",
     "shipped_checkpoint_dir",
     "split_parameters",
+    "wavefronts",
 ]

@@ -5,11 +5,12 @@ import re
 
 import pytest
 import torch
-from compressai.models import Cheng2020Anchor, MeanScaleHyperprior, ScaleHyperprior
+from compressai.models import MeanScaleHyperprior, ScaleHyperprior
 
 from bitalloc.evaluation import compress_image, evaluate, to_compressai_json
 from bitalloc.models import (
     LAMBDAS,
+    Cheng2020AnchorWavefront,
     MODELS,
     available_models,
     build_model,
@@ -22,7 +23,7 @@ from bitalloc.models import (
 EXPECTED_CLASS = {
     "bmshj2018-hyperprior": ScaleHyperprior,
     "mbt2018-mean": MeanScaleHyperprior,
-    "cheng2020-anchor": Cheng2020Anchor,
+    "cheng2020-anchor": Cheng2020AnchorWavefront,  # CompressAI's Cheng2020Anchor, coded by wavefronts
 }
 
 
