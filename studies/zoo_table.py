@@ -42,6 +42,7 @@ def main(argv=None) -> pd.DataFrame:
                    help="folder of checkpoints to measure (default: the shipped ones), e.g. a new ladder to compare")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
+    load = os.getloadavg()[0]  # the times below are wall times: say what else ran
     root = data_root(args.data)
     if root is None:
         p.error("needs the Kodak images: set BITALLOC_DATA or --data")
@@ -83,8 +84,10 @@ def main(argv=None) -> pd.DataFrame:
     bd = pd.DataFrame(bd)
     atomic_write_text(out / "zoo_kodak.csv", table.to_csv(index=False))
     machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
-    command = "BITALLOC_DATA=../shared/data python studies/zoo_table.py" + (
-        "" if argv is None and args.checkpoints is None else " " + " ".join(sys.argv[1:] if argv is None else argv))
+    machine += (f", {args.threads} torch thread(s), 1-minute load average {load:.1f} at the start (other jobs on "
+                "the cores inflate the times)")
+    command = " ".join(["BITALLOC_DATA=../shared/data python studies/zoo_table.py",
+                        *(sys.argv[1:] if argv is None else argv)])
     md = [f"# {'Checkpoints in ' + args.checkpoints if args.checkpoints else 'Shipped checkpoints'} on Kodak "
           "(24 images, real bitstreams)", "", f"Command: `{command}`; machine: " + machine, "",
           table.to_markdown(index=False, floatfmt=".4g"), "",
