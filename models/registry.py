@@ -20,7 +20,8 @@ steps than CompressAI's raster order (:mod:`bitalloc.models.wavefront`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch.nn as nn
 from compressai.models import MeanScaleHyperprior, ScaleHyperprior
@@ -57,6 +58,8 @@ class ModelSpec:
     paper: dict[int, tuple[int, ...]]
     compact: tuple[int, ...]
     citation: str
+    #: qualities whose compact size differs from ``compact`` (a wider latent for the top rates, say)
+    compact_by_quality: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def qualities(self) -> tuple[int, ...]:
@@ -71,7 +74,7 @@ class ModelSpec:
 
     def channels(self, quality: int, size: str = "compact") -> tuple[int, ...]:
         check_quality(self.name, quality, size)
-        return self.compact if size == "compact" else self.paper[quality]
+        return self.compact_by_quality.get(quality, self.compact) if size == "compact" else self.paper[quality]
 
 
 def _hyperprior_cfg() -> dict[int, tuple[int, int]]:

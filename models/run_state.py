@@ -45,8 +45,6 @@ def init_weights(model, init_from) -> tuple[str | None, int]:
         raise FileNotFoundError(f"init_from file not found: {path}")
     try:  # a checkpoint, told by its format (not its name)
         ckpt = load_checkpoint(path)
-        model.load_state_dict(ckpt.state_dict())
-        return str(path), int(ckpt.meta.get("training_steps") or 0)
     except ValueError as not_checkpoint:
         try:
             st = load_run_state(path)
@@ -55,6 +53,13 @@ def init_weights(model, init_from) -> tuple[str | None, int]:
                              f"(as a checkpoint: {not_checkpoint}; as a run state: {not_state})") from None
         model.load_state_dict(st["model"])
         return str(path), int(st["step"]) + int(st.get("steps_before", 0))
+    if getattr(ckpt, "M", None) is not None and getattr(model, "M", None) not in (None, ckpt.M):
+        from .widen import widened_state_dict  # a narrower latent grows into this one, computing the same
+
+        model.load_state_dict(widened_state_dict(ckpt, model))
+    else:
+        model.load_state_dict(ckpt.state_dict())
+    return str(path), int(ckpt.meta.get("training_steps") or 0)
 
 
 def has_context_model(model) -> bool:
