@@ -79,7 +79,7 @@ from .cells import DYNAMIC_ACT_BITS, DYNAMIC_ALLOCATOR, Cell, PlanOverBudgetErro
 from .executor import Runner, local_executor, reemit
 from .plan import BitPlan
 from .recovery import QAT_SUFFIX, split_qat
-from .repair import VERIFY_SUFFIX
+from .repair import TOLERANCE as VERIFY_TOLERANCE, VERIFY_SUFFIX
 from .study_cache import COST_MODEL_VERSION, StudyCache, images_digest, loss_digest, source_digest, weights_digest
 from .study_steps import TABLE_FITS
 
@@ -137,7 +137,7 @@ class StudySpec:
     interaction_pairs: str | None = None
     interaction_noise_floor: float = 1e-3
     verify_max_evals: int = 12
-    verify_tolerance: float = 0.05
+    verify_tolerance: float = VERIFY_TOLERANCE
     act_bits: int | None = None
     act_observer: str = "mse"
     calib_offset: int = 0

@@ -75,6 +75,11 @@ def main(argv=None) -> None:
                         "allocate on (default: --qat-steps)")
     p.add_argument("--recovery-crop", type=int, default=None,
                    help="training crop size of those QAT runs (default: the study's QAT crops, 256)")
+    p.add_argument("--verify-tolerance", type=float, default=StudySpec.verify_tolerance,
+                   help="'+verify': the excess of a plan's measured joint loss over its (learned) prediction, as a "
+                        "fraction of the float loss, that triggers a repair")
+    p.add_argument("--verify-max-evals", type=int, default=StudySpec.verify_max_evals,
+                   help="'+verify': plans measured at most per cell")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/compare_allocators")
@@ -98,7 +103,8 @@ def main(argv=None) -> None:
             spec = StudySpec(model=model, allocators=allocators, budgets=budgets, modes=(mode,),
                              qat_steps=args.qat_steps, eval_limit=args.limit, qualities=tuple(args.qualities),
                              act_bits=args.act_bits, calib_offset=args.calib_offset, table_fit=args.table_fit,
-                             seed=args.seed, recovery_steps=args.recovery_steps, recovery_crop=args.recovery_crop)
+                             seed=args.seed, recovery_steps=args.recovery_steps, recovery_crop=args.recovery_crop,
+                             verify_tolerance=args.verify_tolerance, verify_max_evals=args.verify_max_evals)
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         if "qat" in args.modes and args.dynaquant_budgets:
             spec = StudySpec(model=model, allocators=("dynaquant",), budgets=tuple(args.dynaquant_budgets),
@@ -167,7 +173,9 @@ def rebuild_report(model: str, args, command: str) -> Path:
     qualities = sorted(int(q) for q in results.quality.unique())
     spec = StudySpec(model=model, qualities=tuple(qualities), modes=tuple(sorted(results["mode"].unique())),
                      qat_steps=args.qat_steps, calib_offset=getattr(args, "calib_offset", 0), table_fit=fit,
-                     seed=getattr(args, "seed", StudySpec.seed))
+                     seed=getattr(args, "seed", StudySpec.seed),
+                     verify_tolerance=getattr(args, "verify_tolerance", StudySpec.verify_tolerance),
+                     verify_max_evals=getattr(args, "verify_max_evals", StudySpec.verify_max_evals))
     calib = steps.calibration_crops(None, spec.calib_images, spec.calib_crop, args.data, spec.calib_offset)
     models = {q: load_model(model, q, pretrained=spec.pretrained) for q in qualities}
     plans, cells = {}, results[~results.allocator.isin(["fp32", "dynaquant"])]

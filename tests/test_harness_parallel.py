@@ -162,7 +162,7 @@ def test_iqp_and_verify_cells(tmp_path, inputs):
     for name in ("ilp+verify", "iqp+verify"):
         cell = json.loads(next((tmp_path / "cells").glob(f"*_{name}_*.json")).read_text())
         assert len(cell["verify_history"]) == cell["row"]["verify_evaluations"]
-        assert cell["key"]["verify"] == {"max_evals": 3, "tolerance": 0.05}
+        assert cell["key"]["verify"] == {"max_evals": 3, "tolerance": 0.002}
     # other interaction settings: the pairwise table and the iqp cells only; other verify settings: +verify only
     again = _run(tmp_path, inputs, StudySpec(**{**spec.__dict__, "interaction_noise_floor": 0.01}))
     fresh = set(again.results[~again.results.cached].allocator)
