@@ -206,6 +206,10 @@ def _text_color(rgba) -> str:
     return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
 
 
+#: inches: a bits heat map wider than this stacks its panels in one column
+MAX_HEATMAP_WIDTH = 40.0
+
+
 def plot_bit_heatmaps(plans: dict, layers: pd.DataFrame, path: Path, model: str = "", mode: str = "ptq",
                       budget_kind: str = "avg_bits") -> None:
     """Bits per layer (columns) of every allocator (rows); one panel per quality (rows) and budget (columns).
@@ -236,12 +240,17 @@ def plot_bit_heatmaps(plans: dict, layers: pd.DataFrame, path: Path, model: str 
         columns[q] = (names, params, [f"{n} ({params[n] / 1e3:.3g}k)" if n in params else n for n in names])
     every_row = len({tuple(c[2]) for c in columns.values()}) > 1  # parameter counts differ between qualities
     width = max(4.0, 0.42 * max(len(c[0]) for c in columns.values()) + 1.6)
-    fig, axes = plt.subplots(len(qualities), len(budgets), squeeze=False, layout="constrained",
-                             figsize=(width * len(budgets) + 1, (0.3 * len(allocators) + 0.7) * len(qualities) + 1.4))
+    # a panel per (quality, budget): qualities down, budgets across, unless that is too wide to read (a model with
+    # many layers, Cheng2020's 48): then every panel in one column, each with its layer names
+    stacked = width * len(budgets) > MAX_HEATMAP_WIDTH and len(budgets) > 1
+    nrow, ncol = (len(qualities) * len(budgets), 1) if stacked else (len(qualities), len(budgets))
+    fig, axes = plt.subplots(nrow, ncol, squeeze=False, layout="constrained",
+                             figsize=(width * ncol + 1, (0.3 * len(allocators) + (2.2 if stacked else 0.7)) * nrow
+                                      + 1.4))
     for r, q in enumerate(qualities):
         names, params, labels = columns[q]
         for c, budget in enumerate(budgets):
-            ax = axes[r, c]
+            ax = axes[r * len(budgets) + c, 0] if stacked else axes[r, c]
             rows = [a for a in allocators if (q, a, budget, mode) in chosen]
             bits = np.array([[chosen[(q, a, budget, mode)].bits.get(n, np.nan) for n in names] for a in rows], float)
             grid = np.vectorize(lambda b: index.get(b, np.nan))(bits)
@@ -250,7 +259,7 @@ def plot_bit_heatmaps(plans: dict, layers: pd.DataFrame, path: Path, model: str 
             ylab = [f"{a} ({np.dot(b, [params.get(n, 0) for n in names]) / total:.2f})" if total else a
                     for a, b in zip(rows, bits)]
             ax.set_yticks(range(len(rows)), ylab, fontsize=7)
-            show = every_row or r == len(qualities) - 1
+            show = stacked or every_row or r == len(qualities) - 1
             ax.set_xticks(range(len(names)), labels if show else [], rotation=90, fontsize=7)
             for j in range(1, len(names)):  # a white rule between branches (g_a | h_a | h_s | g_s)
                 if names[j].split(".")[0] != names[j - 1].split(".")[0]:

@@ -171,3 +171,20 @@ def test_rd_panel_of_a_mode_budget_not_run_says_so(tmp_path, monkeypatch):
     ptq4 = axes[1]
     assert not ptq4.axison and "not run" in ptq4.texts[0].get_text()
     assert axes[0].axison and axes[0].lines and axes[7].axison and axes[7].lines  # PTQ 8 and QAT 4 drawn
+
+
+def test_a_heatmap_of_many_layers_stacks_its_panels_in_one_column(tmp_path):
+    from PIL import Image
+
+    from bitalloc.figures import plot_bit_heatmaps
+    from bitalloc.plan import BitPlan
+
+    def draw(n_layers, path):
+        names = [f"g_a.{i}" for i in range(n_layers)]
+        plans = {(4, a, b, "ptq"): BitPlan({n: int(b) for n in names}) for a in ("ilp", "iqp") for b in (8.0, 6.0, 4.0)}
+        plot_bit_heatmaps(plans, pd.DataFrame(), path, model="m")
+        return Image.open(path).size
+
+    wide_w, wide_h = draw(48, tmp_path / "many.png")  # Cheng2020-anchor's 48 layers: three panels down
+    few_w, few_h = draw(14, tmp_path / "few.png")  # the hyperpriors' 14: three panels across
+    assert wide_h > few_h * 2 and few_w > few_h
