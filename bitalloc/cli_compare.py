@@ -37,6 +37,11 @@ def add_compare(sub, fmt) -> None:
                    help="QAT steps per cell of the QAT-aware tables of '+qat' allocators (default: --qat-steps)")
     p.add_argument("--recovery-crop", type=checks.positive_int, default=None,
                    help="training crop size of those QAT runs (default: the QAT crops)")
+    p.add_argument("--verify-tolerance", type=checks.non_negative_float, default=StudySpec.verify_tolerance,
+                   help="'+verify': the excess of a plan's measured joint loss over its prediction (fraction of the "
+                        "float loss) that triggers a repair")
+    p.add_argument("--verify-max-evals", type=checks.positive_int, default=StudySpec.verify_max_evals,
+                   help="'+verify': plans measured at most per cell")
     p.add_argument("--limit", type=checks.positive_int, default=None,
                    help="evaluate on the first N images only (default: all; 4 with --quick)")
     p.add_argument("--table-fit", default="clip", choices=["clip", "noise"],
@@ -96,6 +101,8 @@ def check_compare(args) -> None:
             table_fit=args.table_fit,
             recovery_steps=args.recovery_steps,
             recovery_crop=args.recovery_crop,
+            verify_tolerance=args.verify_tolerance,
+            verify_max_evals=args.verify_max_evals,
         )
     except ValueError as exc:
         raise InvalidArgument("--allocators/--modes", str(exc)) from None

@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -163,6 +164,9 @@ class StudySpec:
         if isinstance(self.verify_max_evals, bool) or not isinstance(self.verify_max_evals, int) \
                 or self.verify_max_evals < 1:
             raise ValueError(f"verify_max_evals must be an integer >= 1, got {self.verify_max_evals!r}")
+        if not (isinstance(self.verify_tolerance, (int, float)) and math.isfinite(self.verify_tolerance)
+                and self.verify_tolerance >= 0):
+            raise ValueError(f"verify_tolerance must be a finite number >= 0, got {self.verify_tolerance!r}")
         check_act_settings(self)
         if self.table_fit not in TABLE_FITS:
             raise ValueError(f"StudySpec.table_fit must be one of {', '.join(TABLE_FITS)}, got {self.table_fit!r}")

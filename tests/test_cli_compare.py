@@ -8,6 +8,7 @@ import pytest
 import test_cli
 
 from bitalloc.cli import main
+from bitalloc.harness import StudySpec
 
 _refused = test_cli._refused
 data, no_work = test_cli.data, test_cli.no_work  # fixtures: a tiny data root; every command's work fails loudly
@@ -79,3 +80,15 @@ def test_compare_takes_qat_aware_allocators_and_their_recovery(tmp_path, capsys,
     _refused(capsys, ["compare", "--quick", "--allocators", "ilp+qat", "--modes", "qat", "--data", str(data),
                       "--out", str(tmp_path / "s"), "--recovery-steps", "0"], "--recovery-steps",
              "must be a positive integer")
+
+
+def test_compare_takes_the_verify_settings(tmp_path, capsys, data, fake_study):
+    assert main(["compare", "--quick", "--allocators", "ilp+verify", "ilp+verify+qat", "--modes", "qat", "--data",
+                 str(data), "--out", str(tmp_path / "s"), "--verify-tolerance", "0.01", "--verify-max-evals", "4"]) == 0
+    spec = fake_study["spec"]
+    assert spec.allocators == ("ilp+verify", "ilp+verify+qat")
+    assert (spec.verify_tolerance, spec.verify_max_evals) == (0.01, 4)
+    _refused(capsys, ["compare", "--quick", "--data", str(data), "--out", str(tmp_path / "s"), "--verify-tolerance",
+                      "-1"], "--verify-tolerance", "must be a finite number >= 0")
+    with pytest.raises(ValueError, match="verify_tolerance must be a finite number >= 0"):
+        StudySpec(verify_tolerance=float("nan"))
