@@ -251,6 +251,24 @@ class StudyCache:
             return None
         return found
 
+    def allocation_path(self, cell_path: Path) -> Path:
+        """Where a static cell's allocation waits for its outcome: an interrupted run does not allocate it again."""
+        return self.root / "allocations" / Path(cell_path).name
+
+    def read_allocation(self, path: Path, key: Mapping) -> dict | None:
+        """The allocation (``row``, ``plan``, ``warnings``, ...) kept at ``path`` for ``key``, or None."""
+        if not path.exists():
+            return None
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            set_aside(path, f"is not valid JSON ({exc})")
+            return None
+        if not isinstance(found, dict) or found.pop("key", None) != _plain(key) or not {"row", "plan"} <= set(found):
+            set_aside(path, "is not the allocation of its cell (no row and plan, or another key)")
+            return None
+        return found
+
     def write(self, path: Path, key: Mapping, value: dict) -> None:
         atomic_write_text(path, json.dumps({**value, "key": _plain(key)}, indent=1, default=float))
 

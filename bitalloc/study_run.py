@@ -10,24 +10,13 @@
 Each table, pairwise table and outcome is computed once however many cells wait for it (an outcome shared by
 two cells is asked for once, and the second cell waits for the first's), so racing workers never duplicate
 work. A cell is written (atomically) as soon as its parts are in; rows come out in the cells' order,
-whichever worker finished first.
+whichever worker finished first. A static cell's allocation is kept (``<out>/allocations/``) as soon as it is
+done, so an interrupted run does not allocate it again (a ``+verify+qat`` allocation is minutes of QAT runs).
 
-**Warnings are cached with what raised them.** A cell's file stores (``"warnings"``) the warnings of the work
-done under its label (its allocation and joint check, the outcome it asked for, its reference run); an outcome
-stores those computing it raised (labelled with the cell that asked for it), a cost table's or pairwise
-table's are stored beside it (``<out>/table_warnings/``). A cached cell or table puts its stored warnings back
-into the run, and so does a cached outcome for the cell its warnings name (a cell recomputed on an outcome
-cached for it), so a rerun from the cache collects what its first run did. Warnings from
-reading the cache itself (a file set aside) are this run's only and are not stored. The collected warnings are
-ordered by the cell or table they came from, in the study's order (each one's in the order raised), so a run's
-list does not depend on which worker finished first. Cells cached before warnings were stored load as before,
-with one warning that says how many there are.
+Warnings are cached with what raised them (:mod:`bitalloc.study_warnings`).
 """
 
 from __future__ import annotations
-
-import json
-import warnings
 
 from .analysis import FP_ALLOCATOR
 from .cells import (Cell, allocate_task, cached_plan_problem, folder_recipe, outcome_task, pairs_task,
@@ -37,8 +26,9 @@ from .plan import BitPlan
 from .recovery import split_qat
 from .repair import split_verify
 from .study_cache import ROW_FIELDS, STATIC_ROW_FIELDS, StudyCache, set_aside
+from .study_warnings import note_unstored, read_table_warnings, stored_warnings
 
-__all__ = ["StudyRun", "stored_warnings"]
+__all__ = ["StudyRun"]
 
 WARNINGS_FOLDER = "table_warnings"  # <out>/table_warnings/<table's name>: the warnings measuring it raised
 
@@ -69,7 +59,7 @@ class StudyRun:
             self._open(i, cell)
         self.runner.run()
         if self.unstored:
-            self.runner.record(_note_unstored, (self.unstored, self.spec.model, self.cache.root),
+            self.runner.record(note_unstored, (self.unstored, self.spec.model, self.cache.root),
                                {"cell": f"{self.spec.model} study cache"})
         order: dict = {}
         for cell in cells:  # a table before the first cell that uses it
@@ -142,7 +132,7 @@ class StudyRun:
         if found is None:
             return False
         where = self.cache.path(WARNINGS_FOLDER, stem, key)
-        self.runner.warnings += self.runner.record(_read_table_warnings, (where, key), label)
+        self.runner.warnings += self.runner.record(read_table_warnings, (where, key), label)
         self._got(k, found)
         return True
 
@@ -164,6 +154,11 @@ class StudyRun:
         for then in self.waiting.pop(k):
             then(value)
 
+    def _restore(self, label: dict, records: list[dict]) -> None:
+        """Warnings a cached result stores, back in this run (shown, and stored again with the cell)."""
+        self.runner.warnings += records
+        self.raised.setdefault(label["cell"], []).extend(records)
+
     def _outcome(self, label: dict, quality: int, mode: str, plan: dict, then) -> None:
         """Call ``then(outcome)`` with the plan's outcome: cached, being computed (wait), or computed now."""
         cache = self.cache
@@ -176,8 +171,7 @@ class StudyRun:
         found = self._read(label, path, key)
         if found is not None:  # the warnings computing it raised come back with the cell they were raised for
             mine = [r for r in stored_warnings(found.get("warnings")) or [] if r["cell"] == label["cell"]]
-            self.runner.warnings += mine
-            self.raised.setdefault(label["cell"], []).extend(mine)
+            self._restore(label, mine)
             self.outcomes[path] = found
             return then(found)
         self.waiting[path] = [then]
@@ -226,12 +220,21 @@ class StudyRun:
                 found = None
         args = (cell, self.spec, self.models[cell.quality], self.calib, table, self.loss)
         train = self.train if self._kind(cell) == RECOVERED else None  # its joint check runs the QAT
-        if found is None:
+        if found is None:  # allocate (or take the allocation an interrupted run kept), then its outcome
+            pending = self.cache.allocation_path(finish.path)
+            kept = self.runner.record(self.cache.read_allocation, (pending, finish.key), label)
+
             def allocated(res):
+                if kept is None:
+                    self.runner.record(self.cache.write, (pending, finish.key, {
+                        **res, "warnings": list(self.raised.get(label["cell"], []))}), label)
                 plan = res.pop("plan")
                 self._outcome(label, cell.quality, cell.mode, plan,
                               lambda outcome: finish(with_means({**res, "plan": plan}, outcome), fresh=True))
 
+            if kept is not None:
+                self._restore(label, kept.pop("warnings", []))
+                return allocated(kept)
             return self._submit(allocate_task, (*args, None, train), label, allocated)
         if "plan_excess" in found["row"]:
             return finish(found, fresh=False)
@@ -262,35 +265,5 @@ class StudyRun:
                 self.bar.update(1)
                 self.bar.set_postfix_str(cell.label(self.spec)["cell"])
 
-        finish.path = path
+        finish.path, finish.key = path, key
         return finish
-
-
-def stored_warnings(value) -> list[dict] | None:
-    """The warnings a cached cell or table stores (dicts, each with at least ``cell`` and ``message``), or None
-    when it stores none that read back (written before warnings were stored)."""
-    if not isinstance(value, list) or not all(isinstance(r, dict) and {"cell", "message"} <= set(r) for r in value):
-        return None
-    return value
-
-
-def _read_table_warnings(path, key: dict) -> list[dict]:
-    """The warnings stored beside a cached table ([] when none are: a table cached before they were stored); a
-    file that does not read back is set aside (named in a warning)."""
-    if not path.exists():
-        return []
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        set_aside(path, f"is not valid JSON ({exc})")
-        return []
-    stored = stored_warnings(found.get("warnings")) if isinstance(found, dict) else None
-    if stored is None or found.get("key") != json.loads(json.dumps(key)):
-        set_aside(path, "is not the warnings of its table (no list of warnings, or another key)")
-        return []
-    return stored
-
-
-def _note_unstored(count: int, model: str, root) -> None:
-    warnings.warn(f"{count} cells of {model} were read from a cache written before cells stored their warnings "
-                  f"({root}/cells): the warnings their first run raised are not shown", UserWarning, stacklevel=1)

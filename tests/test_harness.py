@@ -112,6 +112,45 @@ def test_interrupted_run_resumes_from_its_cache(tmp_path, images, monkeypatch):
     assert len(list((tmp_path / "cells").glob("*.json"))) == 8
 
 
+def test_an_interrupted_cell_keeps_its_allocation_and_is_not_allocated_again(tmp_path, images, monkeypatch):
+    from bitalloc import cells, study_run, study_steps
+
+    spec = StudySpec(qualities=(1,), allocators=("greedy", "ilp"), budgets=(6.0,), calib_images=2, calib_crop=64)
+    clean = _run(spec, tmp_path / "clean", images).results
+    real = study_steps.evaluate_images
+
+    evaluated = []
+
+    def stopped(model, imgs):  # the float model's evaluation, then every allocation, then the plans' evaluations
+        if evaluated:
+            raise KeyboardInterrupt  # stopped in the first plan's evaluation: every allocation is done by then
+        evaluated.append(1)
+        return real(model, imgs)
+
+    monkeypatch.setattr(study_steps, "evaluate_images", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        _run(spec, tmp_path / "run", images)
+    kept = sorted(p.name for p in (tmp_path / "run" / "allocations").glob("*.json"))
+    assert len(kept) == 3 and len(list((tmp_path / "run" / "cells").glob("*.json"))) == 1  # fp32 only
+    monkeypatch.setattr(study_steps, "evaluate_images", real)
+
+    def never(*args, **kwargs):
+        raise AssertionError("a kept allocation was computed again")
+
+    monkeypatch.setattr(study_run, "allocate_task", never)
+    monkeypatch.setattr(cells, "allocate_task", never)
+    res = _run(spec, tmp_path / "run", images).results
+    cols = ["allocator", "budget", "avg_bits", "objective", "bpp", "psnr_rgb", "plan_measured_cost"]
+    assert res[cols].equals(clean[cols])
+    (tmp_path / "run" / "allocations" / kept[0]).write_text("{}")  # unreadable: set aside, allocated again
+    monkeypatch.undo()
+    for p in (tmp_path / "run" / "cells").glob("*.json"):
+        p.unlink()
+    with pytest.warns(UserWarning, match="is not the allocation of its cell"):
+        again = _run(spec, tmp_path / "run", images).results
+    assert again[cols].equals(clean[cols])
+
+
 # ------------------------------------------------------------------------------------- the cache's key
 # A small PTQ + QAT study: cells fp32/ptq, fp32/qat, uniform 8/ptq, greedy 6/ptq, greedy 6/qat.
 BASE = dict(qualities=(1,), allocators=("greedy",), budgets=(6.0,), modes=("ptq", "qat"), qat_steps=1,
