@@ -45,6 +45,12 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "plan_measured_cost": ("frac. RD loss", "measured when all the plan's layers are quantized together"),
     "plan_excess": ("frac. RD loss", "measured minus predicted: what the layers' interaction adds"),
     "plan_excess_max": ("frac. RD loss", "largest plan_excess over the qualities"),
+    "verify_evaluations": ("", "'+verify': plans measured (the first is the inner allocator's)"),
+    "verify_converged": ("", "'+verify': the learned prediction held within the tolerance for the last plan"),
+    "verify_start_predicted": ("frac. RD loss", "'+verify': the inner allocator's plan, as the table predicts it"),
+    "verify_start_measured": ("frac. RD loss", "'+verify': the inner allocator's plan, measured (never below the "
+                              "returned plan's plan_measured_cost)"),
+    "pairwise_pairs": ("", "layer pairs with measured interaction terms in the table the allocator saw"),
     "bit_ops": ("bit-ops", "DynaQuant: mean bit-operations per image"),
     "train_time_s": ("s", "DynaQuant training wall time"),
     "final_train_psnr": ("dB", "DynaQuant: PSNR on the last training batch"),

@@ -285,8 +285,10 @@ def test_qat_aware_cells_allocate_on_the_recovered_table_in_qat_mode_only(tmp_pa
     again = _run(tmp_path, inputs, StudySpec(**{**spec.__dict__, "recovery_steps": 2}), train_images=train)
     assert set(again.results[~again.results.cached].allocator) == {"ilp+qat"}
     # +verify+qat: the same start plan, measured after the same QAT, repaired by that measurement
-    verified = _run(tmp_path, inputs, StudySpec(**{**spec.__dict__, "allocators": ("ilp+qat", "ilp+verify+qat"),
-                                                   "verify_max_evals": 2}), train_images=train).results
+    vstudy = _run(tmp_path, inputs, StudySpec(**{**spec.__dict__, "allocators": ("ilp+qat", "ilp+verify+qat"),
+                                                 "verify_max_evals": 2}), train_images=train)
+    verified = vstudy.results
+    assert "(undocumented column)" not in write_report(vstudy, tmp_path / "report_v", command="test").read_text()
     assert list(verified[verified.allocator == "ilp+verify+qat"]["mode"]) == ["qat"]
     mine, base_row = (verified[verified.allocator == a].iloc[0] for a in ("ilp+verify+qat", "ilp+qat"))
     assert 1 <= mine.verify_evaluations <= 2 and mine.size_bits <= mine.budget_bits
