@@ -147,7 +147,7 @@ def recovered_task(model, calib, train, table: CostTable, spec, path: Path, fram
 
 
 def allocate_task(cell: Cell, spec, model, calib, table: CostTable, loss, plan: dict | None = None,
-                  train=None) -> dict:
+                  train=None, workdir: Path | None = None) -> dict:
     """Allocate the cell's plan (timed, checked against its budget; ``+verify`` measures and repairs it), then
     measure it quantized as a whole against the table's prediction (a ``+qat`` cell: after the QAT of its
     QAT-aware table, on ``train``). Returns the cell's ``row`` and ``plan`` (and ``verify_history``); with
@@ -159,7 +159,7 @@ def allocate_task(cell: Cell, spec, model, calib, table: CostTable, loss, plan: 
     if plan is None:
         budget = study_budget(spec, table, cell.budget)
         allocator = steps.cell_allocator(cell.allocator, copy.deepcopy(model.get()), calib.get(), spec, loss,
-                                         None if train is None else train.get())
+                                         None if train is None else train.get(), workdir)
         alloc = allocator.allocate(table, budget)
         if alloc.plan is None:
             raise BudgetError(f"{where}: no plan ({alloc.status}: {alloc.message})")
@@ -182,7 +182,7 @@ def allocate_task(cell: Cell, spec, model, calib, table: CostTable, loss, plan: 
     if after_qat:
         if train is None:
             raise ValueError(f"{where}: a +qat cell's joint check needs the training crops (train=)")
-        check = steps.recovery_run(copy.deepcopy(model.get()), calib.get(), train.get(), spec, loss).check(
+        check = steps.recovery_run(copy.deepcopy(model.get()), calib.get(), train.get(), spec, loss, workdir).check(
             BitPlan.from_dict(plan), table)
     else:
         check = steps.check_joint_plan(copy.deepcopy(model.get()), BitPlan.from_dict(plan), table, calib.get(),

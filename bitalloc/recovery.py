@@ -52,9 +52,10 @@ from bitalloc.sensitivity.calibration import calibration_batches
 from bitalloc.sensitivity.plan_check import PlanCheck
 from bitalloc.sensitivity.probe import mean_parts, per_sample_batches, summarize
 
-__all__ = ["QAT_SUFFIX", "Recovered", "Recovery", "measure_recovered_costs", "split_qat"]
+__all__ = ["ANCHOR_FILE", "QAT_SUFFIX", "Recovered", "Recovery", "measure_recovered_costs", "split_qat"]
 
 _CELLS_FILE = "recovered_cells.json"
+ANCHOR_FILE = "anchor.json"  # in a QAT-aware table's work folder: its anchor, for every Recovery of its settings
 
 
 @dataclass(frozen=True)
@@ -86,17 +87,34 @@ def _read_cells(path: Path, settings: dict) -> dict:
     return {(r["layer"], int(r["bits"])): r for r in found.get("cells", [])}
 
 
+def _read_anchor(path, settings: dict) -> list[dict] | None:
+    """The anchor's per-crop losses an earlier :class:`Recovery` with the same settings kept at ``path``, or None."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        found = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a QAT anchor file ({exc}); remove it or use another workdir") from None
+    if found.get("settings") != settings:
+        raise ValueError(f"{path} holds the anchor of other settings (steps, lr, seed, calibration, batches, crops); "
+                         "use another workdir")
+    return found["anchor"]
+
+
 class Recovery:
     """QAT runs that all draw the same batches from ``train`` (:func:`bitalloc.qat.fresh_source`), each measured
     on ``data`` crop by crop against the float model's run with the same steps (the anchor, fine-tuned once
-    here). :func:`measure_recovered_costs` measures single layers through it, :meth:`check` whole plans.
+    here, or read from ``anchor_file`` when an earlier run with the same settings kept it there; the harness keeps
+    it in the QAT-aware table's work folder, so every joint check and verify of that table reuses it).
+    :func:`measure_recovered_costs` measures single layers through it, :meth:`check` whole plans.
     ``train_crop``: an image folder's training crops at this size instead of its own (smaller crops make each
     step cheaper: 128^2 costs a quarter of 256^2); other sources are used as they are."""
 
     def __init__(self, model: nn.Module, train: Any, data: Any, *, steps: int = 100, lr: float = 5e-5,
                  loss: Loss | None = None, lmbda: float | None = None, calibration: str = "mse",
                  batch_size: int = 8, crop: int = 128, seed: int = 0, eval_crop: int = 256,
-                 eval_limit: int | None = None, train_crop: int | None = None):
+                 eval_limit: int | None = None, train_crop: int | None = None,
+                 anchor_file: str | Path | None = None):
         from bitalloc.qat import finetune
 
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -113,9 +131,15 @@ class Recovery:
                                                               device=model_device(model)))
         self.options = dict(steps=steps, lr=lr, loss=self.objective, batch_size=batch_size, crop=crop, seed=seed,
                             progress=False)
-        anchor, _ = finetune(model, {}, self._source(), **self.options)
-        self.anchor = self._per_crop(anchor)
-        self.runs = 1
+        settings = {"steps": steps, "lr": lr, "calibration": calibration, "batch_size": batch_size, "crop": crop,
+                    "seed": seed, "eval_crop": eval_crop, "eval_limit": eval_limit, "train_crop": train_crop,
+                    "crops": len(self.batches)}
+        self.anchor, self.runs = _read_anchor(anchor_file, settings), 0
+        if self.anchor is None:
+            anchor, _ = finetune(model, {}, self._source(), **self.options)
+            self.anchor, self.runs = self._per_crop(anchor), 1
+            if anchor_file is not None:
+                atomic_write_text(Path(anchor_file), json.dumps({"settings": settings, "anchor": self.anchor}))
 
     def _source(self) -> Any:
         from bitalloc.data import ImageFolder
@@ -194,7 +218,7 @@ def measure_recovered_costs(model: nn.Module, train: Any, table: CostTable, data
     t0 = time.perf_counter()
     run = Recovery(model, train, data, steps=steps, lr=lr, loss=loss, lmbda=lmbda, calibration=calibration,
                    batch_size=batch_size, crop=crop, seed=seed, eval_crop=eval_crop, eval_limit=eval_limit,
-                   train_crop=train_crop)
+                   train_crop=train_crop, anchor_file=None if workdir is None else Path(workdir) / ANCHOR_FILE)
 
     def noise(row: dict) -> bool:
         se = row["zeta_se"] if np.isfinite(row["zeta_se"]) else 0.0

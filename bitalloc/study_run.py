@@ -75,6 +75,10 @@ class StudyRun:
         """Submit ``fn(*args)``; the warnings it raises are kept under its label (to store with its result)."""
         self.runner.submit(fn, args, label, then, priority, raised=self.raised.setdefault(label["cell"], []))
 
+    def _recovered(self, quality: int) -> tuple[str, dict]:
+        """The stem and key of the quality's QAT-aware table: its file, and its work folder (cells, anchor)."""
+        return f"{self.spec.model}_q{quality}_recovered", self.cache.recovery_key(quality)
+
     def _kind(self, cell: Cell) -> str:
         """Which table a static cell allocates on: the cost table, with its pairwise terms, or QAT-aware."""
         if split_qat(cell.allocator)[1]:
@@ -110,7 +114,7 @@ class StudyRun:
             if kind == PAIRS:
                 stem, key = f"{spec.model}_q{quality}_pairs", cache.interactions_key(quality)
             else:
-                stem, key = f"{spec.model}_q{quality}_recovered", cache.recovery_key(quality)
+                stem, key = self._recovered(quality)
             if self._cached_table(k, stem, key, label):
                 return
             path = cache.path("sensitivity", stem, key)
@@ -219,7 +223,9 @@ class StudyRun:
                 self.runner.record(set_aside, (finish.path, problem), label)
                 found = None
         args = (cell, self.spec, self.models[cell.quality], self.calib, table, self.loss)
-        train = self.train if self._kind(cell) == RECOVERED else None  # its joint check runs the QAT
+        train = work = None
+        if self._kind(cell) == RECOVERED:  # its joint check (and verify) runs the QAT, against the table's anchor
+            train, work = self.train, self.cache.workdir("recovery", *self._recovered(cell.quality))
         if found is None:  # allocate (or take the allocation an interrupted run kept), then its outcome
             pending = self.cache.allocation_path(finish.path)
             kept = self.runner.record(self.cache.read_allocation, (pending, finish.key), label)
@@ -235,7 +241,7 @@ class StudyRun:
             if kept is not None:
                 self._restore(label, kept.pop("warnings", []))
                 return allocated(kept)
-            return self._submit(allocate_task, (*args, None, train), label, allocated)
+            return self._submit(allocate_task, (*args, None, train, work), label, allocated)
         if "plan_excess" in found["row"]:
             return finish(found, fresh=False)
 
@@ -243,7 +249,7 @@ class StudyRun:
             found["row"].update(res["row"])
             finish(found, fresh=False, write=True)
 
-        self._submit(allocate_task, (*args, found["plan"], train), label, checked)
+        self._submit(allocate_task, (*args, found["plan"], train, work), label, checked)
 
     def _finisher(self, i: int, cell: Cell, key: dict, path):
         name = cell.label(self.spec)["cell"]

@@ -125,15 +125,16 @@ def measure_pairwise_table(model, calib: torch.Tensor, table: CostTable, spec, p
 
 
 
-def recovery_run(model, calib: torch.Tensor, train, spec, loss=None):
+def recovery_run(model, calib: torch.Tensor, train, spec, loss=None, workdir: Path | None = None):
     """The QAT runs of a study's QAT-aware costs (:class:`bitalloc.recovery.Recovery`): the study's QAT
     (``spec.recovery_steps`` steps, default its ``qat_steps``; its lr, seed and training photos, cropped to
-    ``spec.recovery_crop`` when set) measured on the calibration crops."""
-    from .recovery import Recovery
+    ``spec.recovery_crop`` when set) measured on the calibration crops; ``workdir``: the QAT-aware table's work
+    folder, whose anchor it reuses (or keeps there)."""
+    from .recovery import ANCHOR_FILE, Recovery
 
     return Recovery(model, train, calib, steps=spec.recovery_steps or spec.qat_steps, lr=spec.qat_lr, loss=loss,
                     calibration=spec.calibration, seed=spec.seed, eval_crop=spec.calib_crop,
-                    train_crop=spec.recovery_crop)
+                    train_crop=spec.recovery_crop, anchor_file=None if workdir is None else Path(workdir) / ANCHOR_FILE)
 
 
 def measure_recovered_table(model, calib: torch.Tensor, train, table: CostTable, spec, path: Path, loss=None,
@@ -171,7 +172,7 @@ def fit_allocator(name: str, spec):
     return within_noise(allocator, TIE_BREAK_SHARE) if getattr(spec, "table_fit", "clip") == "noise" else allocator
 
 
-def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None, train=None):
+def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None, train=None, workdir=None):
     """The allocator of a harness cell: a registered name (:func:`fit_allocator`), or one with the ``+verify``
     suffix wrapped in :func:`bitalloc.verifying` on ``model`` and the calibration crops (the table's data and
     settings); the tie-break of ``table_fit="noise"`` goes inside, so every re-solve of the repair uses it. A
@@ -187,7 +188,7 @@ def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None, train
     if qat:
         if train is None:
             raise ValueError(f"allocator {name!r} verifies its plans after QAT: it needs the training photos (train=)")
-        recovery = recovery_run(model, calib, train, spec, loss)
+        recovery = recovery_run(model, calib, train, spec, loss, workdir)
         return verifying(fit_allocator(inner, spec), model, calib, measure=recovery.increase, **options)
     return verifying(fit_allocator(inner, spec), model, calib, loss=loss, calibration=spec.calibration, **options)
 

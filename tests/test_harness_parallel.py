@@ -289,6 +289,9 @@ def test_qat_aware_cells_allocate_on_the_recovered_table_in_qat_mode_only(tmp_pa
                                                  "verify_max_evals": 2}), train_images=train)
     verified = vstudy.results
     assert "(undocumented column)" not in write_report(vstudy, tmp_path / "report_v", command="test").read_text()
+    # one anchor per QAT-aware table (recovery steps 1 and 2 above), kept beside its cells for its checks and verify
+    assert {p.parent for p in (tmp_path / "recovery").glob("*/anchor.json")} == {p.parent for p in (
+        tmp_path / "recovery").glob("*/recovered_cells.json")} and len(list((tmp_path / "recovery").iterdir())) == 2
     assert list(verified[verified.allocator == "ilp+verify+qat"]["mode"]) == ["qat"]
     mine, base_row = (verified[verified.allocator == a].iloc[0] for a in ("ilp+verify+qat", "ilp+qat"))
     assert 1 <= mine.verify_evaluations <= 2 and mine.size_bits <= mine.budget_bits

@@ -81,7 +81,7 @@ def test_an_interrupted_measurement_resumes_and_refuses_other_settings(problem, 
 
     monkeypatch.setattr(qat, "finetune", counting)
     again = measure_recovered_costs(model, data, table, data, workdir=tmp_path, **OPTIONS)
-    assert len(runs) == 1 and again.qat_runs == 1  # the anchor only: every cell was kept
+    assert len(runs) == 0 and again.qat_runs == 0  # every cell was kept, and the anchor beside them
     assert np.allclose(again.table.cost, first.table.cost)
     with pytest.raises(ValueError, match="other settings"):
         measure_recovered_costs(model, data, table, data, workdir=tmp_path, **{**OPTIONS, "steps": 5})
@@ -171,3 +171,20 @@ def test_plans_verified_after_qat_are_measured_by_the_same_qat(problem):
     assert budget.exceeded(rec.table, rep.plan.choices(rec.table)) is None and rep.measured <= rep.start_measured
     assert run.runs == 1 + rep.evaluations  # the anchor, then one QAT run per plan measured
     assert rep.measured == pytest.approx(run.check(rep.plan, rec.table).measured, rel=1e-6)  # the same QAT again
+
+
+def test_the_anchor_is_kept_and_reused_for_the_same_settings_only(problem, tmp_path, monkeypatch):
+    from bitalloc.recovery import Recovery
+
+    model, data, _ = problem
+    opts = {k: v for k, v in OPTIONS.items() if k != "progress"}
+    first = Recovery(model, data, data, anchor_file=tmp_path / "anchor.json", **opts)
+    assert first.runs == 1 and (tmp_path / "anchor.json").is_file()
+    calls = []
+    real = qat.finetune
+    monkeypatch.setattr(qat, "finetune", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = Recovery(model, data, data, anchor_file=tmp_path / "anchor.json", **opts)
+    assert calls == [] and again.runs == 0 and again.anchor == first.anchor  # read back, not trained
+    assert again.increase({"2": 2}) == pytest.approx(first.increase({"2": 2}), rel=1e-9)
+    with pytest.raises(ValueError, match="anchor of other settings"):
+        Recovery(model, data, data, anchor_file=tmp_path / "anchor.json", **{**opts, "steps": 5})
