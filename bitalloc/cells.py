@@ -155,6 +155,7 @@ def allocate_task(cell: Cell, spec, model, calib, table: CostTable, loss, plan: 
     from . import study_steps as steps
 
     where = cell.where(spec)
+    _, verify, after_qat = allocator_parts(cell.allocator)
     out: dict = {"row": {}}
     if plan is None:
         budget = study_budget(spec, table, cell.budget)
@@ -171,14 +172,13 @@ def allocate_task(cell: Cell, spec, model, calib, table: CostTable, loss, plan: 
                       "compression_ratio": table.fp32_size_bits / size}
         if table.pairwise:
             out["row"]["pairwise_pairs"] = len(table.pairwise)
-        if allocator_parts(cell.allocator)[1]:
+        if verify:
             extra = alloc.extra
             out["row"].update(verify_evaluations=len(extra["history"]), verify_converged=bool(extra["converged"]),
                               verify_start_predicted=extra["start_predicted"],
                               verify_start_measured=extra["start_measured"])
             out["verify_history"] = extra["history"]
         out["plan"] = plan
-    after_qat = allocator_parts(cell.allocator)[2]
     if after_qat:
         if train is None:
             raise ValueError(f"{where}: a +qat cell's joint check needs the training crops (train=)")

@@ -95,7 +95,7 @@ def study_allocators() -> list[str]:
     ``+qat`` suffix and with ``+verify+qat`` (QAT only), and ``dynaquant`` (QAT only)."""
     from .allocation import available_allocators
 
-    names = [*available_allocators()]
+    names = available_allocators()
     verified = [n + VERIFY_SUFFIX for n in names]
     return [*names, *verified, *(n + QAT_SUFFIX for n in [*names, *verified]), DYNAMIC_ALLOCATOR]
 

@@ -73,32 +73,21 @@ class Recovered:
     time_s: float
 
 
-def _read_cells(path: Path, settings: dict) -> dict:
-    """The cells an earlier call with the same settings measured (empty when there is none or it differs)."""
-    if not path.is_file():
-        return {}
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a recovered-costs work file ({exc}); remove it or use another workdir") from None
-    if found.get("settings") != settings:
-        raise ValueError(f"{path} holds a measurement with other settings (layers, bits, steps, lr, seed, "
-                         "calibration, batches or noise floor); use another workdir")
-    return {(r["layer"], int(r["bits"])): r for r in found.get("cells", [])}
-
-
-def _read_anchor(path, settings: dict) -> list[dict] | None:
-    """The anchor's per-crop losses an earlier :class:`Recovery` with the same settings kept at ``path``, or None."""
+def _read_work(path, settings: dict, what: str) -> dict | None:
+    """What an earlier call with the same ``settings`` kept at ``path`` (None when nothing is there); a file that is
+    not ``what``, or was kept with other settings, is refused naming them: its work is not this call's."""
     if path is None or not Path(path).is_file():
         return None
     try:
         found = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a QAT anchor file ({exc}); remove it or use another workdir") from None
-    if found.get("settings") != settings:
-        raise ValueError(f"{path} holds the anchor of other settings (steps, lr, seed, calibration, batches, crops); "
-                         "use another workdir")
-    return found["anchor"]
+        raise ValueError(f"{path}: not {what} ({exc}); remove it or use another workdir") from None
+    kept = found.get("settings") if isinstance(found, dict) else None
+    if kept != settings:
+        differ = [k for k in settings if not isinstance(kept, dict) or kept.get(k) != settings[k]]
+        raise ValueError(f"{path} holds {what} of other settings ({', '.join(differ) or 'their keys'}); use another "
+                         "workdir")
+    return found
 
 
 class Recovery:
@@ -134,7 +123,8 @@ class Recovery:
         settings = {"steps": steps, "lr": lr, "calibration": calibration, "batch_size": batch_size, "crop": crop,
                     "seed": seed, "eval_crop": eval_crop, "eval_limit": eval_limit, "train_crop": train_crop,
                     "crops": len(self.batches)}
-        self.anchor, self.runs = _read_anchor(anchor_file, settings), 0
+        kept = _read_work(anchor_file, settings, "the QAT anchor")
+        self.anchor, self.runs = (None if kept is None else kept["anchor"]), 0
         if self.anchor is None:
             anchor, _ = finetune(model, {}, self._source(), **self.options)
             self.anchor, self.runs = self._per_crop(anchor), 1
@@ -214,7 +204,8 @@ def measure_recovered_costs(model: nn.Module, train: Any, table: CostTable, data
                 "calibration": calibration, "batch_size": batch_size, "crop": crop, "noise_floor": noise_floor,
                 "noise_z": noise_z, "train_crop": train_crop}
     path = None if workdir is None else Path(workdir) / _CELLS_FILE
-    done = {} if path is None else _read_cells(path, settings)
+    kept = _read_work(path, settings, "a recovered-costs measurement")
+    done = {(r["layer"], int(r["bits"])): r for r in (kept or {}).get("cells", [])}
     t0 = time.perf_counter()
     run = Recovery(model, train, data, steps=steps, lr=lr, loss=loss, lmbda=lmbda, calibration=calibration,
                    batch_size=batch_size, crop=crop, seed=seed, eval_crop=eval_crop, eval_limit=eval_limit,

@@ -77,6 +77,18 @@ def set_aside(path: Path, reason: str) -> Path:
     return target
 
 
+def load_json(path: Path) -> Any:
+    """What the cached JSON file at ``path`` holds; None when there is none, or when it is not JSON (then it is set
+    aside, named in a warning)."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        set_aside(path, f"is not valid JSON ({exc})")
+        return None
+
+
 def _mean_disagrees(row: Mapping, images: list, field: str) -> bool:
     vals = [float(r[field]) for r in images if r.get(field) is not None]
     if not vals or any(math.isnan(v) for v in vals):
@@ -238,12 +250,8 @@ class StudyCache:
     # reading and writing -----------------------------------------------------------------------------------
     def read(self, path: Path, key: Mapping, eval_names: list[str], row_fields=()) -> dict | None:
         """The cached cell or outcome at ``path``, or None (absent, or set aside because it does not read back)."""
-        if not path.exists():
-            return None
-        try:
-            found = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            set_aside(path, f"is not valid JSON ({exc})")
+        found = load_json(path)
+        if found is None:
             return None
         problem = result_problem(found, key, eval_names, row_fields)
         if problem:
@@ -257,12 +265,8 @@ class StudyCache:
 
     def read_allocation(self, path: Path, key: Mapping) -> dict | None:
         """The allocation (``row``, ``plan``, ``warnings``, ...) kept at ``path`` for ``key``, or None."""
-        if not path.exists():
-            return None
-        try:
-            found = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            set_aside(path, f"is not valid JSON ({exc})")
+        found = load_json(path)
+        if found is None:
             return None
         if not isinstance(found, dict) or found.pop("key", None) != _plain(key) or not {"row", "plan"} <= set(found):
             set_aside(path, "is not the allocation of its cell (no row and plan, or another key)")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import warnings
 
-from .study_cache import set_aside
+from .study_cache import load_json, set_aside
 
 __all__ = ["note_unstored", "read_table_warnings", "stored_warnings"]
 
@@ -33,12 +33,8 @@ def stored_warnings(value) -> list[dict] | None:
 def read_table_warnings(path, key: dict) -> list[dict]:
     """The warnings stored beside a cached table ([] when none are: a table cached before they were stored); a
     file that does not read back is set aside (named in a warning)."""
-    if not path.exists():
-        return []
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        set_aside(path, f"is not valid JSON ({exc})")
+    found = load_json(path)
+    if found is None:
         return []
     stored = stored_warnings(found.get("warnings")) if isinstance(found, dict) else None
     if stored is None or found.get("key") != json.loads(json.dumps(key)):

@@ -58,6 +58,7 @@ def widened_state_dict(old: nn.Module, new: nn.Module) -> dict[str, torch.Tensor
     state = {k: v.clone() for k, v in new.state_dict().items()}
     old_state = old.state_dict()
     old_modules = dict(old.named_modules())
+    mapped = set()  # the convolutions' tensors, placed channel by channel below
     for name, module in new.named_modules():
         if not isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
             continue
@@ -68,19 +69,15 @@ def widened_state_dict(old: nn.Module, new: nn.Module) -> dict[str, torch.Tensor
         n_in = w_old.shape[in_dim]
         w = state[f"{name}.weight"]
         w.narrow(in_dim, n_in, w.shape[in_dim] - n_in).zero_()  # new inputs: nothing reaches the old outputs
-        block = w.narrow(in_dim, 0, n_in)
-        block.index_copy_(out_dim, rows, w_old)
+        w.narrow(in_dim, 0, n_in).index_copy_(out_dim, rows, w_old)
+        mapped.add(f"{name}.weight")
         if module.bias is not None:
             state[f"{name}.bias"].index_copy_(0, rows, old_state[f"{name}.bias"])
-    for key, value in old_state.items():  # everything M does not size (GDN, the entropy models): as it was
-        if key in state and state[key].shape == value.shape and not _conv_key(new, key):
-            state[key] = value.clone()
+            mapped.add(f"{name}.bias")
+    # everything else M does not size (GDN, the entropy models and their tables, which CompressAI's
+    # load_state_dict resizes): as it was
+    state.update({k: v.clone() for k, v in old_state.items() if k not in mapped})
     return state
-
-
-def _conv_key(model: nn.Module, key: str) -> bool:
-    module = dict(model.named_modules()).get(key.rsplit(".", 1)[0])
-    return isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))
 
 
 def widen(model: nn.Module, M: int, seed: int = 0) -> nn.Module:

@@ -24,10 +24,9 @@ from pathlib import Path
 import pandas as pd
 
 from bitalloc.allocation import allocator_parts, split_qat
+from bitalloc.harness import StudySpec
 
 RESULTS = Path(__file__).parent / "results"
-#: allocators that optimise measured pairwise terms; any name with +verify measures its plans jointly
-PAIRWISE = ("iqp",)
 #: plans predicted to cost less (fraction of the float RD loss) get no ratio: their costs sit in the noise
 MIN_PREDICTED = 0.01
 
@@ -35,7 +34,7 @@ MIN_PREDICTED = 0.01
 def interaction_aware(allocator: str) -> bool:
     """Whether ``allocator`` sees interactions: it optimises pairwise terms, or verifies its plans jointly."""
     inner, verify, _ = allocator_parts(str(allocator))
-    return verify or inner in PAIRWISE
+    return verify or inner in StudySpec.pairwise_allocators  # the allocators a study gives pairwise terms
 
 
 def best_rows(bd: pd.DataFrame) -> pd.DataFrame:

@@ -38,6 +38,19 @@ def test_the_wider_model_computes_the_same_reconstruction_and_old_likelihoods(cl
     assert b["likelihoods"]["y"].shape[1] == 20 and wide.g_a[6].weight[12:].abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", ["bmshj2018-hyperprior", "mbt2018-mean"])
+def test_a_shipped_checkpoint_grows_without_changing_what_it_computes(name, x):
+    from bitalloc.models import load_model
+
+    narrow = load_model(name, 6).eval()  # the README's check: the shipped top-but-one quality, widened to M=192
+    wide = widen(narrow, 192)
+    with torch.no_grad():
+        a, b = narrow(x), wide(x)
+    assert torch.equal(a["x_hat"], b["x_hat"]) and torch.equal(a["likelihoods"]["y"], b["likelihoods"]["y"][:, :64])
+    wide.update(force=True)  # its entropy tables took the checkpoint's; it codes
+    assert len(wide.compress(x[:1])["strings"][0][0]) > 0
+
+
 def test_what_cannot_grow_is_refused_by_name():
     with pytest.raises(TypeError, match="Cheng2020Anchor is not supported"):
         widen(Cheng2020Anchor(8), 20)
