@@ -13,6 +13,9 @@ from .cli_checks import InvalidArgument
 
 #: Seconds to wait for a Dask scheduler to answer before ``--scheduler`` is refused.
 SCHEDULER_TIMEOUT_S = 10
+#: The allocators ``bitalloc compare`` ranks unless ``--allocators`` says otherwise: the additive ones and the
+#: interaction-aware ones (pairwise ``iqp``, measured verify-and-repair) side by side.
+DEFAULT_ALLOCATORS = ("fmpq", "ilp", "convex", "greedy", "uniform", "iqp", "ilp+verify", "iqp+verify")
 
 
 def add_compare(sub, fmt) -> None:
@@ -23,7 +26,7 @@ def add_compare(sub, fmt) -> None:
     p.add_argument("--model", default="bmshj2018-hyperprior", help="model family with shipped checkpoints")
     p.add_argument("--qualities", type=checks.int_list, nargs="+", action=checks.Extend, default=None,
                    help="qualities: 1,3,4,6 or 1 3 4 6 (default: 1 3 4 6)")
-    p.add_argument("--allocators", nargs="+", default=["fmpq", "ilp", "convex", "greedy", "uniform"],
+    p.add_argument("--allocators", nargs="+", default=list(DEFAULT_ALLOCATORS),
                    help="registered allocator names (bitalloc.available_allocators()), each also with a "
                         "'+verify' suffix (measured verify-and-repair) or, with qat, a '+qat' suffix (allocates on "
                         "QAT-aware costs, QAT rows only), or dynaquant with qat")
@@ -44,7 +47,7 @@ def add_compare(sub, fmt) -> None:
                    help="'+verify': plans measured at most per cell")
     p.add_argument("--limit", type=checks.positive_int, default=None,
                    help="evaluate on the first N images only (default: all; 4 with --quick)")
-    p.add_argument("--table-fit", default="clip", choices=["clip", "noise"],
+    p.add_argument("--table-fit", default="noise", choices=["clip", "noise"],
                    help="cost tables: clip (max(zeta, 0)) or noise (standard errors, monotone fit, ties within noise "
                         "broken toward the bigger plan)")
     p.add_argument("--quick", action="store_true",

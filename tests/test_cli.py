@@ -124,6 +124,10 @@ def test_compare_hands_valid_arguments_to_the_study(monkeypatch, tmp_path, data)
     assert (spec.qualities, spec.allocators, spec.budgets, spec.eval_limit, spec.qat_steps, seen["out"]) == \
         ((1, 3, 4, 6), ("ilp", "uniform"), (8.0, 4.0), 1, 20, out)
     assert (seen["workers"], seen["executor"]) == (1, None)
+    # by default the additive and the interaction-aware allocators, on noise-aware tables
+    assert main(["compare", "--quick", "--data", str(data), "--out", out]) == 0
+    assert {"ilp", "iqp", "ilp+verify", "iqp+verify"} <= set(seen["spec"].allocators)
+    assert seen["spec"].table_fit == "noise"
 
     # the interaction-aware names the harness takes pass the CLI's check too
     assert main(["compare", "--quick", "--limit", "1", "--allocators", "iqp", "ilp+verify", "iqp+verify",

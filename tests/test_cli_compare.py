@@ -62,10 +62,10 @@ def test_compare_refuses_a_scheduler_that_does_not_answer(capsys, monkeypatch, t
 
 def test_compare_takes_the_table_fit(tmp_path, capsys, data, fake_study):
     assert main(["compare", "--quick", "--allocators", "ilp", "--data", str(data), "--out", str(tmp_path / "s"),
-                 "--table-fit", "noise"]) == 0
-    assert fake_study["spec"].table_fit == "noise"
+                 "--table-fit", "clip"]) == 0
+    assert fake_study["spec"].table_fit == "clip"
     assert main(["compare", "--quick", "--allocators", "ilp", "--data", str(data), "--out", str(tmp_path / "s")]) == 0
-    assert fake_study["spec"].table_fit == "clip"  # today's tables by default
+    assert fake_study["spec"].table_fit == "noise"  # noise-aware tables by default
     _refused(capsys, ["compare", "--data", str(data), "--out", str(tmp_path / "s"), "--table-fit", "isotonic"],
              "--table-fit", "invalid choice: 'isotonic'")
 
