@@ -45,6 +45,9 @@ def add_compare(sub, fmt) -> None:
                         "float loss) that triggers a repair")
     p.add_argument("--verify-max-evals", type=checks.positive_int, default=StudySpec.verify_max_evals,
                    help="'+verify': plans measured at most per cell")
+    p.add_argument("--verify-noise-z", type=checks.non_negative_float, default=StudySpec.verify_noise_z,
+                   help="'+verify': a plan replaces the best one only when it measures lower by more than this many "
+                        "standard errors of the per-crop difference (0: plain means)")
     p.add_argument("--limit", type=checks.positive_int, default=None,
                    help="evaluate on the first N images only (default: all; 4 with --quick)")
     p.add_argument("--table-fit", default="noise", choices=["clip", "noise"],
@@ -106,6 +109,7 @@ def check_compare(args) -> None:
             recovery_crop=args.recovery_crop,
             verify_tolerance=args.verify_tolerance,
             verify_max_evals=args.verify_max_evals,
+            verify_noise_z=args.verify_noise_z,
         )
     except ValueError as exc:
         raise InvalidArgument("--allocators/--modes", str(exc)) from None

@@ -117,7 +117,8 @@ class StudySpec:
     (today's cost tables) or ``"noise"`` (noise-aware tables and tie-break; module docstring).
     ``recovery_steps``: the QAT steps of each cell of the QAT-aware table the ``+qat`` allocators get (None: the
     study's ``qat_steps``); ``recovery_crop``: their training crops' size (None: the study's QAT crops,
-    ``calib_crop``)."""
+    ``calib_crop``). ``verify_max_evals``, ``verify_tolerance``, ``verify_noise_z``: the ``+verify`` allocators'
+    :func:`bitalloc.verify_and_repair` options (``noise_z``: 0 compares plain means)."""
 
     model: str = "bmshj2018-hyperprior"
     qualities: tuple[int, ...] = (1, 3, 4, 6)
@@ -139,6 +140,7 @@ class StudySpec:
     interaction_noise_floor: float = 1e-3
     verify_max_evals: int = 12
     verify_tolerance: float = VERIFY_TOLERANCE
+    verify_noise_z: float = 0.0
     act_bits: int | None = None
     act_observer: str = "mse"
     calib_offset: int = 0
@@ -167,6 +169,10 @@ class StudySpec:
         if not (isinstance(self.verify_tolerance, (int, float)) and math.isfinite(self.verify_tolerance)
                 and self.verify_tolerance >= 0):
             raise ValueError(f"verify_tolerance must be a finite number >= 0, got {self.verify_tolerance!r}")
+        if isinstance(self.verify_noise_z, bool) or not (isinstance(self.verify_noise_z, (int, float))
+                                                         and math.isfinite(self.verify_noise_z)
+                                                         and self.verify_noise_z >= 0):
+            raise ValueError(f"verify_noise_z must be a finite number >= 0, got {self.verify_noise_z!r}")
         check_act_settings(self)
         if self.table_fit not in TABLE_FITS:
             raise ValueError(f"StudySpec.table_fit must be one of {', '.join(TABLE_FITS)}, got {self.table_fit!r}")

@@ -147,17 +147,27 @@ class Recovery:
     def measure(self, plan: Any) -> tuple[dict[str, float], float, float]:
         """(mean loss parts, fractional increase over the anchor, its standard error) of ``plan`` ({layer: bits},
         other layers float) after the QAT."""
+        return summarize(self._trained(plan), self.anchor, self.model)
+
+    def _trained(self, plan: Any) -> list[dict[str, float]]:
+        """The per-crop loss parts of ``plan`` after the QAT."""
         from bitalloc.qat import finetune
 
         qmodel = apply_plan(self.model, plan, calibration=self.calibration, keep_float=True)
         qmodel, _ = finetune(qmodel, None, self._source(), **self.options)
         self.runs += 1
-        return summarize(self._per_crop(qmodel), self.anchor, self.model)
+        return self._per_crop(qmodel)
 
     def increase(self, plan: Any) -> float:
         """``plan``'s loss increase after the QAT, a fraction of the anchor's loss (what a QAT-aware table predicts;
         the measure :func:`bitalloc.verify_and_repair` takes for ``+verify+qat``)."""
         return self.measure(plan)[1]
+
+    def samples(self, plan: Any) -> np.ndarray:
+        """``plan``'s loss increase after the QAT per evaluation crop, each a fraction of the anchor's mean loss
+        (their mean is :meth:`increase`; the noise-aware measure of ``+verify+qat``)."""
+        fp = float(np.mean([a["loss"] for a in self.anchor]))
+        return np.array([(q["loss"] - a["loss"]) / fp for q, a in zip(self._trained(plan), self.anchor)])
 
     def check(self, plan: Any, table: CostTable) -> PlanCheck:
         """``plan`` after the QAT against ``table``'s prediction (a QAT-aware table's, for it to mean something):

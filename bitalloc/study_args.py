@@ -67,9 +67,12 @@ def kodak_folder(args: argparse.Namespace) -> Path:
 
 
 def machine_line(threads: int) -> str:
-    """The results' "- machine:" line (``$BITALLOC_MACHINE_NOTE`` names a job sharing the machine)."""
-    note = os.environ.get("BITALLOC_MACHINE_NOTE", "none noted")
-    return f"- machine: {os.cpu_count()}-core CPU sandbox (a concurrent job: {note}), torch threads {threads}"
+    """The results' "- machine:" line: cores, torch threads and the 1-minute load average when it is written (other
+    jobs on the cores inflate the times); ``$BITALLOC_MACHINE_NOTE`` names a job sharing the machine."""
+    note = os.environ.get("BITALLOC_MACHINE_NOTE")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"- machine: {os.cpu_count()}-core CPU, torch threads {threads}, 1-minute load average {load:.1f}"
+            + (f" (sharing it: {note})" if note else ""))
 
 
 def command_line(script: str, argv: list[str] | None) -> str:

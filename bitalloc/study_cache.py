@@ -219,6 +219,8 @@ class StudyCache:
                 key["interactions"] = self.interactions_key(quality)["interactions"]
             if verify:
                 key["verify"] = {"max_evals": self.spec.verify_max_evals, "tolerance": self.spec.verify_tolerance}
+                if self.spec.verify_noise_z:  # in the key only when set: the plain repair's cells stay valid
+                    key["verify"]["noise_z"] = self.spec.verify_noise_z
             if self._fit():
                 from .study_steps import TIE_BREAK_SHARE
 

@@ -184,12 +184,14 @@ def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None, train
     inner, verify, qat = allocator_parts(name)
     if not verify:
         return fit_allocator(inner, spec)
-    options = dict(max_evals=spec.verify_max_evals, tolerance=spec.verify_tolerance)
+    noise_z = getattr(spec, "verify_noise_z", 0.0)
+    options = dict(max_evals=spec.verify_max_evals, tolerance=spec.verify_tolerance, noise_z=noise_z)
     if qat:
         if train is None:
             raise ValueError(f"allocator {name!r} verifies its plans after QAT: it needs the training photos (train=)")
         recovery = recovery_run(model, calib, train, spec, loss, workdir)
-        return verifying(fit_allocator(inner, spec), model, calib, measure=recovery.increase, **options)
+        measure = recovery.samples if noise_z > 0 else recovery.increase
+        return verifying(fit_allocator(inner, spec), model, calib, measure=measure, **options)
     return verifying(fit_allocator(inner, spec), model, calib, loss=loss, calibration=spec.calibration, **options)
 
 

@@ -67,6 +67,8 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--calib-images", type=int, default=StudySpec.calib_images,
                    help="crops per calibration set (set B starts where set A ends)")
     p.add_argument("--limit", type=int, default=None, help="first N Kodak images only")
+    p.add_argument("--verify-noise-z", type=float, default=StudySpec.verify_noise_z,
+                   help="'+verify' allocators: noise-aware repair (bitalloc.verify_and_repair's noise_z)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/compare_allocators")
@@ -81,14 +83,16 @@ def main(argv=None) -> pd.DataFrame:
         for name, offset in (("A", 0), ("B", n)):
             spec = StudySpec(model=args.model, allocators=tuple(args.allocators), budgets=(args.budget,),
                              modes=("ptq",), qualities=tuple(args.qualities), eval_limit=args.limit,
-                             table_fit=fit, calib_images=n, calib_offset=offset)
+                             table_fit=fit, calib_images=n, calib_offset=offset,
+                             verify_noise_z=args.verify_noise_z)
             results[(fit, name)] = run_study(spec, Path(args.cache) / args.model, data=args.data)
     layers = layer_frame({q: load_model(args.model, q, pretrained=StudySpec.pretrained) for q in args.qualities})
     params = {q: dict(zip(g.layer, g.num_params)) for q, g in layers.groupby("quality")}
     table = stability_table(results, args.allocators, args.budget, params)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"calibration_stability_{args.model}" + ("" if n == StudySpec.calib_images else f"_{n}crops")
+    stem = (f"calibration_stability_{args.model}" + ("" if n == StudySpec.calib_images else f"_{n}crops")
+            + (f"_verifyz{args.verify_noise_z:g}" if args.verify_noise_z else ""))
     atomic_write_text(out / f"{stem}.csv", table.to_csv(index=False))
     command = "BITALLOC_DATA=../shared/data python studies/calibration_stability.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)

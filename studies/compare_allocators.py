@@ -80,6 +80,9 @@ def main(argv=None) -> None:
                         "fraction of the float loss, that triggers a repair")
     p.add_argument("--verify-max-evals", type=int, default=StudySpec.verify_max_evals,
                    help="'+verify': plans measured at most per cell")
+    p.add_argument("--verify-noise-z", type=float, default=StudySpec.verify_noise_z,
+                   help="'+verify': a plan replaces the best one only when it measures lower by more than this many "
+                        "standard errors of the per-crop difference (0: plain means)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/compare_allocators")
@@ -104,7 +107,8 @@ def main(argv=None) -> None:
                              qat_steps=args.qat_steps, eval_limit=args.limit, qualities=tuple(args.qualities),
                              act_bits=args.act_bits, calib_offset=args.calib_offset, table_fit=args.table_fit,
                              seed=args.seed, recovery_steps=args.recovery_steps, recovery_crop=args.recovery_crop,
-                             verify_tolerance=args.verify_tolerance, verify_max_evals=args.verify_max_evals)
+                             verify_tolerance=args.verify_tolerance, verify_max_evals=args.verify_max_evals,
+                             verify_noise_z=args.verify_noise_z)
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         if "qat" in args.modes and args.dynaquant_budgets:
             spec = StudySpec(model=model, allocators=("dynaquant",), budgets=tuple(args.dynaquant_budgets),
@@ -175,7 +179,8 @@ def rebuild_report(model: str, args, command: str) -> Path:
                      qat_steps=args.qat_steps, calib_offset=getattr(args, "calib_offset", 0), table_fit=fit,
                      seed=getattr(args, "seed", StudySpec.seed),
                      verify_tolerance=getattr(args, "verify_tolerance", StudySpec.verify_tolerance),
-                     verify_max_evals=getattr(args, "verify_max_evals", StudySpec.verify_max_evals))
+                     verify_max_evals=getattr(args, "verify_max_evals", StudySpec.verify_max_evals),
+                     verify_noise_z=getattr(args, "verify_noise_z", StudySpec.verify_noise_z))
     calib = steps.calibration_crops(None, spec.calib_images, spec.calib_crop, args.data, spec.calib_offset)
     models = {q: load_model(model, q, pretrained=spec.pretrained) for q in qualities}
     plans, cells = {}, results[~results.allocator.isin(["fp32", "dynaquant"])]

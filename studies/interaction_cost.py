@@ -40,6 +40,7 @@ def main(argv=None) -> dict:
     from bitalloc import BitPlan, Budget, measure_interactions, measure_sensitivity, verify_and_repair
     from bitalloc.atomic import atomic_write_text
     from bitalloc.models import load_model
+    from bitalloc.repair import TOLERANCE
     from bitalloc.sensitivity import JointLoss
     from bitalloc.study_args import command_line, machine_line
     from bitalloc.study_steps import calibration_crops
@@ -89,7 +90,7 @@ def main(argv=None) -> dict:
                              "best predicted": rep.predicted, "best measured": rep.measured,
                              "plans measured": rep.evaluations, "seconds": rep.time_s})
     lines += ["verify_and_repair (ilp on the single-layer table, iqp on the table with the pairwise terms; "
-              f"at most {args.max_evals} plans measured, tolerance 0.05):", "",
+              f"at most {args.max_evals} plans measured, tolerance {TOLERANCE:g} of the float loss):", "",
               pd.DataFrame(rep_rows).to_markdown(index=False, floatfmt=".4f"), ""]
     text = "\n".join(lines)
     out = Path(args.out)

@@ -84,10 +84,13 @@ def test_compare_takes_qat_aware_allocators_and_their_recovery(tmp_path, capsys,
 
 def test_compare_takes_the_verify_settings(tmp_path, capsys, data, fake_study):
     assert main(["compare", "--quick", "--allocators", "ilp+verify", "ilp+verify+qat", "--modes", "qat", "--data",
-                 str(data), "--out", str(tmp_path / "s"), "--verify-tolerance", "0.01", "--verify-max-evals", "4"]) == 0
+                 str(data), "--out", str(tmp_path / "s"), "--verify-tolerance", "0.01", "--verify-max-evals", "4",
+                 "--verify-noise-z", "2"]) == 0
     spec = fake_study["spec"]
     assert spec.allocators == ("ilp+verify", "ilp+verify+qat")
-    assert (spec.verify_tolerance, spec.verify_max_evals) == (0.01, 4)
+    assert (spec.verify_tolerance, spec.verify_max_evals, spec.verify_noise_z) == (0.01, 4, 2.0)
+    with pytest.raises(ValueError, match="verify_noise_z must be a finite number >= 0"):
+        StudySpec(verify_noise_z=-1)
     _refused(capsys, ["compare", "--quick", "--data", str(data), "--out", str(tmp_path / "s"), "--verify-tolerance",
                       "-1"], "--verify-tolerance", "must be a finite number >= 0")
     with pytest.raises(ValueError, match="verify_tolerance must be a finite number >= 0"):

@@ -169,6 +169,13 @@ def test_iqp_and_verify_cells(tmp_path, inputs):
     assert fresh == {"iqp", "iqp+verify"} and len(list((tmp_path / "sensitivity").glob("*_pairs_*.json"))) == 2
     again = _run(tmp_path, inputs, StudySpec(**{**spec.__dict__, "verify_max_evals": 2}))
     assert set(again.results[~again.results.cached].allocator) == {"ilp+verify", "iqp+verify"}
+    # the noise-aware repair: its own key (the plain repair's key does not name it), never worse than its start
+    aware = _run(tmp_path, inputs, StudySpec(**{**spec.__dict__, "verify_noise_z": 2.0}))
+    fresh = aware.results[~aware.results.cached].set_index("allocator")
+    assert set(fresh.index) == {"ilp+verify", "iqp+verify"}
+    assert (fresh.plan_measured_cost <= fresh.verify_start_measured + 1e-12).all()
+    keys = [json.loads(f.read_text())["key"]["verify"] for f in (tmp_path / "cells").glob("*_ilp+verify_*.json")]
+    assert {"max_evals": 3, "tolerance": 0.002, "noise_z": 2.0} in keys
 
 
 def test_unknown_allocator_names_are_refused_by_name():

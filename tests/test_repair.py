@@ -139,3 +139,63 @@ def test_a_measure_given_replaces_the_joint_loss(mlp_case):
     assert rep.measured == pytest.approx(measure(rep.plan)) and budget.exceeded(table, rep.plan.choices(table)) is None
     with pytest.raises(TypeError, match="measure must be a function of a BitPlan"):
         verify_and_repair(model, data, table, budget, measure=3.0)
+
+
+def _noisy_measure(table, start, penalty, sd, n=8):
+    """Per-sample increases: the table's cost, plus ``penalty`` while the start's lowest layer stays at or below its
+    start bits, plus per-sample noise of ``sd`` fixed for each plan (the same plan always measures the same)."""
+    import zlib
+
+    low = min(start.bits, key=lambda k: (start.bits[k], k))
+
+    def measure(plan):
+        rng = np.random.default_rng(zlib.crc32(repr(sorted(plan.bits.items())).encode()))
+        extra = penalty if plan.bits[low] <= start.bits[low] else 0.0
+        return plan.cost(table) + extra + sd * rng.standard_normal(n)
+
+    return measure, low
+
+
+def test_noise_aware_repair_moves_only_for_what_the_noise_cannot_explain(mlp_case):
+    from bitalloc.allocation import build_allocator
+
+    _, _, table = mlp_case
+    budget = Budget.from_avg_bits(table, 3.0)
+    start = build_allocator("ilp").allocate(table, budget).plan
+    # a real interaction far above the noise: repaired as without noise awareness
+    measure, low = _noisy_measure(table, start, penalty=1.0, sd=0.01)
+    rep = verify_and_repair(None, None, table, budget, "ilp", measure=measure, max_evals=8, tolerance=0.0, noise_z=2)
+    assert rep.plan.bits[low] > start.bits[low] and rep.measured < rep.start_measured - 0.5
+    assert "measured_se" in rep.history and (rep.history.measured_se > 0).all()
+    # an "excess" inside the noise: the plain repair spends measurements chasing it, the noise-aware one keeps the
+    # allocator's plan after one
+    measure, low = _noisy_measure(table, start, penalty=0.002, sd=0.05)
+    plain = verify_and_repair(None, None, table, budget, "ilp", measure=lambda p: float(np.mean(measure(p))),
+                              max_evals=8, tolerance=0.0)
+    aware = verify_and_repair(None, None, table, budget, "ilp", measure=measure, max_evals=8, tolerance=0.0,
+                              noise_z=2)
+    assert plain.evaluations > 1 and not plain.converged
+    assert aware.converged and aware.evaluations == 1 and aware.plan == aware.start.plan
+    # whatever it measures, never worse than its start and never over budget
+    for z in (0.5, 1.0, 3.0):
+        rep = verify_and_repair(None, None, table, budget, "ilp", measure=measure, max_evals=6, tolerance=0.0,
+                                noise_z=z)
+        assert rep.measured <= rep.start_measured and budget.exceeded(table, rep.plan.choices(table)) is None
+
+
+def test_noise_awareness_needs_per_sample_measurements(mlp_case, hyperprior_case):
+    from bitalloc.sensitivity.plan_check import JointLoss
+
+    _, _, table = mlp_case
+    budget = Budget.from_avg_bits(table, 3.0)
+    with pytest.raises(ValueError, match="noise_z must be a finite number >= 0"):
+        verify_and_repair(None, None, table, budget, measure=lambda p: 0.0, noise_z=-1)
+    with pytest.raises(ValueError, match="noise_z=2 needs a measure that returns the loss increase per calibration"):
+        verify_and_repair(None, None, table, budget, measure=lambda p: 0.0, noise_z=2)
+    # the joint loss per crop: its mean is the joint loss of the whole batch
+    model, x, hyper = hyperprior_case
+    joint = JointLoss(model, x, calibration="mse")
+    plan = BitPlan.uniform(hyper.layer_names, 4)
+    samples = joint.samples(plan)
+    assert samples.shape == (2,) and samples.mean() == pytest.approx(joint.increase(plan), rel=1e-4)
+    assert samples[0] != samples[1]

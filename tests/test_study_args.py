@@ -60,7 +60,9 @@ def test_machine_and_command_lines(monkeypatch):
 
     from bitalloc.study_args import command_line, machine_line
 
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.04, 1.0, 0.5))
+    monkeypatch.delenv("BITALLOC_MACHINE_NOTE", raising=False)
+    assert machine_line(3) == f"- machine: {os.cpu_count()}-core CPU, torch threads 3, 1-minute load average 2.0"
     monkeypatch.setenv("BITALLOC_MACHINE_NOTE", "a training job")
-    assert machine_line(3) == (f"- machine: {os.cpu_count()}-core CPU sandbox (a concurrent job: a training job), "
-                               "torch threads 3")
+    assert machine_line(1).endswith("1-minute load average 2.0 (sharing it: a training job)")
     assert command_line("studies/x.py", ["--repeats", "2"]) == "- command: `python studies/x.py --repeats 2`"

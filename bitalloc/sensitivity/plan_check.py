@@ -13,6 +13,7 @@ from bitalloc.objective import Loss, evaluate_loss, model_device, relative_incre
 from bitalloc.observers import make_observer
 from bitalloc.quant import apply_plan, plan_of
 from bitalloc.sensitivity.calibration import calibration_batches
+from bitalloc.sensitivity.probe import per_sample_batches
 
 __all__ = ["JointLoss", "PlanCheck", "check_plan"]
 
@@ -66,6 +67,7 @@ class JointLoss:
         self.objective = resolve_loss(model, loss, lmbda)
         self.batches = calibration_batches(images, crop=crop, limit=limit, device=model_device(model))
         self.evaluations = 0
+        self._fp_samples = None  # per-sample float losses, when samples() first needs them
         was_training = model.training
         model.eval()
         try:
@@ -76,15 +78,37 @@ class JointLoss:
     def parts(self, plan) -> dict[str, float]:
         """Every loss part of the model with ``plan`` ({layer: bits} or :class:`~bitalloc.plan.BitPlan`) applied;
         a plan's activation quantizers are calibrated (``observer``) on the same batches first."""
+        return evaluate_loss(self._quantized(plan), self.objective, self.batches)
+
+    def _quantized(self, plan) -> nn.Module:
         qmodel = apply_plan(self.model, plan, calibration=self.calibration).eval()
         if activation_quantizers(qmodel):
             calibrate_activations(qmodel, self.batches, self.observer, **self.observer_options)
         self.evaluations += 1
-        return evaluate_loss(qmodel, self.objective, self.batches)
+        return qmodel
 
     def increase(self, plan) -> float:
         """The plan's measured loss increase, a fraction of the float loss (the cost table's unit)."""
         return relative_increase(self.parts(plan)["loss"], self.fp["loss"], self.model)
+
+    def samples(self, plan):
+        """The plan's loss increase per calibration sample (crop), each a fraction of the float model's mean loss:
+        their mean is :meth:`increase` for equal-size crops, their spread its noise (what ``noise_z`` of
+        :func:`bitalloc.verify_and_repair` weighs). A batch that cannot be cut into samples stays one."""
+        import numpy as np
+
+        pieces = per_sample_batches(self.batches)
+        if self._fp_samples is None:
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                self._fp_samples = [evaluate_loss(self.model, self.objective, [b])["loss"] for b in pieces]
+            finally:
+                self.model.train(was_training)
+        qmodel = self._quantized(plan)
+        d = np.array([evaluate_loss(qmodel, self.objective, [b])["loss"] - f for b, f in zip(pieces, self._fp_samples)])
+        relative_increase(self.fp["loss"] + float(d.mean()), self.fp["loss"], self.model)  # a bad float loss is named
+        return d / self.fp["loss"]
 
     def check(self, plan, table: CostTable) -> PlanCheck:
         """The plan's :class:`PlanCheck` against ``table`` (which must cover exactly the plan's layers)."""
