@@ -105,21 +105,24 @@ def main(argv=None) -> pd.DataFrame:
           f"{', '.join(map(str, args.qualities))}",
           "- clip: today's additive table (max(zeta, 0)); noise: standard errors, monotone fit, ties within "
           "noise broken toward the bigger plan; same_bits_share: parameter-weighted share of the weights with "
-          "equal bits in both sets' plans (mean over qualities)", "",
+          "equal bits in both sets' plans (mean over qualities)",
+          f"- '+verify': noise-aware repair, noise_z={args.verify_noise_z:g}" if args.verify_noise_z else
+          "- '+verify': plain repair (noise_z=0)", "",
           table.to_markdown(index=False, floatfmt=".3f"), ""]
     atomic_write_text(out / f"{stem}.md", "\n".join(md))
-    _plot(table, out / f"{stem}.png", args.model, args.budget)
+    _plot(table, out / f"{stem}.png", args.model, args.budget, args.verify_noise_z)
     print("\n".join(md))
     return table
 
 
-def _plot(table: pd.DataFrame, path: Path, model: str, budget: float) -> None:
+def _plot(table: pd.DataFrame, path: Path, model: str, budget: float, noise_z: float = 0.0) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.allocator}\n({r.table_fit})" for r in table.itertuples()]
+    verify = f", noise_z={noise_z:g}" if noise_z else ""
+    labels = [f"{r.allocator}\n({r.table_fit}{verify if 'verify' in r.allocator else ''})" for r in table.itertuples()]
     x = np.arange(len(table))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(table)), 3.8))
     ax.bar(x - 0.2, table.bd_rate_vs_fp32_A_pct, 0.4, label="calibration set A")
