@@ -27,7 +27,8 @@ PSNR-RGB) against the FP32 curve and against DynaQuant's. Writes ``studies/resul
 activation ``act:`` bits per layer, DynaQuant's chosen ones included), ``bd_rate.csv``, ``dynaquant.md``,
 ``bits_per_layer.png`` (distribution of DynaQuant's chosen bits per layer across Kodak) and ``rd_curves.png``.
 Work (trained models, tables, plans, per-image CSVs) is cached under ``--work`` (default
-``runs/dynaquant_study``, git-ignored; delete it to rerun from scratch); an interrupted run resumes.
+``runs/dynaquant_study``, git-ignored), one folder per quality keyed by the checkpoint's weights and the settings
+(:func:`work_key`); an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -60,6 +61,21 @@ def numpy_scalars_allowed():
     import numpy.core.multiarray as multiarray
 
     return torch.serialization.safe_globals([multiarray.scalar, np.dtype, type(np.dtype("float64"))])
+
+
+def work_key(model: torch.nn.Module, args) -> str:
+    """12 hex digits of the weights' sha256 and the settings that change this study's numbers: a quality's work
+    folder, so that new checkpoints or other settings never reuse cached frames, tables or trained models."""
+    import hashlib
+    import json
+
+    from bitalloc.study_cache import weights_digest
+
+    key = {"weights": weights_digest(model), "candidates": list(args.candidates), "target_bits": args.target_bits,
+           "steps": args.steps, "batch_size": args.batch_size, "eval_limit": args.eval_limit, "seed": args.seed,
+           "act_candidates": list(args.act_candidates), "act_observer": args.act_observer,
+           "train": str(args.train_dir)}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _cached_frame(path: Path, make) -> pd.DataFrame:
@@ -196,6 +212,8 @@ def run_quality(q: int, args, kodak: dict, train, calib: torch.Tensor, work: Pat
 
     with numpy_scalars_allowed():
         model = load_model(ARCH, q)
+    work = work / f"q{q}_{work_key(model, args)}"  # keyed by the weights and every setting that changes a number
+    work.mkdir(parents=True, exist_ok=True)
     lmbda = float(model.meta["lambda"])
     h, w = next(iter(kodak.values())).shape[-2:]
     macs = layer_macs(model, h, w)  # Kodak images are all 768x512 or 512x768: the same MACs

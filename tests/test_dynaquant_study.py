@@ -108,3 +108,21 @@ def test_plans_table_labels_weight_and_input_bits(report):
     table = report.plans_table(images)
     assert table.to_dict(orient="records") == [{"quality": 1, "plan": "ilp_bops", "g_a.0": "w6a8"},
                                                {"quality": 1, "plan": "ilp", "g_a.0": "w6"}]
+
+
+def test_the_work_folder_is_keyed_by_the_weights_and_the_settings(study):
+    import argparse
+
+    import torch
+    from compressai.models import ScaleHyperprior
+
+    torch.manual_seed(0)
+    model = ScaleHyperprior(8, 12)
+    args = argparse.Namespace(candidates=[4, 6, 8], target_bits=6.0, steps=100, batch_size=8, eval_limit=None,
+                              seed=0, act_candidates=[4, 6, 8], act_observer="mse", train_dir="data/train")
+    key = study.work_key(model, args)
+    assert len(key) == 12 and study.work_key(model, args) == key
+    assert study.work_key(model, argparse.Namespace(**{**vars(args), "steps": 300})) != key
+    with torch.no_grad():
+        model.g_a[0].weight.add_(1e-3)  # other weights (a new checkpoint): another folder
+    assert study.work_key(model, args) != key
