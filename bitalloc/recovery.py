@@ -50,7 +50,7 @@ from bitalloc.objective import Loss, evaluate_loss, model_device, resolve_loss
 from bitalloc.quant import apply_plan, plan_of
 from bitalloc.sensitivity.calibration import calibration_batches
 from bitalloc.sensitivity.plan_check import PlanCheck
-from bitalloc.sensitivity.probe import mean_parts, per_sample_batches, summarize
+from bitalloc.sensitivity.probe import mean_parts, per_sample_batches, sample_increases, summarize
 
 __all__ = ["ANCHOR_FILE", "QAT_SUFFIX", "Recovered", "Recovery", "measure_recovered_costs", "split_qat"]
 
@@ -166,8 +166,7 @@ class Recovery:
     def samples(self, plan: Any) -> np.ndarray:
         """``plan``'s loss increase after the QAT per evaluation crop, each a fraction of the anchor's mean loss
         (their mean is :meth:`increase`; the noise-aware measure of ``+verify+qat``)."""
-        fp = float(np.mean([a["loss"] for a in self.anchor]))
-        return np.array([(q["loss"] - a["loss"]) / fp for q, a in zip(self._trained(plan), self.anchor)])
+        return sample_increases(self._trained(plan), self.anchor, self.model)
 
     def check(self, plan: Any, table: CostTable) -> PlanCheck:
         """``plan`` after the QAT against ``table``'s prediction (a QAT-aware table's, for it to mean something):

@@ -156,7 +156,7 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
     converged = False
     while not search.out_of_budget():  # learn and re-solve
         excess = measured - search.learned.objective(choice)
-        if excess <= max(tolerance, search.noise(tuple(int(c) for c in choice))):
+        if excess <= max(tolerance, search.noise(choice)):
             converged = True
             break
         search.learn(choice, excess)
@@ -176,7 +176,7 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
                 if search.out_of_budget():
                     break
                 search.measure(cand, "local search")
-                if search.beats(tuple(int(c) for c in cand), tuple(int(c) for c in best)):
+                if search.beats(cand, best):
                     best, best_m = search.best()
                     improved = True
                     break

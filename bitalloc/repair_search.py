@@ -20,6 +20,15 @@ from bitalloc.plan import BitPlan
 __all__ = ["RepairSearch"]
 
 
+def _key(choice) -> tuple[int, ...]:
+    """A plan's choices (array or sequence) as the key its measurements are kept under."""
+    return tuple(int(c) for c in choice)
+
+
+def _standard_error(x: np.ndarray) -> float:
+    return float(x.std(ddof=1)) / math.sqrt(len(x))
+
+
 class RepairSearch:
     """The state of one repair: measured plans, the learned corrections, the clock and the budgets."""
 
@@ -39,7 +48,7 @@ class RepairSearch:
         return late or len(self.measured) >= self.max_evals
 
     def measure(self, choice: np.ndarray, source: str) -> float:
-        key = tuple(int(c) for c in choice)
+        key = _key(choice)
         if key in self.measured:
             return self.measured[key]
         problem = self.budget.exceeded(self.table, choice)
@@ -63,22 +72,22 @@ class RepairSearch:
                           "avg_bits": plan.avg_bits(self.table), "time_s": time.perf_counter() - self.t0})
         return value
 
-    def beats(self, new: tuple[int, ...], old: tuple[int, ...]) -> bool:
-        """Whether plan ``new`` measured lower than ``old``: by more than ``noise_z`` standard errors of their
-        paired per-sample difference when noise-aware, else at all."""
+    def beats(self, new, old) -> bool:
+        """Whether measured plan ``new`` (choices) measured lower than ``old``: by more than ``noise_z`` standard
+        errors of their paired per-sample difference when noise-aware, else at all."""
+        new, old = _key(new), _key(old)
         gain = self.measured[old] - self.measured[new]
         if self.noise_z <= 0:
             return gain > 0
-        d = self.samples[new] - self.samples[old]
-        return gain > self.noise_z * float(d.std(ddof=1)) / math.sqrt(len(d))
+        return gain > self.noise_z * _standard_error(self.samples[new] - self.samples[old])
 
     def _se(self, key: tuple[int, ...]) -> dict[str, float]:
         s = self.samples.get(key)
-        return {} if s is None else {"measured_se": float(s.std(ddof=1)) / math.sqrt(len(s))}
+        return {} if s is None else {"measured_se": _standard_error(s)}
 
-    def noise(self, key: tuple[int, ...]) -> float:
-        """``noise_z`` standard errors of a plan's measured mean (0 unless noise-aware)."""
-        return self.noise_z * self._se(key)["measured_se"] if self.noise_z > 0 else 0.0
+    def noise(self, choice) -> float:
+        """``noise_z`` standard errors of a measured plan's mean (0 unless noise-aware)."""
+        return self.noise_z * _standard_error(self.samples[_key(choice)]) if self.noise_z > 0 else 0.0
 
     def best(self) -> tuple[np.ndarray, float]:
         """The incumbent: the first plan measured, replaced by each later one that :meth:`beats` it (the lowest

@@ -91,11 +91,11 @@ def widened_state_dict(old: nn.Module, new: nn.Module) -> dict[str, torch.Tensor
             w.index_fill_(out_dim, new_rows.nonzero().flatten(), 0.0)
             if module.bias is not None:
                 bias = state[f"{name}.bias"]
-                scale_rows = new_rows.clone()
-                if name == _SPLIT_OUTPUT[family]:  # the means' half starts at 0
-                    scale_rows[len(scale_rows) // 2:] = False
                 bias[new_rows] = 0.0
-                bias[scale_rows & new_rows] = SILENT_SCALE if name == _PARAMS_OUT else 0.0
+                if name == _PARAMS_OUT:  # new scales at SILENT_SCALE (the Mean-Scale means' half stays 0)
+                    if name == _SPLIT_OUTPUT[family]:
+                        new_rows[len(new_rows) // 2:] = False
+                    bias[new_rows] = SILENT_SCALE
     # everything else M does not size (GDN, the entropy models and their tables, which CompressAI's
     # load_state_dict resizes): as it was
     state.update({k: v.clone() for k, v in old_state.items() if k not in mapped})

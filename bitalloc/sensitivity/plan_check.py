@@ -13,7 +13,7 @@ from bitalloc.objective import Loss, evaluate_loss, model_device, relative_incre
 from bitalloc.observers import make_observer
 from bitalloc.quant import apply_plan, plan_of
 from bitalloc.sensitivity.calibration import calibration_batches
-from bitalloc.sensitivity.probe import per_sample_batches
+from bitalloc.sensitivity.probe import per_sample_batches, sample_increases
 
 __all__ = ["JointLoss", "PlanCheck", "check_plan"]
 
@@ -67,7 +67,7 @@ class JointLoss:
         self.objective = resolve_loss(model, loss, lmbda)
         self.batches = calibration_batches(images, crop=crop, limit=limit, device=model_device(model))
         self.evaluations = 0
-        self._fp_samples = None  # per-sample float losses, when samples() first needs them
+        self._fp_samples = None  # per-sample float loss parts, when samples() first needs them
         was_training = model.training
         model.eval()
         try:
@@ -95,20 +95,17 @@ class JointLoss:
         """The plan's loss increase per calibration sample (crop), each a fraction of the float model's mean loss:
         their mean is :meth:`increase` for equal-size crops, their spread its noise (what ``noise_z`` of
         :func:`bitalloc.verify_and_repair` weighs). A batch that cannot be cut into samples stays one."""
-        import numpy as np
-
         pieces = per_sample_batches(self.batches)
         if self._fp_samples is None:
             was_training = self.model.training
             self.model.eval()
             try:
-                self._fp_samples = [evaluate_loss(self.model, self.objective, [b])["loss"] for b in pieces]
+                self._fp_samples = [evaluate_loss(self.model, self.objective, [b]) for b in pieces]
             finally:
                 self.model.train(was_training)
         qmodel = self._quantized(plan)
-        d = np.array([evaluate_loss(qmodel, self.objective, [b])["loss"] - f for b, f in zip(pieces, self._fp_samples)])
-        relative_increase(self.fp["loss"] + float(d.mean()), self.fp["loss"], self.model)  # a bad float loss is named
-        return d / self.fp["loss"]
+        return sample_increases([evaluate_loss(qmodel, self.objective, [b]) for b in pieces], self._fp_samples,
+                                self.model)
 
     def check(self, plan, table: CostTable) -> PlanCheck:
         """The plan's :class:`PlanCheck` against ``table`` (which must cover exactly the plan's layers)."""

@@ -33,7 +33,7 @@ from bitalloc.observers import Observer, make_observer
 from bitalloc.quant import quantize_weight, quantized_tensor_name
 from bitalloc.sensitivity.pipelines import CachedPipeline, NotCacheable, pipeline_for
 
-__all__ = ["LossProbe", "mean_parts", "per_sample_batches", "summarize"]
+__all__ = ["LossProbe", "mean_parts", "per_sample_batches", "sample_increases", "summarize"]
 
 logger = logging.getLogger("bitalloc.sensitivity.measure")
 
@@ -53,9 +53,18 @@ def summarize(per_batch: Sequence[Mapping[str, float]], fp: Sequence[Mapping[str
     batch (module docstring); the standard error is NaN with fewer than two batches."""
     mean, fp_mean = mean_parts(per_batch), mean_parts(fp)
     zeta = relative_increase(mean["loss"], fp_mean["loss"], model)
-    d = np.array([float(q["loss"]) - float(f["loss"]) for q, f in zip(per_batch, fp)])
-    se = float(d.std(ddof=1) / math.sqrt(len(d)) / fp_mean["loss"]) if len(d) > 1 else float("nan")
+    d = sample_increases(per_batch, fp, model)
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
     return mean, zeta, se
+
+
+def sample_increases(per_batch: Sequence[Mapping[str, float]], fp: Sequence[Mapping[str, float]],
+                     model: nn.Module) -> np.ndarray:
+    """Each batch's loss increase over the float model's on the same batch, a fraction of the float model's mean
+    loss: their mean is the measurement's zeta, their spread its noise. A non-positive float loss is refused."""
+    fp_loss = mean_parts(fp)["loss"]
+    relative_increase(mean_parts(per_batch)["loss"], fp_loss, model)  # names the model whose float loss is bad
+    return np.array([float(q["loss"]) - float(f["loss"]) for q, f in zip(per_batch, fp)]) / fp_loss
 
 
 def _split(item: Any, n: int) -> list | None:
