@@ -147,11 +147,11 @@ def recovered_task(model, calib, train, table: CostTable, spec, path: Path, fram
 
 
 def allocate_task(cell: Cell, spec, model, calib, table: CostTable, loss, plan: dict | None = None,
-                  train=None, workdir: Path | None = None) -> dict:
+                  train=None, workdir: Path | None = None, holdout=None) -> dict:
     """Allocate the cell's plan (timed, checked against its budget; ``+verify`` measures and repairs it), then
     measure it quantized as a whole against the table's prediction (a ``+qat`` cell: after the QAT of its
-    QAT-aware table, on ``train``). Returns the cell's ``row`` and ``plan`` (and ``verify_history``); with
-    ``plan`` given (a cached cell), only the joint check's row fields."""
+    QAT-aware table, on ``train``; ``holdout``: the crops confirming a PTQ repair). Returns the cell's ``row`` and
+    ``plan`` (and ``verify_history``); with ``plan`` given (a cached cell), only the joint check's row fields."""
     from . import study_steps as steps
 
     where = cell.where(spec)
@@ -160,7 +160,8 @@ def allocate_task(cell: Cell, spec, model, calib, table: CostTable, loss, plan: 
     if plan is None:
         budget = study_budget(spec, table, cell.budget)
         allocator = steps.cell_allocator(cell.allocator, copy.deepcopy(model.get()), calib.get(), spec, loss,
-                                         None if train is None else train.get(), workdir)
+                                         None if train is None else train.get(), workdir,
+                                         None if holdout is None else holdout.get())
         alloc = allocator.allocate(table, budget)
         if alloc.plan is None:
             raise BudgetError(f"{where}: no plan ({alloc.status}: {alloc.message})")
@@ -177,6 +178,10 @@ def allocate_task(cell: Cell, spec, model, calib, table: CostTable, loss, plan: 
             out["row"].update(verify_evaluations=len(extra["history"]), verify_converged=bool(extra["converged"]),
                               verify_start_predicted=extra["start_predicted"],
                               verify_start_measured=extra["start_measured"])
+            if extra.get("holdout"):
+                held = extra["holdout"]
+                out["row"].update(verify_holdout_kept=held["kept"], verify_holdout_start=held["start"],
+                                  verify_holdout_best=held["best"])
             out["verify_history"] = extra["history"]
         out["plan"] = plan
     if after_qat:

@@ -48,6 +48,10 @@ def add_compare(sub, fmt) -> None:
     p.add_argument("--verify-noise-z", type=checks.non_negative_float, default=StudySpec.verify_noise_z,
                    help="'+verify': a plan replaces the best one only when it measures lower by more than this many "
                         "standard errors of the per-crop difference (0: plain means)")
+    p.add_argument("--verify-holdout", type=checks.non_negative_int, default=StudySpec.verify_holdout,
+                   help="'+verify': centre crops of this many further training photos (after the calibration set) "
+                        "confirm each PTQ repair: the allocator's own plan is kept unless the repair also measures "
+                        "lower there (0: none)")
     p.add_argument("--limit", type=checks.positive_int, default=None,
                    help="evaluate on the first N images only (default: all; 4 with --quick)")
     p.add_argument("--table-fit", default="noise", choices=["clip", "noise"],
@@ -110,6 +114,7 @@ def check_compare(args) -> None:
             verify_tolerance=args.verify_tolerance,
             verify_max_evals=args.verify_max_evals,
             verify_noise_z=args.verify_noise_z,
+            verify_holdout=args.verify_holdout,
         )
     except ValueError as exc:
         raise InvalidArgument("--allocators/--modes", str(exc)) from None

@@ -74,6 +74,7 @@ from typing import Callable
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .allocation import allocator_parts
 from .analysis import FP_ALLOCATOR, StudyResult, bd_table, merge_results, rank
 from .atomic import atomic_write_text
 from .cells import DYNAMIC_ACT_BITS, DYNAMIC_ALLOCATOR, Cell, PlanOverBudgetError, check_act_settings
@@ -118,7 +119,9 @@ class StudySpec:
     ``recovery_steps``: the QAT steps of each cell of the QAT-aware table the ``+qat`` allocators get (None: the
     study's ``qat_steps``); ``recovery_crop``: their training crops' size (None: the study's QAT crops,
     ``calib_crop``). ``verify_max_evals``, ``verify_tolerance``, ``verify_noise_z``: the ``+verify`` allocators'
-    :func:`bitalloc.verify_and_repair` options (``noise_z``: 0 compares plain means)."""
+    :func:`bitalloc.verify_and_repair` options (``noise_z``: 0 compares plain means). ``verify_holdout``: centre
+    crops of this many further training photos (from ``calib_offset + calib_images`` on) confirm each PTQ repair
+    before it is kept (``holdout`` of :func:`bitalloc.verify_and_repair`; 0: none; not with ``+verify+qat``)."""
 
     model: str = "bmshj2018-hyperprior"
     qualities: tuple[int, ...] = (1, 3, 4, 6)
@@ -141,6 +144,7 @@ class StudySpec:
     verify_max_evals: int = 12
     verify_tolerance: float = VERIFY_TOLERANCE
     verify_noise_z: float = 0.0
+    verify_holdout: int = 0
     act_bits: int | None = None
     act_observer: str = "mse"
     calib_offset: int = 0
@@ -173,6 +177,12 @@ class StudySpec:
                                                          and math.isfinite(self.verify_noise_z)
                                                          and self.verify_noise_z >= 0):
             raise ValueError(f"verify_noise_z must be a finite number >= 0, got {self.verify_noise_z!r}")
+        if isinstance(self.verify_holdout, bool) or not isinstance(self.verify_holdout, int) or self.verify_holdout < 0:
+            raise ValueError(f"verify_holdout must be an integer >= 0 (photos), got {self.verify_holdout!r}")
+        after_qat = [a for a in self.allocators if allocator_parts(a)[1] and allocator_parts(a)[2]]
+        if self.verify_holdout and after_qat:
+            raise ValueError(f"verify_holdout confirms PTQ repairs only; allocator {after_qat[0]!r} verifies after QAT "
+                             f"(drop it or set verify_holdout=0)")
         check_act_settings(self)
         if self.table_fit not in TABLE_FITS:
             raise ValueError(f"StudySpec.table_fit must be one of {', '.join(TABLE_FITS)}, got {self.table_fit!r}")
@@ -234,10 +244,21 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     loader = model_loader or (lambda name, q: steps.load_float_model(name, q, spec.pretrained))
     photos = steps.calibration_images(calib_images, spec.calib_images, data, spec.calib_offset)
     calib = steps.calibration_crops(photos, spec.calib_images, spec.calib_crop)
+    holdout = None
+    if spec.verify_holdout:
+        if not isinstance(photos, dict):
+            raise ValueError(f"verify_holdout={spec.verify_holdout} needs calibration photos by name (a folder or a "
+                             "dict): a tensor of crops has no further photos to hold out")
+        held = steps.calibration_images(calib_images, spec.verify_holdout, data, spec.calib_offset + spec.calib_images)
+        if len(held) < spec.verify_holdout:
+            raise ValueError(f"verify_holdout={spec.verify_holdout}: only {len(held)} photo(s) after the calibration "
+                             f"set's {spec.calib_images} (from photo {spec.calib_offset + spec.calib_images} on)")
+        holdout = steps.calibration_crops(held, spec.verify_holdout, spec.calib_crop)
     evals = steps.evaluation_images(eval_images, spec.eval_limit, data)
     train = steps.training_source(train_images, spec.calib_crop, data, spec.seed) if "qat" in spec.modes else None
     inputs = {"eval_images": images_digest(evals), "calib_images": images_digest({"calib": calib}),
-              "train_images": source_digest(train) if train is not None else None, "loss": loss_digest(loss)}
+              "train_images": source_digest(train) if train is not None else None, "loss": loss_digest(loss),
+              "holdout_images": images_digest({"holdout": holdout}) if holdout is not None else None}
     cache = StudyCache(Path(out), spec, inputs)
     settings = {**asdict(spec), "cost_model_version": COST_MODEL_VERSION,
                 "inputs": {**inputs, "eval_image_names": list(evals), "calib_shape": list(calib.shape),
@@ -260,7 +281,7 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     bar = tqdm(total=len(refs + cells), disable=not progress, desc=f"study {spec.model}")
     from .study_run import RECOVERED, StudyRun
 
-    study = StudyRun(spec, cache, models, calib, evals, train, loss, runner, bar, progress)
+    study = StudyRun(spec, cache, models, calib, evals, train, loss, runner, bar, progress, holdout)
     try:
         done = study.run(refs + cells)
     finally:

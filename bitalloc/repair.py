@@ -17,7 +17,11 @@ alone, +25 % RD loss together). :func:`verify_and_repair`:
    takes over from the best plan: raise one layer a step (cheapest learned prediction first), paid for by lowering
    others where the learned table says it costs least; move on the first improvement;
 4. stops within ``max_evals`` plans and ``time_limit`` seconds, when the learned prediction holds for the best
-   plan measured (within ``tolerance``, :data:`TOLERANCE`), or when no neighbour of it measures better.
+   plan measured (within ``tolerance``, :data:`TOLERANCE`), or when no neighbour of it measures better;
+5. with ``holdout`` (crops the search never saw, or a measure on them): the repaired plan is kept only when it
+   also measures lower than the allocator's own there (by ``noise_z`` standard errors of the paired per-crop
+   difference when noise-aware), else the allocator's plan is returned: a repair that fits its search crops
+   does not survive crops it was not chosen on.
 
 **Noise-aware** (``noise_z > 0``): each plan is measured per calibration crop (:meth:`JointLoss.samples
 <bitalloc.sensitivity.plan_check.JointLoss.samples>`; after QAT :meth:`bitalloc.recovery.Recovery.samples`), a
@@ -40,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch.nn as nn
 
@@ -69,7 +74,9 @@ class Repair:
     ``plan``, ``predicted``, ``learned`` (the learned table's prediction when it was proposed), ``measured``,
     ``excess``, ``measured_se`` (noise-aware only), ``size_bits``, ``avg_bits``, ``time_s``); ``learned``: the
     table with the corrections;
-    ``converged``: the learned prediction held within the tolerance for the allocator's last plan."""
+    ``converged``: the learned prediction held within the tolerance for the allocator's last plan;
+    ``holdout``: with held-out crops and a repair to confirm, the search's best plan's and the start's loss
+    increase there (``best``, ``start``, ``best_se`` when per crop) and which was ``kept``; else None."""
 
     plan: BitPlan
     measured: float
@@ -82,6 +89,7 @@ class Repair:
     time_s: float = 0.0
     converged: bool = False
     correction: str = "unary"
+    holdout: dict | None = field(default=None, compare=False)
 
     @property
     def improved(self) -> bool:
@@ -109,7 +117,7 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
                       crop: int = 256, limit: int | None = 4, tolerance: float = TOLERANCE, max_evals: int = 12,
                       time_limit: float | None = None, correction: str = "auto",
                       start: Allocation | None = None, measure: Callable[[BitPlan], Any] | None = None,
-                      noise_z: float = 0.0) -> Repair:
+                      noise_z: float = 0.0, holdout: Any = None) -> Repair:
     """Allocate, measure, learn and re-solve, then search locally by measurement (module docstring).
 
     ``data``, ``loss``, ``lmbda``, ``calibration``, ``crop``, ``limit``: the data and settings the table was
@@ -122,7 +130,10 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
     then unused (:meth:`bitalloc.recovery.Recovery.increase`: after QAT, what a QAT-aware table predicts); with
     ``noise_z > 0`` it must return the increase per calibration sample (``Recovery.samples``). ``noise_z``: how many
     standard errors a plan must measure lower by to replace the best one, and an excess must exceed to be learned
-    (module docstring); 0 compares plain means.
+    (module docstring); 0 compares plain means. ``holdout``: crops (as ``data``, measured with the same settings)
+    or a function of a :class:`BitPlan` returning its loss increase on them (per crop, for ``noise_z > 0``) that
+    confirm a repair before it is returned (module docstring, step 5); a ``measure`` other than the joint loss
+    needs a function here.
     """
     table.require_weight_only("verify_and_repair", "its corrections and local search step along weight bits")
     if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
@@ -150,6 +161,12 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
         measure = joint.samples if noise_z > 0 else joint.increase
     elif not callable(measure):
         raise TypeError(f"verify_and_repair: measure must be a function of a BitPlan, got {type(measure).__name__}")
+    elif holdout is not None and not callable(holdout):
+        raise TypeError("verify_and_repair: with measure= given, holdout must be a function of a BitPlan measuring "
+                        "the same loss on the held-out crops")
+    if holdout is not None and not callable(holdout):
+        holdout = JointLoss(model, holdout, loss=loss, calibration=calibration, lmbda=lmbda, crop=crop,
+                            limit=limit).samples
     search = RepairSearch(table, budget, measure, max_evals, time_limit, kind, noise_z)
     search.t0 = t0
     start_measured = measured = search.measure(choice, "allocator")
@@ -181,11 +198,40 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
                     improved = True
                     break
     best, best_m = search.best()
+    confirmed = None
+    if holdout is not None and tuple(best) != tuple(first.plan.choices(table)):
+        confirmed = _confirm(holdout, table, first.plan.choices(table), best, noise_z)
+        if confirmed["kept"] == "start":
+            best, best_m = first.plan.choices(table), start_measured
     history = pd.DataFrame(search.rows)
     return Repair(plan=BitPlan.from_choices(table, best, allocator=f"{name}{VERIFY_SUFFIX}"), measured=best_m,
                   predicted=table.objective(best), start=first, start_measured=start_measured, history=history,
                   learned=search.learned, evaluations=len(search.measured), time_s=time.perf_counter() - t0,
-                  converged=converged, correction=kind)
+                  converged=converged, correction=kind, holdout=confirmed)
+
+
+def _confirm(holdout: Callable[[BitPlan], Any], table: CostTable, start, best, noise_z: float) -> dict:
+    """Measure the start and the repaired plan on the held-out crops; keep the repair only when it measures lower
+    there (by ``noise_z`` standard errors of the paired per-crop difference when noise-aware)."""
+    values = {}
+    for which, choice in (("start", start), ("best", best)):
+        value = np.asarray(holdout(BitPlan.from_choices(table, choice)), dtype=float)
+        if not np.isfinite(value).all():
+            raise ValueError(f"verify_and_repair: the holdout measure of the {which} plan is not finite: {value}")
+        values[which] = value
+    if values["start"].shape != values["best"].shape:
+        raise ValueError(f"verify_and_repair: the holdout measure returned shapes {values['start'].shape} and "
+                         f"{values['best'].shape} for two plans")
+    diff = values["start"] - values["best"]  # > 0: the repair is better
+    out = {"start": float(values["start"].mean()), "best": float(values["best"].mean())}
+    margin = 0.0
+    if diff.ndim == 1 and len(diff) >= 2:
+        out["gain_se"] = float(diff.std(ddof=1)) / math.sqrt(len(diff))
+        margin = noise_z * out["gain_se"]
+    elif noise_z > 0:
+        raise ValueError(f"verify_and_repair: noise_z={noise_z:g} needs a holdout measure per crop (two or more)")
+    out["kept"] = "best" if float(diff.mean()) > margin else "start"
+    return out
 
 
 class VerifyingAllocator:
@@ -212,11 +258,14 @@ class VerifyingAllocator:
         choice, same = rep.plan.choices(table), not rep.improved
         msg = (f"verified {rep.evaluations} plan(s): measured {rep.measured:.4g} (predicted {rep.predicted:.4g}); "
                f"the {self.inner_name} plan measured {rep.start_measured:.4g} (predicted {first.objective:.4g})"
-               + ("" if same else f"; repaired ({rep.correction} corrections, local search)"))
+               + ("" if same else f"; repaired ({rep.correction} corrections, local search)")
+               + ("" if rep.holdout is None or rep.holdout["kept"] == "best" else
+                  f"; the repair measured {rep.holdout['best']:.4g} on the held-out crops against the start's "
+                  f"{rep.holdout['start']:.4g}: the start plan kept"))
         extra = {"inner": self.inner_name, "measured": rep.measured, "predicted": rep.predicted,
                  "start_measured": rep.start_measured, "start_predicted": first.objective,
                  "evaluations": rep.evaluations, "converged": rep.converged, "correction": rep.correction,
-                 "history": rep.history.to_dict("records")}
+                 "holdout": rep.holdout, "history": rep.history.to_dict("records")}
         return Allocation(BitPlan.from_choices(table, choice, allocator=self.name),
                           first.status if same else AllocStatus.FEASIBLE, table.objective(choice),
                           table.plan_size(choice), time.perf_counter() - t0, rep.evaluations, msg, extra,

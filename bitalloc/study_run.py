@@ -41,11 +41,12 @@ class StudyRun:
     """One run over ``cells`` (module docstring); :meth:`run` returns ``[(cell, cell_dict, fresh), ...]``."""
 
     def __init__(self, spec, cache: StudyCache, models: dict, calib, evals: dict, train, loss, runner: Runner,
-                 bar=None, progress: bool = False):
+                 bar=None, progress: bool = False, holdout=None):
         self.spec, self.cache, self.loss, self.runner, self.bar = spec, cache, loss, runner, bar
         self.progress = progress and runner.executor is None  # DynaQuant's own bar, in this process only
         self.models = {q: Shipped(m) for q, m in models.items()}
         self.calib, self.evals, self.train = Shipped(calib), Shipped(evals), Shipped(train, folder_recipe(train))
+        self.holdout = None if holdout is None else Shipped(holdout)  # crops confirming PTQ repairs
         self.eval_names = list(evals)
         self.tables: dict = {}  # (quality, pairwise) -> CostTable
         self.waiting: dict = {}  # (quality, pairwise) or outcome path -> continuations
@@ -241,7 +242,7 @@ class StudyRun:
             if kept is not None:
                 self._restore(label, kept.pop("warnings", []))
                 return allocated(kept)
-            return self._submit(allocate_task, (*args, None, train, work), label, allocated)
+            return self._submit(allocate_task, (*args, None, train, work, self.holdout), label, allocated)
         if "plan_excess" in found["row"]:
             return finish(found, fresh=False)
 

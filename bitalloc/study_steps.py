@@ -172,12 +172,13 @@ def fit_allocator(name: str, spec):
     return within_noise(allocator, TIE_BREAK_SHARE) if getattr(spec, "table_fit", "clip") == "noise" else allocator
 
 
-def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None, train=None, workdir=None):
+def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None, train=None, workdir=None, holdout=None):
     """The allocator of a harness cell: a registered name (:func:`fit_allocator`), or one with the ``+verify``
     suffix wrapped in :func:`bitalloc.verifying` on ``model`` and the calibration crops (the table's data and
     settings); the tie-break of ``table_fit="noise"`` goes inside, so every re-solve of the repair uses it. A
     ``+qat`` name is its inner allocator: the harness gives it the QAT-aware table; ``+verify+qat`` measures each
-    plan after the QAT of that table (:func:`recovery_run` on ``train``, the training photos), what it predicts."""
+    plan after the QAT of that table (:func:`recovery_run` on ``train``, the training photos), what it predicts.
+    ``holdout``: crops that confirm a PTQ repair before it is kept (``StudySpec.verify_holdout``)."""
     from .allocation import allocator_parts
     from .repair import verifying
 
@@ -192,7 +193,8 @@ def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None, train
         recovery = recovery_run(model, calib, train, spec, loss, workdir)
         measure = recovery.samples if noise_z > 0 else recovery.increase
         return verifying(fit_allocator(inner, spec), model, calib, measure=measure, **options)
-    return verifying(fit_allocator(inner, spec), model, calib, loss=loss, calibration=spec.calibration, **options)
+    return verifying(fit_allocator(inner, spec), model, calib, loss=loss, calibration=spec.calibration,
+                     holdout=holdout, **options)
 
 
 def quantize_plan(model, plan, mode: str, spec, train, workdir: Path | None = None, loss=None, calib=None):

@@ -69,22 +69,27 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--limit", type=int, default=None, help="first N Kodak images only")
     p.add_argument("--verify-noise-z", type=float, default=StudySpec.verify_noise_z,
                    help="'+verify' allocators: noise-aware repair (bitalloc.verify_and_repair's noise_z)")
+    p.add_argument("--verify-holdout", type=int, default=StudySpec.verify_holdout,
+                   help="'+verify' allocators: further photos per set that confirm a repair (each set then spans "
+                        "--calib-images + this many photos; set B starts where set A's end)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/compare_allocators")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    n = args.calib_images
+    n, held = args.calib_images, args.verify_holdout
     if n < 1:
         p.error(f"--calib-images must be at least 1, got {n}")
+    if held < 0:
+        p.error(f"--verify-holdout must be at least 0, got {held}")
     results = {}
     for fit in args.fits:
-        for name, offset in (("A", 0), ("B", n)):
+        for name, offset in (("A", 0), ("B", n + held)):
             spec = StudySpec(model=args.model, allocators=tuple(args.allocators), budgets=(args.budget,),
                              modes=("ptq",), qualities=tuple(args.qualities), eval_limit=args.limit,
                              table_fit=fit, calib_images=n, calib_offset=offset,
-                             verify_noise_z=args.verify_noise_z)
+                             verify_noise_z=args.verify_noise_z, verify_holdout=held)
             results[(fit, name)] = run_study(spec, Path(args.cache) / args.model, data=args.data)
     layers = layer_frame({q: load_model(args.model, q, pretrained=StudySpec.pretrained) for q in args.qualities})
     params = {q: dict(zip(g.layer, g.num_params)) for q, g in layers.groupby("quality")}
@@ -92,14 +97,15 @@ def main(argv=None) -> pd.DataFrame:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = (f"calibration_stability_{args.model}" + ("" if n == StudySpec.calib_images else f"_{n}crops")
-            + (f"_verifyz{args.verify_noise_z:g}" if args.verify_noise_z else ""))
+            + (f"_verifyz{args.verify_noise_z:g}" if args.verify_noise_z else "")
+            + (f"_holdout{held}" if held else ""))
     atomic_write_text(out / f"{stem}.csv", table.to_csv(index=False))
     command = "BITALLOC_DATA=../shared/data python studies/calibration_stability.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
     machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads"
     md = [f"# Plans from two disjoint calibration sets: {args.model}, {args.budget:g}-bit budget, PTQ", "",
           f"- command: `{command.strip()}`", f"- machine: {machine}",
-          f"- set A: the first {n} training photos (harness default), set B: the next {n} (calib_offset={n}); "
+          f"- set A: the first {n} training photos (harness default), set B: the next {n} (calib_offset={n + held}); "
           f"{StudySpec.calib_crop}^2 centre crops, {StudySpec.calibration} calibration; Kodak "
           f"{'all 24 images' if args.limit is None else f'first {args.limit} images'}, qualities "
           f"{', '.join(map(str, args.qualities))}",
@@ -107,7 +113,10 @@ def main(argv=None) -> pd.DataFrame:
           "noise broken toward the bigger plan; same_bits_share: parameter-weighted share of the weights with "
           "equal bits in both sets' plans (mean over qualities)",
           f"- '+verify': noise-aware repair, noise_z={args.verify_noise_z:g}" if args.verify_noise_z else
-          "- '+verify': plain repair (noise_z=0)", "",
+          "- '+verify': plain repair (noise_z=0)",
+          *([f"- '+verify': a repair is kept only when it also measures lower on {held} further photos of its set "
+             f"(A: photos {n}-{n + held - 1}, B: {2 * n + held}-{2 * n + 2 * held - 1}; verify_holdout={held})"]
+            if held else []), "",
           table.to_markdown(index=False, floatfmt=".3f"), ""]
     atomic_write_text(out / f"{stem}.md", "\n".join(md))
     _plot(table, out / f"{stem}.png", args.model, args.budget, args.verify_noise_z)

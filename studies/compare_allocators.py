@@ -83,6 +83,10 @@ def main(argv=None) -> None:
     p.add_argument("--verify-noise-z", type=float, default=StudySpec.verify_noise_z,
                    help="'+verify': a plan replaces the best one only when it measures lower by more than this many "
                         "standard errors of the per-crop difference (0: plain means)")
+    p.add_argument("--verify-holdout", type=int, default=StudySpec.verify_holdout,
+                   help="'+verify': centre crops of this many further training photos (after the calibration set) "
+                        "confirm each PTQ repair: the allocator's own plan is kept unless the repair also measures "
+                        "lower there (0: none)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/compare_allocators")
@@ -108,7 +112,7 @@ def main(argv=None) -> None:
                              act_bits=args.act_bits, calib_offset=args.calib_offset, table_fit=args.table_fit,
                              seed=args.seed, recovery_steps=args.recovery_steps, recovery_crop=args.recovery_crop,
                              verify_tolerance=args.verify_tolerance, verify_max_evals=args.verify_max_evals,
-                             verify_noise_z=args.verify_noise_z)
+                             verify_noise_z=args.verify_noise_z, verify_holdout=args.verify_holdout)
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         if "qat" in args.modes and args.dynaquant_budgets:
             spec = StudySpec(model=model, allocators=("dynaquant",), budgets=tuple(args.dynaquant_budgets),
@@ -180,7 +184,8 @@ def rebuild_report(model: str, args, command: str) -> Path:
                      seed=getattr(args, "seed", StudySpec.seed),
                      verify_tolerance=getattr(args, "verify_tolerance", StudySpec.verify_tolerance),
                      verify_max_evals=getattr(args, "verify_max_evals", StudySpec.verify_max_evals),
-                     verify_noise_z=getattr(args, "verify_noise_z", StudySpec.verify_noise_z))
+                     verify_noise_z=getattr(args, "verify_noise_z", StudySpec.verify_noise_z),
+                     verify_holdout=getattr(args, "verify_holdout", StudySpec.verify_holdout))
     calib = steps.calibration_crops(None, spec.calib_images, spec.calib_crop, args.data, spec.calib_offset)
     models = {q: load_model(model, q, pretrained=spec.pretrained) for q in qualities}
     plans, cells = {}, results[~results.allocator.isin(["fp32", "dynaquant"])]

@@ -178,6 +178,32 @@ def test_iqp_and_verify_cells(tmp_path, inputs):
     assert {"max_evals": 3, "tolerance": 0.002, "noise_z": 2.0} in keys
 
 
+def test_verify_holdout_photos_confirm_ptq_repairs(tmp_path, inputs):
+    g = torch.Generator().manual_seed(1)
+    photos = {f"p{k}": torch.rand(3, 64, 64, generator=g) for k in range(4)}  # 2 calibration, 2 held out
+    spec = StudySpec(**{**TINY, "allocators": ("ilp", "ilp+verify"), "verify_max_evals": 3, "verify_holdout": 2})
+    res = _run(tmp_path, {**inputs, "calib_images": photos}, spec).results.set_index("allocator")
+    row = res.loc["ilp+verify"]
+    assert row.plan_measured_cost <= row.verify_start_measured + 1e-12 and row.size_bits <= row.budget_bits
+    cell = json.loads(next((tmp_path / "cells").glob("*_ilp+verify_*.json")).read_text())
+    assert cell["key"]["verify"]["holdout"]["photos"] == 2 and cell["key"]["verify"]["holdout"]["images"]
+    if "verify_holdout_kept" in res and isinstance(row.verify_holdout_kept, str):  # a repair to confirm
+        assert row.verify_holdout_kept in ("best", "start")
+    ilp = json.loads(next((tmp_path / "cells").glob("*_ilp_avg*.json")).read_text())
+    assert "verify" not in ilp["key"]
+    # the same calibration photos without the holdout: the +verify cell is recomputed, the ilp cell is not
+    plain = _run(tmp_path, {**inputs, "calib_images": photos}, StudySpec(**{**spec.__dict__, "verify_holdout": 0}))
+    assert set(plain.results[~plain.results.cached].allocator) == {"ilp+verify"}
+    with pytest.raises(ValueError, match="verify_holdout=2 needs calibration photos by name"):
+        _run(tmp_path / "t", inputs, spec)  # a tensor of crops: no further photos
+    with pytest.raises(ValueError, match="verify_holdout=3: only 2 photo"):
+        _run(tmp_path / "u", {**inputs, "calib_images": photos}, StudySpec(**{**spec.__dict__, "verify_holdout": 3}))
+    with pytest.raises(ValueError, match="verify_holdout must be an integer >= 0"):
+        StudySpec(verify_holdout=-1)
+    with pytest.raises(ValueError, match=r"verify_holdout confirms PTQ repairs only; allocator 'ilp\+verify\+qat'"):
+        StudySpec(allocators=("ilp+verify+qat",), modes=("qat",), verify_holdout=2)
+
+
 def test_unknown_allocator_names_are_refused_by_name():
     with pytest.raises(ValueError, match=r"unknown allocator 'ilp\+verfy'; valid allocators: .*ilp\+verify"):
         StudySpec(allocators=("ilp", "ilp+verfy"))

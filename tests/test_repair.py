@@ -199,3 +199,51 @@ def test_noise_awareness_needs_per_sample_measurements(mlp_case, hyperprior_case
     samples = joint.samples(plan)
     assert samples.shape == (2,) and samples.mean() == pytest.approx(joint.increase(plan), rel=1e-4)
     assert samples[0] != samples[1]
+
+
+def test_a_holdout_keeps_a_repair_only_when_it_also_measures_lower_there(mlp_case):
+    from bitalloc.allocation import build_allocator
+
+    _, _, table = mlp_case
+    budget = Budget.from_avg_bits(table, 3.0)
+    start = build_allocator("ilp").allocate(table, budget).plan
+    per_crop, low = _noisy_measure(table, start, penalty=1.0, sd=0.01)  # the search crops: the start's layer hurts
+
+    def search(plan):
+        return float(np.mean(per_crop(plan)))
+    plain = verify_and_repair(None, None, table, budget, "ilp", measure=search, max_evals=8, tolerance=0.0)
+    assert plain.plan.bits[low] > start.bits[low] and plain.holdout is None
+    # held-out crops where the same interaction shows: the repair is confirmed and kept
+    confirm = verify_and_repair(None, None, table, budget, "ilp", measure=search, max_evals=8, tolerance=0.0,
+                                holdout=search)
+    assert confirm.plan == plain.plan and confirm.measured == plain.measured
+    assert confirm.holdout["kept"] == "best" and confirm.holdout["best"] < confirm.holdout["start"]
+    # held-out crops where it does not (the search crops' penalty was theirs alone): the allocator's plan comes back
+    other, _ = _noisy_measure(table, start, penalty=0.0, sd=0.01)
+    held = verify_and_repair(None, None, table, budget, "ilp", measure=search, max_evals=8, tolerance=0.0,
+                             holdout=other)
+    assert held.holdout["kept"] == "start" and held.plan == held.start.plan and not held.improved
+    assert held.measured == held.start_measured and held.holdout["best"] >= held.holdout["start"]
+    # noise-aware: a held-out gain inside z standard errors of the paired difference does not confirm
+    noisy, _ = _noisy_measure(table, start, penalty=0.02, sd=0.5)
+    z = verify_and_repair(None, None, table, budget, "ilp", measure=per_crop, max_evals=8, tolerance=0.0, noise_z=3,
+                          holdout=noisy)
+    assert z.holdout["gain_se"] > 0.05 and z.holdout["start"] - z.holdout["best"] < 3 * z.holdout["gain_se"]
+    assert z.holdout["kept"] == "start" and z.plan == z.start.plan
+    with pytest.raises(TypeError, match="holdout must be a function of a BitPlan"):
+        verify_and_repair(None, None, table, budget, "ilp", measure=search, holdout=torch.zeros(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="the holdout measure of the start plan is not finite"):
+        verify_and_repair(None, None, table, budget, "ilp", measure=search, max_evals=8, tolerance=0.0,
+                          holdout=lambda p: float("nan"))
+
+
+def test_a_holdout_of_crops_is_measured_like_the_search_data(hyperprior_case):
+    model, x, table = hyperprior_case
+    budget = Budget.from_avg_bits(table, 3.0)
+    rep = verify_and_repair(model, x, table, budget, "ilp", calibration="mse", max_evals=4, tolerance=0.0,
+                            holdout=x.flip(-1))
+    assert rep.measured <= rep.start_measured and budget.exceeded(table, rep.plan.choices(table)) is None
+    if rep.improved:  # a repair kept was confirmed on the mirrored crops
+        assert rep.holdout["kept"] == "best" and rep.holdout["best"] < rep.holdout["start"]
+    else:
+        assert rep.holdout is None or rep.holdout["kept"] == "start"
