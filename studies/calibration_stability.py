@@ -39,7 +39,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def stability_table(results: dict, allocators, budget: float, params: dict) -> pd.DataFrame:
     """One row per (allocator, fit) from ``results[(fit, set)]`` (StudyResult), sets "A" and "B" (the study's
-    own uniform 8-bit anchor rows are left out: they do not depend on the calibration set's plan choice)."""
+    own uniform 8-bit anchor rows are left out: they do not depend on the calibration set's plan choice). With
+    held-out photos confirming the repairs, ``repairs_kept_A`` / ``_B``: of the qualities whose repair had to be
+    confirmed, how many the held-out photos kept ("kept/confirmed")."""
     rows = []
     for fit in sorted({f for f, _ in results}):
         a, b = results[(fit, "A")], results[(fit, "B")]
@@ -53,8 +55,17 @@ def stability_table(results: dict, allocators, budget: float, params: dict) -> p
                          "bd_rate_vs_fp32_B_pct": rb.bd_rate_vs_fp32_pct,
                          "abs_diff_points": abs(ra.bd_rate_vs_fp32_pct - rb.bd_rate_vs_fp32_pct),
                          "same_bits_share": float(np.mean(same)) if same else np.nan,
-                         "avg_bits_A": ra.avg_bits, "avg_bits_B": rb.avg_bits})
+                         "avg_bits_A": ra.avg_bits, "avg_bits_B": rb.avg_bits,
+                         **{f"repairs_kept_{name}": _kept(res, allocator, budget) for name, res in (("A", a), ("B", b))
+                            if "verify_holdout_kept" in res.results}})
     return pd.DataFrame(rows)
+
+
+def _kept(result, allocator: str, budget: float) -> str:
+    """"kept/confirmed" of ``allocator``'s repairs at ``budget`` (rows without a repair to confirm not counted)."""
+    rows = result.results
+    held = rows[(rows.allocator == allocator) & (rows.budget == budget)].verify_holdout_kept.dropna()
+    return f"{int((held == 'best').sum())}/{len(held)}" if len(held) else ""
 
 
 def main(argv=None) -> pd.DataFrame:
