@@ -29,7 +29,40 @@ def test_agreement_weights_layers_by_their_parameters():
 def _result(bd_ilp: float, plan: BitPlan):
     bd = pd.DataFrame([{"allocator": "uniform", "budget": 8.0, "bd_rate_vs_fp32_pct": 0.5, "avg_bits": 8.0},
                        {"allocator": "ilp", "budget": 6.0, "bd_rate_vs_fp32_pct": bd_ilp, "avg_bits": 6.0}])
-    return SimpleNamespace(bd=bd, plans={(1, "ilp", 6.0, "ptq"): plan, (1, "uniform", 8.0, "ptq"): plan})
+    cells = pd.DataFrame([{"allocator": "ilp", "budget": 6.0, "quality": 1, "plan_measured_cost": 0.01}])
+    return SimpleNamespace(bd=bd, plans={(1, "ilp", 6.0, "ptq"): plan, (1, "uniform", 8.0, "ptq"): plan},
+                           results=cells, images=pd.DataFrame())
+
+
+def _repaired(bd: dict, plans: dict, kept: dict, costs: dict, images: list):
+    """A study result with ilp and ilp+verify at the 6-bit budget over qualities 1 and 3."""
+    bd_frame = pd.DataFrame([{"allocator": a, "budget": 6.0, "mode": "ptq", "bd_rate_vs_fp32_pct": v, "avg_bits": 6.0}
+                             for a, v in bd.items()])
+    cells = pd.DataFrame([{"allocator": a, "budget": 6.0, "quality": q, "plan_measured_cost": costs[(a, q)],
+                           "verify_holdout_kept": kept.get((a, q))} for a in bd for q in (1, 3)])
+    image_rows = pd.DataFrame([{"allocator": a, "budget": 6.0, "mode": "ptq", "quality": q, "image": i, "bpp": b,
+                                "psnr_rgb": p} for a, q, i, b, p in images])
+    return SimpleNamespace(bd=bd_frame, results=cells, images=image_rows,
+                           plans={(q, a, 6.0, "ptq"): plans[(a, q)] for a in bd for q in (1, 3)})
+
+
+def test_repair_effects_compare_each_repaired_quality_with_its_allocator(study):
+    from bitalloc.models import lambda_of
+
+    base, other = BitPlan({"x": 4, "y": 8}), BitPlan({"x": 6, "y": 6})
+    plans = {("ilp", 1): base, ("ilp+verify", 1): other, ("ilp", 3): base, ("ilp+verify", 3): base}
+    costs = {("ilp", 1): 0.02, ("ilp+verify", 1): 0.015, ("ilp", 3): 0.03, ("ilp+verify", 3): 0.03}
+    images = [("ilp", 1, "a", 0.2, 30.0), ("ilp", 1, "b", 0.4, 30.0), ("ilp+verify", 1, "a", 0.2, 31.0),
+              ("ilp+verify", 1, "b", 0.4, 31.0), ("ilp", 3, "a", 0.5, 29.0), ("ilp+verify", 3, "a", 0.5, 29.0)]
+    res = _repaired({"ilp": 4.0, "ilp+verify": 3.5}, plans, {("ilp+verify", 1): "best"}, costs, images)
+    effects = study.repair_effects({("noise", "A"): res}, ["ilp", "ilp+verify"], 6.0)
+    assert len(effects) == 1  # q3's repair kept the allocator's plan: no row
+    row = effects.iloc[0]
+    assert (row.repair, row.quality, row.set) == ("ilp+verify", 1, "A")
+    assert row.calib_loss_change == pytest.approx(-0.005) and row.bd_rate_change_points == pytest.approx(-0.5)
+    loss = {p: lambda_of(1) * 255 ** 2 * 10 ** (-p / 10) + 0.3 for p in (30.0, 31.0)}
+    assert row.kodak_rd_loss_change_pct == pytest.approx(100 * (loss[31.0] / loss[30.0] - 1))
+    assert study._kept(res, "ilp+verify", 6.0) == "1/1" and study._kept(res, "ilp", 6.0) == ""
 
 
 def test_the_table_pairs_the_two_sets_per_allocator_and_fit_without_the_anchor(study):
