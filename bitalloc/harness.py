@@ -244,16 +244,7 @@ def run_study(spec: StudySpec, out, *, model_loader: Callable | None = None, cal
     loader = model_loader or (lambda name, q: steps.load_float_model(name, q, spec.pretrained))
     photos = steps.calibration_images(calib_images, spec.calib_images, data, spec.calib_offset)
     calib = steps.calibration_crops(photos, spec.calib_images, spec.calib_crop)
-    holdout = None
-    if spec.verify_holdout:
-        if not isinstance(photos, dict):
-            raise ValueError(f"verify_holdout={spec.verify_holdout} needs calibration photos by name (a folder or a "
-                             "dict): a tensor of crops has no further photos to hold out")
-        held = steps.calibration_images(calib_images, spec.verify_holdout, data, spec.calib_offset + spec.calib_images)
-        if len(held) < spec.verify_holdout:
-            raise ValueError(f"verify_holdout={spec.verify_holdout}: only {len(held)} photo(s) after the calibration "
-                             f"set's {spec.calib_images} (from photo {spec.calib_offset + spec.calib_images} on)")
-        holdout = steps.calibration_crops(held, spec.verify_holdout, spec.calib_crop)
+    holdout = steps.holdout_crops(calib_images, photos, spec, data) if spec.verify_holdout else None
     evals = steps.evaluation_images(eval_images, spec.eval_limit, data)
     train = steps.training_source(train_images, spec.calib_crop, data, spec.seed) if "qat" in spec.modes else None
     inputs = {"eval_images": images_digest(evals), "calib_images": images_digest({"calib": calib}),

@@ -27,9 +27,9 @@ from .costs import CostTable
 from .data import ImageFolder, data_root, resolve_images
 
 __all__ = ["calibration_crops", "calibration_images", "cell_allocator", "check_joint_plan", "evaluate_images",
-           "evaluation_images", "fit_allocator", "load_float_model", "measure_cost_table", "measure_pairwise_table",
-           "measure_recovered_table", "quantize_plan", "recovery_run",
-           "training_source"]  # the steps; the constants below are read by the harness and cache
+           "evaluation_images", "fit_allocator", "holdout_crops", "load_float_model", "measure_cost_table",
+           "measure_pairwise_table", "measure_recovered_table", "quantize_plan", "recovery_run", "training_source"]
+# the steps; the constants below are read by the harness and cache
 
 NOISE_SNAP_Z = 0.0  # no snapping to 0 within noise (module docstring)
 #: ``StudySpec.table_fit`` -> the :func:`bitalloc.measure_sensitivity` options of its cost table
@@ -67,6 +67,20 @@ def calibration_crops(images, count: int, crop: int, data=None, offset: int = 0)
     from .sensitivity import calibration_batch
 
     return calibration_batch(calibration_images(images, count, data, offset), crop=crop, limit=None)
+
+
+def holdout_crops(images, photos, spec, data=None) -> torch.Tensor:
+    """Centre crops of the ``spec.verify_holdout`` training photos after the calibration set ``photos`` (those of
+    :func:`calibration_images`): the crops that confirm a PTQ repair (``StudySpec.verify_holdout``)."""
+    count, start = spec.verify_holdout, spec.calib_offset + spec.calib_images
+    if not isinstance(photos, dict):
+        raise ValueError(f"verify_holdout={count} needs calibration photos by name (a folder or a dict): a tensor "
+                         "of crops has no further photos to hold out")
+    held = calibration_images(images, count, data, start)
+    if len(held) < count:
+        raise ValueError(f"verify_holdout={count}: only {len(held)} photo(s) after the calibration set's "
+                         f"{spec.calib_images} (from photo {start} on)")
+    return calibration_crops(held, count, spec.calib_crop)
 
 
 def evaluation_images(images, limit, data=None) -> dict[str, torch.Tensor]:
