@@ -179,7 +179,7 @@ class StudySpec:
             raise ValueError(f"verify_noise_z must be a finite number >= 0, got {self.verify_noise_z!r}")
         if isinstance(self.verify_holdout, bool) or not isinstance(self.verify_holdout, int) or self.verify_holdout < 0:
             raise ValueError(f"verify_holdout must be an integer >= 0 (photos), got {self.verify_holdout!r}")
-        after_qat = [a for a in self.allocators if allocator_parts(a)[1] and allocator_parts(a)[2]]
+        after_qat = [a for a in self.allocators if all(allocator_parts(a)[1:])]  # +verify+qat
         if self.verify_holdout and after_qat:
             raise ValueError(f"verify_holdout confirms PTQ repairs only; allocator {after_qat[0]!r} verifies after QAT "
                              f"(drop it or set verify_holdout=0)")

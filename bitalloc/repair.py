@@ -54,7 +54,7 @@ from bitalloc.costs import Budget, CostTable
 from bitalloc.errors import BudgetError
 from bitalloc.objective import Loss
 from bitalloc.plan import BitPlan
-from bitalloc.repair_search import RepairSearch
+from bitalloc.repair_search import RepairSearch, measures_lower, standard_error
 from bitalloc.sensitivity.plan_check import JointLoss
 
 __all__ = ["CORRECTIONS", "TOLERANCE", "VERIFY_SUFFIX", "Repair", "VerifyingAllocator", "split_verify",
@@ -152,21 +152,23 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
     first = start if start is not None else inner.allocate(table, budget)
     if first.plan is None or not first.ok:
         raise ValueError(f"verify_and_repair: allocator '{name}' returned no plan ({first.status}: {first.message})")
-    choice = first.plan.choices(table)
+    choice = start_choice = first.plan.choices(table)
     over = budget.exceeded(table, choice)
     if over is not None:
         raise BudgetError(f"verify_and_repair: allocator '{name}' returned a plan over the budget: {over}")
+    def joint(images) -> JointLoss:  # the joint loss with the table's data settings
+        return JointLoss(model, images, loss=loss, calibration=calibration, lmbda=lmbda, crop=crop, limit=limit)
+
     if measure is None:
-        joint = JointLoss(model, data, loss=loss, calibration=calibration, lmbda=lmbda, crop=crop, limit=limit)
-        measure = joint.samples if noise_z > 0 else joint.increase
+        on_data = joint(data)
+        measure = on_data.samples if noise_z > 0 else on_data.increase
     elif not callable(measure):
         raise TypeError(f"verify_and_repair: measure must be a function of a BitPlan, got {type(measure).__name__}")
     elif holdout is not None and not callable(holdout):
         raise TypeError("verify_and_repair: with measure= given, holdout must be a function of a BitPlan measuring "
                         "the same loss on the held-out crops")
     if holdout is not None and not callable(holdout):
-        holdout = JointLoss(model, holdout, loss=loss, calibration=calibration, lmbda=lmbda, crop=crop,
-                            limit=limit).samples
+        holdout = joint(holdout).samples
     search = RepairSearch(table, budget, measure, max_evals, time_limit, kind, noise_z)
     search.t0 = t0
     start_measured = measured = search.measure(choice, "allocator")
@@ -199,10 +201,10 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
                     break
     best, best_m = search.best()
     confirmed = None
-    if holdout is not None and tuple(best) != tuple(first.plan.choices(table)):
-        confirmed = _confirm(holdout, table, first.plan.choices(table), best, noise_z)
+    if holdout is not None and tuple(best) != tuple(start_choice):
+        confirmed = _confirm(holdout, table, start_choice, best, noise_z)
         if confirmed["kept"] == "start":
-            best, best_m = first.plan.choices(table), start_measured
+            best, best_m = start_choice, start_measured
     history = pd.DataFrame(search.rows)
     return Repair(plan=BitPlan.from_choices(table, best, allocator=f"{name}{VERIFY_SUFFIX}"), measured=best_m,
                   predicted=table.objective(best), start=first, start_measured=start_measured, history=history,
@@ -222,15 +224,12 @@ def _confirm(holdout: Callable[[BitPlan], Any], table: CostTable, start, best, n
     if values["start"].shape != values["best"].shape:
         raise ValueError(f"verify_and_repair: the holdout measure returned shapes {values['start'].shape} and "
                          f"{values['best'].shape} for two plans")
-    diff = values["start"] - values["best"]  # > 0: the repair is better
     out = {"start": float(values["start"].mean()), "best": float(values["best"].mean())}
-    margin = 0.0
-    if diff.ndim == 1 and len(diff) >= 2:
-        out["gain_se"] = float(diff.std(ddof=1)) / math.sqrt(len(diff))
-        margin = noise_z * out["gain_se"]
+    if values["best"].ndim == 1 and len(values["best"]) >= 2:
+        out["gain_se"] = standard_error(values["start"] - values["best"])
     elif noise_z > 0:
         raise ValueError(f"verify_and_repair: noise_z={noise_z:g} needs a holdout measure per crop (two or more)")
-    out["kept"] = "best" if float(diff.mean()) > margin else "start"
+    out["kept"] = "best" if measures_lower(values["best"], values["start"], noise_z) else "start"
     return out
 
 

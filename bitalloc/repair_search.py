@@ -17,7 +17,7 @@ from bitalloc.errors import BudgetError
 from bitalloc.interactions import with_pairwise
 from bitalloc.plan import BitPlan
 
-__all__ = ["RepairSearch"]
+__all__ = ["RepairSearch", "measures_lower", "standard_error"]
 
 
 def _key(choice) -> tuple[int, ...]:
@@ -25,8 +25,17 @@ def _key(choice) -> tuple[int, ...]:
     return tuple(int(c) for c in choice)
 
 
-def _standard_error(x: np.ndarray) -> float:
+def standard_error(x: np.ndarray) -> float:
+    """The standard error of the mean of ``x`` (two or more values)."""
     return float(x.std(ddof=1)) / math.sqrt(len(x))
+
+
+def measures_lower(new, old, noise_z: float = 0.0) -> bool:
+    """Whether measurement ``new`` is lower than ``old`` (floats, or per-sample arrays of the same samples): their
+    means, by more than ``noise_z`` standard errors of the paired per-sample difference when ``noise_z > 0``."""
+    new, old = np.asarray(new, dtype=float), np.asarray(old, dtype=float)
+    gain = float(old.mean() - new.mean())
+    return gain > (noise_z * standard_error(new - old) if noise_z > 0 else 0.0)
 
 
 class RepairSearch:
@@ -76,18 +85,17 @@ class RepairSearch:
         """Whether measured plan ``new`` (choices) measured lower than ``old``: by more than ``noise_z`` standard
         errors of their paired per-sample difference when noise-aware, else at all."""
         new, old = _key(new), _key(old)
-        gain = self.measured[old] - self.measured[new]
         if self.noise_z <= 0:
-            return gain > 0
-        return gain > self.noise_z * _standard_error(self.samples[new] - self.samples[old])
+            return measures_lower(self.measured[new], self.measured[old])
+        return measures_lower(self.samples[new], self.samples[old], self.noise_z)
 
     def _se(self, key: tuple[int, ...]) -> dict[str, float]:
         s = self.samples.get(key)
-        return {} if s is None else {"measured_se": _standard_error(s)}
+        return {} if s is None else {"measured_se": standard_error(s)}
 
     def noise(self, choice) -> float:
         """``noise_z`` standard errors of a measured plan's mean (0 unless noise-aware)."""
-        return self.noise_z * _standard_error(self.samples[_key(choice)]) if self.noise_z > 0 else 0.0
+        return self.noise_z * standard_error(self.samples[_key(choice)]) if self.noise_z > 0 else 0.0
 
     def best(self) -> tuple[np.ndarray, float]:
         """The incumbent: the first plan measured, replaced by each later one that :meth:`beats` it (the lowest

@@ -32,6 +32,7 @@ import torch
 from bitalloc.atomic import atomic_savefig, atomic_write_text
 from bitalloc.harness import StudySpec, run_study
 from bitalloc.models import lambda_of, load_model
+from bitalloc.repair import split_verify
 from bitalloc.report import layer_frame
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,8 +76,8 @@ def repair_effects(results: dict, allocators, budget: float) -> pd.DataFrame:
                              for q, p, b in zip(images.quality, images.psnr_rgb, images.bpp)]
         kodak = images.groupby(["allocator", "quality"]).rd_loss.mean()
         for allocator in allocators:
-            inner = allocator.split("+")[0]
-            if not allocator.endswith("+verify") or inner not in allocators:
+            inner, verify = split_verify(allocator)
+            if not verify or inner not in allocators:
                 continue
             bd = res.bd[(res.bd.budget == budget) & (res.bd["mode"] == "ptq")].set_index("allocator")
             for q in sorted(cells.quality.unique()):
