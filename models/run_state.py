@@ -53,8 +53,9 @@ def init_weights(model, init_from) -> tuple[str | None, int]:
                              f"(as a checkpoint: {not_checkpoint}; as a run state: {not_state})") from None
         model.load_state_dict(st["model"])
         return str(path), int(st["step"]) + int(st.get("steps_before", 0))
-    if getattr(ckpt, "M", None) is not None and getattr(model, "M", None) not in (None, ckpt.M):
-        from .widen import widened_state_dict  # a narrower latent grows into this one, computing the same
+    if any(getattr(ckpt, d, None) is not None and getattr(model, d, None) not in (None, getattr(ckpt, d))
+           for d in ("N", "M")):
+        from .widen import widened_state_dict  # a narrower model grows into this one (N, M), computing the same
 
         model.load_state_dict(widened_state_dict(ckpt, model))
     else:
