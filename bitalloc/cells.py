@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,34 @@ def check_act_settings(spec) -> None:
     offset = spec.calib_offset
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise ValueError(f"StudySpec.calib_offset must be an integer >= 0, got {offset!r}")
+
+
+def check_verify_settings(spec) -> None:
+    """Refuse, by field, the ``+verify`` allocators' settings of a study that cannot run."""
+    from .repair import CORRECTIONS
+
+    if isinstance(spec.verify_max_evals, bool) or not isinstance(spec.verify_max_evals, int) \
+            or spec.verify_max_evals < 1:
+        raise ValueError(f"verify_max_evals must be an integer >= 1, got {spec.verify_max_evals!r}")
+    if not (isinstance(spec.verify_tolerance, (int, float)) and math.isfinite(spec.verify_tolerance)
+            and spec.verify_tolerance >= 0):
+        raise ValueError(f"verify_tolerance must be a finite number >= 0, got {spec.verify_tolerance!r}")
+    if isinstance(spec.verify_noise_z, bool) or not (isinstance(spec.verify_noise_z, (int, float))
+                                                     and math.isfinite(spec.verify_noise_z)
+                                                     and spec.verify_noise_z >= 0):
+        raise ValueError(f"verify_noise_z must be a finite number >= 0, got {spec.verify_noise_z!r}")
+    if isinstance(spec.verify_holdout, bool) or not isinstance(spec.verify_holdout, int) or spec.verify_holdout < 0:
+        raise ValueError(f"verify_holdout must be an integer >= 0 (photos), got {spec.verify_holdout!r}")
+    after_qat = [a for a in spec.allocators if all(allocator_parts(a)[1:])]  # +verify+qat
+    if spec.verify_correction not in CORRECTIONS:
+        raise ValueError(f"verify_correction must be one of {', '.join(CORRECTIONS)}, got "
+                         f"{spec.verify_correction!r}")
+    if spec.verify_correction == "context" and after_qat:
+        raise ValueError(f"verify_correction='context' probes every single-layer move of each plan, a QAT run "
+                         f"each after QAT: PTQ repairs only; allocator {after_qat[0]!r} verifies after QAT")
+    if spec.verify_holdout and after_qat:
+        raise ValueError(f"verify_holdout confirms PTQ repairs only; allocator {after_qat[0]!r} verifies after QAT "
+                         f"(drop it or set verify_holdout=0)")
 
 
 class PlanOverBudgetError(BudgetError):
@@ -178,6 +207,8 @@ def allocate_task(cell: Cell, spec, model, calib, table: CostTable, loss, plan: 
             out["row"].update(verify_evaluations=len(extra["history"]), verify_converged=bool(extra["converged"]),
                               verify_start_predicted=extra["start_predicted"],
                               verify_start_measured=extra["start_measured"])
+            if extra.get("learned_predicted") is not None:
+                out["row"]["verify_learned_predicted"] = extra["learned_predicted"]
             if extra.get("holdout"):
                 held = extra["holdout"]
                 out["row"].update(verify_holdout_kept=held["kept"], verify_holdout_start=held["start"],

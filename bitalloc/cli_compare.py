@@ -20,6 +20,7 @@ DEFAULT_ALLOCATORS = ("fmpq", "ilp", "convex", "greedy", "uniform", "iqp", "ilp+
 
 def add_compare(sub, fmt) -> None:
     from .harness import StudySpec
+    from .repair import CORRECTIONS
 
     p = sub.add_parser("compare", help="rank allocators on the shipped checkpoints (real bitstreams, BD-rate)",
                        formatter_class=fmt)
@@ -52,6 +53,10 @@ def add_compare(sub, fmt) -> None:
                    help="'+verify': centre crops of this many further training photos (after the calibration set) "
                         "confirm each PTQ repair: the allocator's own plan is kept unless the repair also measures "
                         "lower there (0: none)")
+    p.add_argument("--verify-correction", default=StudySpec.verify_correction, choices=CORRECTIONS,
+                   help="'+verify': what a repair learns from a measurement; 'context' measures every single-layer "
+                        "move of the plan and re-solves on those costs (needs --verify-max-evals of a round of "
+                        "moves plus two, e.g. 72 for 14 layers and 6 bit-widths; PTQ repairs only)")
     p.add_argument("--limit", type=checks.positive_int, default=None,
                    help="evaluate on the first N images only (default: all; 4 with --quick)")
     p.add_argument("--table-fit", default="noise", choices=["clip", "noise"],
@@ -115,6 +120,7 @@ def check_compare(args) -> None:
             verify_max_evals=args.verify_max_evals,
             verify_noise_z=args.verify_noise_z,
             verify_holdout=args.verify_holdout,
+            verify_correction=args.verify_correction,
         )
     except ValueError as exc:
         raise InvalidArgument("--allocators/--modes", str(exc)) from None

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,10 +73,10 @@ from typing import Callable
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .allocation import allocator_parts
 from .analysis import FP_ALLOCATOR, StudyResult, bd_table, merge_results, rank
 from .atomic import atomic_write_text
-from .cells import DYNAMIC_ACT_BITS, DYNAMIC_ALLOCATOR, Cell, PlanOverBudgetError, check_act_settings
+from .cells import (DYNAMIC_ACT_BITS, DYNAMIC_ALLOCATOR, Cell, PlanOverBudgetError, check_act_settings,
+                    check_verify_settings)
 from .executor import Runner, local_executor, reemit
 from .plan import BitPlan
 from .recovery import QAT_SUFFIX, split_qat
@@ -121,7 +120,10 @@ class StudySpec:
     ``calib_crop``). ``verify_max_evals``, ``verify_tolerance``, ``verify_noise_z``: the ``+verify`` allocators'
     :func:`bitalloc.verify_and_repair` options (``noise_z``: 0 compares plain means). ``verify_holdout``: centre
     crops of this many further training photos (from ``calib_offset + calib_images`` on) confirm each PTQ repair
-    before it is kept (``holdout`` of :func:`bitalloc.verify_and_repair`; 0: none; not with ``+verify+qat``)."""
+    before it is kept (``holdout`` of :func:`bitalloc.verify_and_repair`; 0: none; not with ``+verify+qat``).
+    ``verify_correction``: what a repair learns from a measurement (``correction`` of
+    :func:`bitalloc.verify_and_repair`: "auto", "unary", "pairwise", or "context", which probes every single-layer
+    move of the plan and needs ``verify_max_evals`` of a round of them plus two; PTQ repairs only)."""
 
     model: str = "bmshj2018-hyperprior"
     qualities: tuple[int, ...] = (1, 3, 4, 6)
@@ -145,6 +147,7 @@ class StudySpec:
     verify_tolerance: float = VERIFY_TOLERANCE
     verify_noise_z: float = 0.0
     verify_holdout: int = 0
+    verify_correction: str = "auto"
     act_bits: int | None = None
     act_observer: str = "mse"
     calib_offset: int = 0
@@ -167,22 +170,7 @@ class StudySpec:
         if self.interaction_pairs not in (None, "all", "structure"):
             raise ValueError(f"interaction_pairs must be None (the default choice), 'all' or 'structure', got "
                              f"{self.interaction_pairs!r}")
-        if isinstance(self.verify_max_evals, bool) or not isinstance(self.verify_max_evals, int) \
-                or self.verify_max_evals < 1:
-            raise ValueError(f"verify_max_evals must be an integer >= 1, got {self.verify_max_evals!r}")
-        if not (isinstance(self.verify_tolerance, (int, float)) and math.isfinite(self.verify_tolerance)
-                and self.verify_tolerance >= 0):
-            raise ValueError(f"verify_tolerance must be a finite number >= 0, got {self.verify_tolerance!r}")
-        if isinstance(self.verify_noise_z, bool) or not (isinstance(self.verify_noise_z, (int, float))
-                                                         and math.isfinite(self.verify_noise_z)
-                                                         and self.verify_noise_z >= 0):
-            raise ValueError(f"verify_noise_z must be a finite number >= 0, got {self.verify_noise_z!r}")
-        if isinstance(self.verify_holdout, bool) or not isinstance(self.verify_holdout, int) or self.verify_holdout < 0:
-            raise ValueError(f"verify_holdout must be an integer >= 0 (photos), got {self.verify_holdout!r}")
-        after_qat = [a for a in self.allocators if all(allocator_parts(a)[1:])]  # +verify+qat
-        if self.verify_holdout and after_qat:
-            raise ValueError(f"verify_holdout confirms PTQ repairs only; allocator {after_qat[0]!r} verifies after QAT "
-                             f"(drop it or set verify_holdout=0)")
+        check_verify_settings(self)
         check_act_settings(self)
         if self.table_fit not in TABLE_FITS:
             raise ValueError(f"StudySpec.table_fit must be one of {', '.join(TABLE_FITS)}, got {self.table_fit!r}")

@@ -18,6 +18,15 @@ alone, +25 % RD loss together). :func:`verify_and_repair`:
    others where the learned table says it costs least; move on the first improvement;
 4. stops within ``max_evals`` plans and ``time_limit`` seconds, when the learned prediction holds for the best
    plan measured (within ``tolerance``, :data:`TOLERANCE`), or when no neighbour of it measures better;
+With ``correction="context"`` step 2 learns differently: it measures every single-layer move away from the best
+plan (any other bit-width of one layer, over the budget too: probes, never candidates) and re-solves on those
+*in-context* costs (the loss of the plan with layer l at b bits minus the plan's own), exact for one move and
+additive beyond; repeated from each re-solved plan that measures lower, until the re-solved plan is the best plan
+itself (converged) or measures no lower. It costs layers x (bits - 1) measurements a round (70 for a 14-layer
+hyperprior with 6 candidate bit-widths) and predicts what the additive table cannot: on the Scale Hyperprior's
+4-bit budget the additive table predicts 35-52 % of the ILP plan's measured joint loss, the in-context costs
+predict the plans they choose within a few percent (``studies/plan_headroom.py``, README).
+
 5. with ``holdout`` (crops the search never saw, or a measure on them): the repaired plan is kept only when it
    also measures lower than the allocator's own there (by ``noise_z`` standard errors of the paired per-crop
    difference when noise-aware), else the allocator's plan is returned: a repair that fits its search crops
@@ -60,7 +69,7 @@ from bitalloc.sensitivity.plan_check import JointLoss
 __all__ = ["CORRECTIONS", "TOLERANCE", "VERIFY_SUFFIX", "Repair", "VerifyingAllocator", "split_verify",
            "verify_and_repair", "verifying"]
 
-CORRECTIONS = ("auto", "unary", "pairwise")
+CORRECTIONS = ("auto", "unary", "pairwise", "context")
 #: repair when a plan's measured joint loss exceeds its prediction by more than this (fraction of the float loss):
 #: 6-bit plans cost 0.5-1.2 % of it, so 5 % repaired 4-bit plans only (README: the Mean-Scale 6-bit PTQ budget)
 TOLERANCE = 0.002
@@ -74,7 +83,10 @@ class Repair:
     ``plan``, ``predicted``, ``learned`` (the learned table's prediction when it was proposed), ``measured``,
     ``excess``, ``measured_se`` (noise-aware only), ``size_bits``, ``avg_bits``, ``time_s``); ``learned``: the
     table with the corrections;
-    ``converged``: the learned prediction held within the tolerance for the allocator's last plan;
+    ``converged``: the learned prediction held within the tolerance for the allocator's last plan (in context: the
+    re-solve returned the best plan itself); ``learned_offset``: add it to ``learned.objective(plan)`` for the
+    learned prediction (in-context tables are shifted; 0 otherwise); ``evaluations``: plans measured, probes
+    included;
     ``holdout``: with held-out crops and a repair to confirm, the search's best plan's and the start's loss
     increase there (``best``, ``start``, ``best_se`` when per crop) and which was ``kept``; else None."""
 
@@ -90,10 +102,21 @@ class Repair:
     converged: bool = False
     correction: str = "unary"
     holdout: dict | None = field(default=None, compare=False)
+    learned_offset: float = 0.0
 
     @property
     def improved(self) -> bool:
         return self.plan != self.start.plan
+
+    @property
+    def learned_predicted(self) -> float | None:
+        """What the learned table predicted for the returned plan before it was measured (the repair's own,
+        interaction-aware prediction); None when the allocator's plan came back (predicted by the table alone)."""
+        if not self.improved:
+            return None
+        bits = dict(self.plan.bits)
+        rows = self.history[self.history.plan.apply(lambda plan: plan == bits)]
+        return float(rows.learned.iloc[0]) if len(rows) else None
 
 
 def _allocator(allocator: Any) -> Allocator:
@@ -123,8 +146,9 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
     ``data``, ``loss``, ``lmbda``, ``calibration``, ``crop``, ``limit``: the data and settings the table was
     measured with (as :func:`bitalloc.check_plan` takes them). ``allocator``: a registered name or an
     allocator object. ``tolerance``: the excess (fraction of the float loss) the learned prediction may miss
-    by. ``max_evals``: plans measured at most (the first is the allocator's); ``time_limit``: seconds after
-    which no new measurement starts. ``correction``: "auto", "unary" or "pairwise". ``start``: the allocator's
+    by. ``max_evals``: plans measured at most (the first is the allocator's; in-context probes count); ``time_limit``:
+    seconds after which no new measurement starts. ``correction``: "auto", "unary", "pairwise" or "context"
+    (module docstring; it needs ``max_evals`` of at least one round of probes plus two). ``start``: the allocator's
     allocation when already computed. ``measure``: a function of a :class:`BitPlan` returning its measured loss
     increase (fraction of the float loss) in place of the joint loss after PTQ; ``data`` and the loss settings are
     then unused (:meth:`bitalloc.recovery.Recovery.increase`: after QAT, what a QAT-aware table predicts); with
@@ -171,34 +195,17 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
         holdout = joint(holdout).samples
     search = RepairSearch(table, budget, measure, max_evals, time_limit, kind, noise_z)
     search.t0 = t0
+    if kind == "context" and max_evals < len(search.moves(choice)) + 2:
+        raise ValueError(f"verify_and_repair: correction='context' probes every single-layer move of a plan "
+                         f"({len(search.moves(choice))} for this table) and measures the re-solved plan: max_evals "
+                         f"must be at least {len(search.moves(choice)) + 2}, got {max_evals}")
     start_measured = measured = search.measure(choice, "allocator")
-    converged = False
-    while not search.out_of_budget():  # learn and re-solve
-        excess = measured - search.learned.objective(choice)
-        if excess <= max(tolerance, search.noise(choice)):
-            converged = True
-            break
-        search.learn(choice, excess)
-        alloc = inner.allocate(search.learned, budget)
-        if alloc.plan is None or not alloc.ok:
-            break
-        nxt = alloc.plan.choices(table)
-        if tuple(nxt) in search.measured or budget.exceeded(table, nxt) is not None:
-            break
-        choice, measured = nxt, search.measure(nxt, "allocator (learned)")
-    best, best_m = search.best()
-    if not converged or measured > best_m:  # local search by measurement from the best plan
-        improved = True
-        while improved and not search.out_of_budget():
-            improved = False
-            for cand in search.neighbours(best):
-                if search.out_of_budget():
-                    break
-                search.measure(cand, "local search")
-                if search.beats(cand, best):
-                    best, best_m = search.best()
-                    improved = True
-                    break
+    if kind == "context":  # learn in the best plan's context and re-solve
+        converged, measured = search.resolve_in_context(inner, measured)
+    else:  # learn the excess and re-solve
+        converged, measured = search.resolve_learned(inner, choice, measured, tolerance)
+    if not converged or measured > search.best()[1]:  # local search by measurement from the best plan
+        search.local_search()
     best, best_m = search.best()
     confirmed = None
     if holdout is not None and tuple(best) != tuple(start_choice):
@@ -208,8 +215,8 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
     history = pd.DataFrame(search.rows)
     return Repair(plan=BitPlan.from_choices(table, best, allocator=f"{name}{VERIFY_SUFFIX}"), measured=best_m,
                   predicted=table.objective(best), start=first, start_measured=start_measured, history=history,
-                  learned=search.learned, evaluations=len(search.measured), time_s=time.perf_counter() - t0,
-                  converged=converged, correction=kind, holdout=confirmed)
+                  learned=search.learned, evaluations=search.evaluations, time_s=time.perf_counter() - t0,
+                  converged=converged, correction=kind, holdout=confirmed, learned_offset=search.offset)
 
 
 def _confirm(holdout: Callable[[BitPlan], Any], table: CostTable, start, best, noise_z: float) -> dict:
@@ -263,6 +270,7 @@ class VerifyingAllocator:
                   f"{rep.holdout['start']:.4g}: the start plan kept"))
         extra = {"inner": self.inner_name, "measured": rep.measured, "predicted": rep.predicted,
                  "start_measured": rep.start_measured, "start_predicted": first.objective,
+                 "learned_predicted": rep.learned_predicted,
                  "evaluations": rep.evaluations, "converged": rep.converged, "correction": rep.correction,
                  "holdout": rep.holdout, "history": rep.history.to_dict("records")}
         return Allocation(BitPlan.from_choices(table, choice, allocator=self.name),

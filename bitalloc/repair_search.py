@@ -51,10 +51,35 @@ class RepairSearch:
         self.measured: dict[tuple[int, ...], float] = {}
         self.samples: dict[tuple[int, ...], np.ndarray] = {}
         self.rows: list[dict] = []
+        #: plans measured only to learn from (in-context moves, some over the budget): never candidates
+        self.probes: dict[tuple[int, ...], float] = {}
+        #: the learned prediction of a plan is ``learned.objective(plan) + offset`` (in-context tables are offset)
+        self.offset = 0.0
+
+    @property
+    def evaluations(self) -> int:
+        """Plans measured: candidates and probes."""
+        return len(self.measured) + len(self.probes)
 
     def out_of_budget(self) -> bool:
         late = self.time_limit is not None and time.perf_counter() - self.t0 >= self.time_limit
-        return late or len(self.measured) >= self.max_evals
+        return late or self.evaluations >= self.max_evals
+
+    def predict(self, choice) -> float:
+        """The learned prediction of a plan's measured loss."""
+        return self.learned.objective(choice) + self.offset
+
+    def _score(self, choice) -> tuple[float, np.ndarray | None]:
+        """The measure of a plan: its mean and, when noise-aware, its per-sample values."""
+        value = self.score(BitPlan.from_choices(self.table, choice))
+        if self.noise_z <= 0:
+            return float(value), None
+        samples = np.asarray(value, dtype=float)
+        if samples.ndim != 1 or len(samples) < 2:
+            raise ValueError(f"verify_and_repair: noise_z={self.noise_z:g} needs a measure that returns the loss "
+                             f"increase per calibration sample (two or more), got {type(value).__name__} "
+                             f"of shape {samples.shape}")
+        return float(samples.mean()), samples
 
     def measure(self, choice: np.ndarray, source: str) -> float:
         key = _key(choice)
@@ -64,19 +89,15 @@ class RepairSearch:
         if problem is not None:  # never measured, never returned
             raise BudgetError(f"verify_and_repair: a {source} plan does not fit: {problem}")
         plan = BitPlan.from_choices(self.table, choice)
-        value = self.score(plan)
-        if self.noise_z > 0:
-            samples = np.asarray(value, dtype=float)
-            if samples.ndim != 1 or len(samples) < 2:
-                raise ValueError(f"verify_and_repair: noise_z={self.noise_z:g} needs a measure that returns the loss "
-                                 f"increase per calibration sample (two or more), got {type(value).__name__} "
-                                 f"of shape {samples.shape}")
-            self.samples[key], value = samples, float(samples.mean())
-        value = float(value)
+        value, samples = self.probes.pop(key, None), self.samples.get(key)
+        if value is None:
+            value, samples = self._score(choice)
+        if samples is not None:
+            self.samples[key] = samples
         self.measured[key] = value
         predicted = self.table.objective(choice)
         self.rows.append({"iteration": len(self.rows), "source": source, "plan": dict(plan.bits),
-                          "predicted": predicted, "learned": self.learned.objective(choice), "measured": value,
+                          "predicted": predicted, "learned": self.predict(choice), "measured": value,
                           "excess": value - predicted, **self._se(key), "size_bits": self.table.plan_size(choice),
                           "avg_bits": plan.avg_bits(self.table), "time_s": time.perf_counter() - self.t0})
         return value
@@ -127,6 +148,43 @@ class RepairSearch:
         learned = self.table.replace(cost=np.asarray(self.table.cost) + self.unary)
         self.learned = with_pairwise(learned, self.pairs, add=True) if self.pairs else learned
 
+    def probe(self, choice: np.ndarray) -> float:
+        """Measure a plan to learn from it only (it may be over the budget): never a candidate, never returned."""
+        key = _key(choice)
+        if key in self.measured:
+            return self.measured[key]
+        if key not in self.probes:
+            self.probes[key], samples = self._score(choice)
+            if samples is not None:
+                self.samples[key] = samples
+        return self.probes[key]
+
+    def moves(self, choice: np.ndarray) -> list[np.ndarray]:
+        """Every plan one layer away from ``choice`` (any other bit-width of one layer)."""
+        out = []
+        for layer in range(len(choice)):
+            for b in range(len(self.table.bits)):
+                if b != choice[layer]:
+                    move = np.array(choice)
+                    move[layer] = b
+                    out.append(move)
+        return out
+
+    def learn_in_context(self, choice: np.ndarray) -> None:
+        """Learn the costs *in the context of* measured plan ``choice``: cell (l, b) is the measured loss of
+        ``choice`` with layer l at bits b minus that of ``choice`` (every single-layer move probed), each layer's
+        row shifted to a minimum of 0 (one choice per layer: the optimum does not move). The learned prediction is
+        exact for ``choice`` and its single-layer moves and additive beyond; unary and pairwise corrections are
+        dropped (the measurements hold what they learned)."""
+        base = self.measured[_key(choice)]
+        cost = np.zeros(np.shape(self.table.cost))
+        for move in self.moves(choice):
+            layer = int(np.nonzero(move != choice)[0][0])
+            cost[layer, move[layer]] = self.probe(move) - base
+        cost -= cost.min(axis=1, keepdims=True)
+        self.learned = self.table.replace(cost=cost, pairwise=None)
+        self.offset = base - self.learned.objective(choice)
+
     def neighbours(self, choice: np.ndarray) -> list[np.ndarray]:
         """Budget-feasible plans one layer a step higher (others lowered where the learned table says it costs
         least per bit saved), not measured yet, cheapest learned prediction first."""
@@ -147,4 +205,56 @@ class RepairSearch:
                 cand[k] -= 1
             if self.budget.exceeded(self.table, cand) is None and tuple(cand) not in self.measured:
                 out.append(cand)
-        return sorted(out, key=lambda c: self.learned.objective(c))
+        return sorted(out, key=self.learned.objective)
+
+    def resolve_learned(self, inner, choice: np.ndarray, measured: float, tolerance: float) -> tuple[bool, float]:
+        """Learn each plan's excess over its learned prediction and re-solve with ``inner`` (step 2 of
+        :func:`bitalloc.verify_and_repair`); whether the prediction held (converged) and the last plan's measure."""
+        while not self.out_of_budget():
+            excess = measured - self.predict(choice)
+            if excess <= max(tolerance, self.noise(choice)):
+                return True, measured
+            self.learn(choice, excess)
+            alloc = inner.allocate(self.learned, self.budget)
+            if alloc.plan is None or not alloc.ok:
+                break
+            nxt = alloc.plan.choices(self.table)
+            if tuple(nxt) in self.measured or self.budget.exceeded(self.table, nxt) is not None:
+                break
+            choice, measured = nxt, self.measure(nxt, "allocator (learned)")
+        return False, measured
+
+    def resolve_in_context(self, inner, measured: float) -> tuple[bool, float]:
+        """Learn the best plan's in-context costs and re-solve with ``inner``, from each re-solved plan that measures
+        lower; converged when the re-solve returns the best plan itself (no single move pays)."""
+        while not self.out_of_budget():
+            best, _ = self.best()
+            self.learn_in_context(best)
+            alloc = inner.allocate(self.learned, self.budget)
+            if alloc.plan is None or not alloc.ok or self.out_of_budget():
+                break
+            nxt = alloc.plan.choices(self.table)
+            if tuple(nxt) == tuple(best):
+                return True, measured
+            if tuple(nxt) in self.measured or self.budget.exceeded(self.table, nxt) is not None:
+                break
+            measured = self.measure(nxt, "allocator (in context)")
+            if not self.beats(nxt, best):
+                break
+        return False, measured
+
+    def local_search(self) -> None:
+        """From the best plan, measure its :meth:`neighbours` and move to the first that :meth:`beats` it, until none
+        does or the budgets run out."""
+        best, _ = self.best()
+        improved = True
+        while improved and not self.out_of_budget():
+            improved = False
+            for cand in self.neighbours(best):
+                if self.out_of_budget():
+                    break
+                self.measure(cand, "local search")
+                if self.beats(cand, best):
+                    best, _ = self.best()
+                    improved = True
+                    break

@@ -50,6 +50,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "verify_start_predicted": ("frac. RD loss", "'+verify': the inner allocator's plan, as the table predicts it"),
     "verify_start_measured": ("frac. RD loss", "'+verify': the inner allocator's plan, measured (never below the "
                               "returned plan's plan_measured_cost)"),
+    "verify_learned_predicted": ("frac. RD loss", "'+verify': the repaired plan's joint loss as the learned "
+                                 "corrections (or in-context costs) predicted it before it was measured"),
     "pairwise_pairs": ("", "layer pairs with measured interaction terms in the table the allocator saw"),
     "bit_ops": ("bit-ops", "DynaQuant: mean bit-operations per image"),
     "train_time_s": ("s", "DynaQuant training wall time"),

@@ -221,6 +221,8 @@ class StudyCache:
                 key["verify"] = {"max_evals": self.spec.verify_max_evals, "tolerance": self.spec.verify_tolerance}
                 if self.spec.verify_noise_z:  # in the key only when set: the plain repair's cells stay valid
                     key["verify"]["noise_z"] = self.spec.verify_noise_z
+                if getattr(self.spec, "verify_correction", "auto") != "auto":  # keyed when set, as noise_z
+                    key["verify"]["correction"] = self.spec.verify_correction
                 if getattr(self.spec, "verify_holdout", 0) and not qat:  # the photos confirming a PTQ repair
                     key["verify"]["holdout"] = {"photos": self.spec.verify_holdout,
                                                 "images": self.inputs.get("holdout_images")}

@@ -36,6 +36,7 @@ from bitalloc import StudySpec, run_study, write_report
 from bitalloc.analysis import StudyResult, bd_table, merge_results, rank
 from bitalloc.harness import qat_only
 from bitalloc.models import load_model
+from bitalloc.repair import CORRECTIONS
 from bitalloc.report import layer_frame
 
 RESULTS = Path(__file__).parent / "results"
@@ -87,6 +88,9 @@ def main(argv=None) -> None:
                    help="'+verify': centre crops of this many further training photos (after the calibration set) "
                         "confirm each PTQ repair: the allocator's own plan is kept unless the repair also measures "
                         "lower there (0: none)")
+    p.add_argument("--verify-correction", default=StudySpec.verify_correction, choices=CORRECTIONS,
+                   help="'+verify': what a repair learns from a measurement ('context': every single-layer move of "
+                        "the plan measured and re-solved on; needs --verify-max-evals of a round plus two)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/compare_allocators")
@@ -112,7 +116,8 @@ def main(argv=None) -> None:
                              act_bits=args.act_bits, calib_offset=args.calib_offset, table_fit=args.table_fit,
                              seed=args.seed, recovery_steps=args.recovery_steps, recovery_crop=args.recovery_crop,
                              verify_tolerance=args.verify_tolerance, verify_max_evals=args.verify_max_evals,
-                             verify_noise_z=args.verify_noise_z, verify_holdout=args.verify_holdout)
+                             verify_noise_z=args.verify_noise_z, verify_holdout=args.verify_holdout,
+                             verify_correction=args.verify_correction)
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         if "qat" in args.modes and args.dynaquant_budgets:
             spec = StudySpec(model=model, allocators=("dynaquant",), budgets=tuple(args.dynaquant_budgets),
@@ -185,7 +190,8 @@ def rebuild_report(model: str, args, command: str) -> Path:
                      verify_tolerance=getattr(args, "verify_tolerance", StudySpec.verify_tolerance),
                      verify_max_evals=getattr(args, "verify_max_evals", StudySpec.verify_max_evals),
                      verify_noise_z=getattr(args, "verify_noise_z", StudySpec.verify_noise_z),
-                     verify_holdout=getattr(args, "verify_holdout", StudySpec.verify_holdout))
+                     verify_holdout=getattr(args, "verify_holdout", StudySpec.verify_holdout),
+                     verify_correction=getattr(args, "verify_correction", StudySpec.verify_correction))
     calib = steps.calibration_crops(None, spec.calib_images, spec.calib_crop, args.data, spec.calib_offset)
     models = {q: load_model(model, q, pretrained=spec.pretrained) for q in qualities}
     plans, cells = {}, results[~results.allocator.isin(["fp32", "dynaquant"])]

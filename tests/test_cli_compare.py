@@ -95,3 +95,9 @@ def test_compare_takes_the_verify_settings(tmp_path, capsys, data, fake_study):
                       "-1"], "--verify-tolerance", "must be a finite number >= 0")
     with pytest.raises(ValueError, match="verify_tolerance must be a finite number >= 0"):
         StudySpec(verify_tolerance=float("nan"))
+    assert main(["compare", "--quick", "--allocators", "ilp+verify", "--data", str(data), "--out",
+                 str(tmp_path / "c"), "--verify-correction", "context", "--verify-max-evals", "72"]) == 0
+    assert (fake_study["spec"].verify_correction, fake_study["spec"].verify_max_evals) == ("context", 72)
+    _refused(capsys, ["compare", "--quick", "--allocators", "ilp+verify", "ilp+verify+qat", "--modes", "qat",
+                      "--data", str(data), "--out", str(tmp_path / "c"), "--verify-correction", "context"],
+             "--allocators/--modes", "PTQ repairs only")

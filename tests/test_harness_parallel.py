@@ -12,6 +12,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -177,6 +178,27 @@ def test_iqp_and_verify_cells(tmp_path, inputs):
     assert (fresh.plan_measured_cost <= fresh.verify_start_measured + 1e-12).all()
     keys = [json.loads(f.read_text())["key"]["verify"] for f in (tmp_path / "cells").glob("*_ilp+verify_*.json")]
     assert {"max_evals": 3, "tolerance": 0.002, "noise_z": 2.0} in keys
+
+
+def test_in_context_repair_cells_have_their_own_key(tmp_path, inputs):
+    spec = StudySpec(**{**TINY, "allocators": ("ilp", "ilp+verify"), "verify_max_evals": 3})
+    _run(tmp_path, inputs, spec)
+    # 14 layers x 1 other bit-width: a round of probes and the re-solved plan fit in 16 measurements
+    context = StudySpec(**{**spec.__dict__, "verify_correction": "context", "verify_max_evals": 16})
+    res = _run(tmp_path, inputs, context).results
+    fresh = res[~res.cached].set_index("allocator")
+    assert set(fresh.index) == {"ilp+verify"}  # the ilp cell is not a repair: still cached
+    row = fresh.loc["ilp+verify"]
+    assert row.size_bits <= row.budget_bits and row.plan_measured_cost <= row.verify_start_measured + 1e-12
+    repaired = row.plan_measured_cost < row.verify_start_measured
+    assert pd.notna(row.get("verify_learned_predicted", np.nan)) == repaired  # the repair's own prediction
+    keys = [json.loads(f.read_text())["key"]["verify"] for f in (tmp_path / "cells").glob("*_ilp+verify_*.json")]
+    assert {"max_evals": 16, "tolerance": 0.002, "correction": "context"} in keys
+    assert {"max_evals": 3, "tolerance": 0.002} in keys  # the default correction is not in the key
+    with pytest.raises(ValueError, match="verify_correction must be one of auto, unary, pairwise, context"):
+        StudySpec(verify_correction="group")
+    with pytest.raises(ValueError, match=r"verify_correction='context' .* PTQ repairs only; allocator 'ilp\+verify"):
+        StudySpec(allocators=("ilp+verify+qat",), modes=("qat",), verify_correction="context")
 
 
 def test_verify_holdout_photos_confirm_ptq_repairs(tmp_path, inputs):

@@ -57,6 +57,8 @@ def test_the_verifying_allocator_returns_an_allocation_of_the_best_measured_plan
     assert out.objective == pytest.approx(out.plan.cost(table)) and out.size_bits <= budget.max_size_bits
     assert 1 <= out.iterations <= 4 and out.extra["measured"] < out.extra["start_measured"]
     assert out.extra["inner"] == "ilp" and len(out.extra["history"]) == out.iterations
+    row = next(r for r in out.extra["history"] if r["plan"] == dict(out.plan.bits))
+    assert out.extra["learned_predicted"] == row["learned"] == alloc.last.learned_predicted
     assert "repaired" in out.message and "ilp plan measured" in out.message
 
 
@@ -91,6 +93,7 @@ def test_the_evaluation_and_time_budgets_stop_the_search(mlp_case):
     budget = Budget.from_avg_bits(table, 3.0)
     one = verify_and_repair(model, data, table, budget, "uniform", loss=pair_mse, max_evals=1, tolerance=0.0)
     assert one.evaluations == 1 and one.plan == one.start.plan and not one.improved
+    assert one.learned_predicted is None  # the allocator's plan: the table's prediction is the one
     quick = verify_and_repair(model, data, table, budget, "uniform", loss=pair_mse, max_evals=50, tolerance=0.0,
                               time_limit=1e-9)
     assert quick.evaluations == 1 and quick.plan == quick.start.plan
@@ -247,3 +250,72 @@ def test_a_holdout_of_crops_is_measured_like_the_search_data(hyperprior_case):
         assert rep.holdout["kept"] == "best" and rep.holdout["best"] < rep.holdout["start"]
     else:
         assert rep.holdout is None or rep.holdout["kept"] == "start"
+
+
+def _interacting_measure(table, start):
+    """A measurement the additive table cannot predict: the table's cost, plus 1.0 while the two layers the ILP
+    pushes lowest both stay at or below their start bits (either one raised removes it)."""
+    low = sorted(start.bits, key=lambda n: (start.bits[n], n))[:2]
+
+    def measure(plan):
+        both = all(plan.bits[n] <= start.bits[n] for n in low)
+        return plan.cost(table) + (1.0 if both else 0.0)
+
+    return measure, low
+
+
+def test_in_context_costs_are_measured_single_moves_and_their_re_solve_repairs(mlp_case):
+    from bitalloc.allocation import build_allocator
+
+    _, _, table = mlp_case
+    budget = Budget.from_avg_bits(table, 3.0)
+    start = build_allocator("ilp").allocate(table, budget).plan
+    measure, low = _interacting_measure(table, start)
+    seen = []
+    rep = verify_and_repair(None, None, table, budget, "ilp", measure=lambda p: seen.append(p) or measure(p),
+                            max_evals=60, tolerance=0.0, correction="context")
+    moves = len(table.layer_names) * (len(table.bits) - 1)
+    assert rep.correction == "context" and rep.evaluations == len(seen) <= 60 and rep.evaluations > moves
+    assert rep.improved and rep.measured == pytest.approx(rep.start_measured - 1.0, abs=0.2)
+    assert any(rep.plan.bits[n] > start.bits[n] for n in low)
+    # over-budget moves were probed to learn from, never candidates: the history holds plans within the budget
+    assert any(budget.exceeded(table, p.choices(table)) is not None for p in seen)
+    assert (rep.history.size_bits <= budget.max_size_bits).all() and len(rep.history) < rep.evaluations
+    assert budget.exceeded(table, rep.plan.choices(table)) is None and rep.measured == rep.history.measured.min()
+    # converged: the last round, learned around the best plan (the last measured), re-solved to that plan itself;
+    # its learned table predicts that plan and each of its single-layer moves exactly
+    h = rep.history
+    assert rep.converged and BitPlan(h.plan.iloc[-1]) == rep.plan
+    around = rep.plan
+    choice = around.choices(table)
+    assert rep.learned.objective(choice) + rep.learned_offset == pytest.approx(measure(around))
+    for layer in range(len(choice)):
+        for b in range(len(table.bits)):
+            move = choice.copy()
+            move[layer] = b
+            assert rep.learned.objective(move) + rep.learned_offset == pytest.approx(
+                measure(BitPlan.from_choices(table, move)))
+    # the re-solved plan was predicted before it was measured: exactly here, the interaction being one move away
+    solved = h[h.source == "allocator (in context)"]
+    assert len(solved) >= 1 and solved.learned.iloc[0] == pytest.approx(solved.measured.iloc[0])
+    assert rep.learned_predicted == pytest.approx(rep.measured)  # the returned plan's, made before measuring it
+
+
+def test_in_context_repair_needs_a_round_of_probes_and_stays_in_budget(mlp_case, hyperprior_case):
+    model, data, table = mlp_case
+    budget = Budget.from_avg_bits(table, 3.0)
+    moves = len(table.layer_names) * (len(table.bits) - 1)
+    with pytest.raises(ValueError, match=f"correction='context' probes every single-layer move of a plan "
+                                         f"\\({moves} for this table\\).*at least {moves + 2}, got 12"):
+        verify_and_repair(model, data, table, budget, loss=pair_mse, correction="context", max_evals=12)
+    for avg_bits in (2.5, 4.0, 6.0):
+        low = Budget.from_avg_bits(table, avg_bits)
+        rep = verify_and_repair(model, data, table, low, "greedy", loss=pair_mse, max_evals=moves + 10,
+                                tolerance=0.0, correction="context")
+        assert low.exceeded(table, rep.plan.choices(table)) is None and rep.measured <= rep.start_measured
+    # the LIC case: the hyper layers the table calls free at 2 bits are raised, measured far lower
+    model, x, hyper = hyperprior_case
+    budget = Budget.from_avg_bits(hyper, 8)
+    rep = verify_and_repair(model, x, hyper, budget, "ilp", calibration="mse", correction="context", max_evals=40)
+    assert rep.start_measured > 0.3 and rep.measured < rep.start_measured / 5
+    assert budget.fits(rep.plan.size_bits(hyper))
