@@ -146,8 +146,9 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
     ``data``, ``loss``, ``lmbda``, ``calibration``, ``crop``, ``limit``: the data and settings the table was
     measured with (as :func:`bitalloc.check_plan` takes them). ``allocator``: a registered name or an
     allocator object. ``tolerance``: the excess (fraction of the float loss) the learned prediction may miss
-    by. ``max_evals``: plans measured at most (the first is the allocator's; in-context probes count); ``time_limit``:
-    seconds after which no new measurement starts. ``correction``: "auto", "unary", "pairwise" or "context"
+    by (the in-context correction stops at its fixed point instead). ``max_evals``: plans measured at most (the
+    first is the allocator's; in-context probes count); ``time_limit``: seconds after which no new measurement
+    starts. ``correction``: "auto", "unary", "pairwise" or "context"
     (module docstring; it needs ``max_evals`` of at least one round of probes plus two). ``start``: the allocator's
     allocation when already computed. ``measure``: a function of a :class:`BitPlan` returning its measured loss
     increase (fraction of the float loss) in place of the joint loss after PTQ; ``data`` and the loss settings are
