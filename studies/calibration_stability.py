@@ -12,7 +12,8 @@ PTQ) measures the tables, allocates with each allocator and entropy-codes Kodak.
 against FP32 on each set, their difference, and how much of the weights get the same bit-width in both sets'
 plans (parameter-weighted, mean over qualities).
 
-Cells are cached under ``--cache`` (the same cache as ``studies/compare_allocators.py``). Writes
+``--verify-correction context --verify-max-evals N`` runs the ``+verify`` allocators as the in-context repair
+(file names get ``_context``). Cells are cached under ``--cache`` (the same cache as ``studies/compare_allocators.py``). Writes
 ``studies/results/calibration_stability_<model>.{csv,md,png}``.
 """
 
@@ -32,7 +33,7 @@ import torch
 from bitalloc.atomic import atomic_savefig, atomic_write_text
 from bitalloc.harness import StudySpec, run_study
 from bitalloc.models import lambda_of, load_model
-from bitalloc.repair import split_verify
+from bitalloc.repair import CORRECTIONS, split_verify
 from bitalloc.report import layer_frame
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -115,6 +116,11 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--verify-holdout", type=int, default=StudySpec.verify_holdout,
                    help="'+verify' allocators: further photos per set that confirm a repair (each set then spans "
                         "--calib-images + this many photos; set B starts where set A's end)")
+    p.add_argument("--verify-correction", default=StudySpec.verify_correction, choices=CORRECTIONS,
+                   help="what a repair learns from a measurement (context: in-context repair; needs "
+                        "--verify-max-evals of at least the plan's single-layer moves + 2)")
+    p.add_argument("--verify-max-evals", type=int, default=StudySpec.verify_max_evals,
+                   help="joint-loss measurements per repair")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/compare_allocators")
@@ -132,7 +138,8 @@ def main(argv=None) -> pd.DataFrame:
             spec = StudySpec(model=args.model, allocators=tuple(args.allocators), budgets=(args.budget,),
                              modes=("ptq",), qualities=tuple(args.qualities), eval_limit=args.limit,
                              table_fit=fit, calib_images=n, calib_offset=offset,
-                             verify_noise_z=args.verify_noise_z, verify_holdout=held)
+                             verify_noise_z=args.verify_noise_z, verify_holdout=held,
+                             verify_correction=args.verify_correction, verify_max_evals=args.verify_max_evals)
             results[(fit, name)] = run_study(spec, Path(args.cache) / args.model, data=args.data)
     layers = layer_frame({q: load_model(args.model, q, pretrained=StudySpec.pretrained) for q in args.qualities})
     params = {q: dict(zip(g.layer, g.num_params)) for q, g in layers.groupby("quality")}
@@ -141,7 +148,8 @@ def main(argv=None) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     stem = (f"calibration_stability_{args.model}" + ("" if n == StudySpec.calib_images else f"_{n}crops")
             + (f"_verifyz{args.verify_noise_z:g}" if args.verify_noise_z else "")
-            + (f"_holdout{held}" if held else ""))
+            + (f"_holdout{held}" if held else "")
+            + ("" if args.verify_correction == StudySpec.verify_correction else f"_{args.verify_correction}"))
     atomic_write_text(out / f"{stem}.csv", table.to_csv(index=False))
     command = "BITALLOC_DATA=../shared/data python studies/calibration_stability.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
@@ -157,6 +165,8 @@ def main(argv=None) -> pd.DataFrame:
           "equal bits in both sets' plans (mean over qualities)",
           f"- '+verify': noise-aware repair, noise_z={args.verify_noise_z:g}" if args.verify_noise_z else
           "- '+verify': plain repair (noise_z=0)",
+          f"- '+verify': correction={args.verify_correction}, at most {args.verify_max_evals} joint-loss "
+          "measurements per repair",
           *([f"- '+verify': a repair is kept only when it also measures lower on {held} further photos of its set "
              f"(A: photos {n}-{n + held - 1}, B: {2 * n + held}-{2 * n + 2 * held - 1}; verify_holdout={held})"]
             if held else []), "",

@@ -81,3 +81,29 @@ def test_an_empty_calibration_set_is_refused_by_name(study, capsys):
     with pytest.raises(SystemExit):
         study.main(["--calib-images", "0"])
     assert "--calib-images must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_the_repair_settings_reach_both_sets_studies(study, monkeypatch):
+    specs = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_study(spec, cache, data=None):
+        specs.append(spec)
+        if len(specs) == 2:
+            raise Stop
+        return None
+
+    monkeypatch.setattr(study, "run_study", fake_run_study)
+    with pytest.raises(Stop):
+        study.main(["--fits", "noise", "--allocators", "ilp", "ilp+verify", "--verify-correction", "context",
+                    "--verify-max-evals", "250"])
+    assert [(s.verify_correction, s.verify_max_evals, s.calib_offset) for s in specs] == [
+        ("context", 250, 0), ("context", 250, specs[0].calib_images)]
+
+
+def test_an_unknown_correction_is_refused_by_name(study, capsys):
+    with pytest.raises(SystemExit):
+        study.main(["--verify-correction", "telepathy"])
+    assert "telepathy" in capsys.readouterr().err
