@@ -13,7 +13,8 @@ against FP32 on each set, their difference, and how much of the weights get the 
 plans (parameter-weighted, mean over qualities).
 
 ``--verify-correction context --verify-max-evals N`` runs the ``+verify`` allocators as the in-context repair
-(file names get ``_context``). Cells are cached under ``--cache`` (the same cache as ``studies/compare_allocators.py``). Writes
+(file names get ``_context``). Cells are cached under ``--cache`` (the same cache as
+``studies/compare_allocators.py``). Writes
 ``studies/results/calibration_stability_<model>.{csv,md,png}``.
 """
 
