@@ -124,7 +124,8 @@ def _plot(table: pd.DataFrame, path: Path) -> None:
         ax.plot(ref.bpp, ref.psnr_rgb, style, label=f"{name} (published)")
     for family, fam in table.groupby("model"):
         ax.plot(fam.bpp, fam.psnr_rgb, "o-", label=f"{family} compact (bitalloc)")
-    ax.set(xlabel="bpp (Kodak)", ylabel="PSNR-RGB [dB]", xlim=(0, 1.2), title="Kodak rate-distortion")
+    right = max(1.2, 1.05 * float(table.bpp.max()))  # every point of the zoo in view, however high its rate
+    ax.set(xlabel="bpp (Kodak)", ylabel="PSNR-RGB [dB]", xlim=(0, right), title="Kodak rate-distortion")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
