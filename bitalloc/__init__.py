@@ -40,6 +40,8 @@ _LAZY: dict[str, str] = {
     "WeightQuantizer": "bitalloc.fake_quant",
     "ActQuantizer": "bitalloc.act_quant",
     "calibrate_activations": "bitalloc.act_quant",
+    "correct_bias": "bitalloc.bias_correction",
+    "BiasCorrector": "bitalloc.bias_correction",
     "count_macs": "bitalloc.macs",
     "measure_sensitivity": "bitalloc.sensitivity.measure",
     "check_plan": "bitalloc.sensitivity.plan_check",

@@ -123,7 +123,10 @@ class StudySpec:
     before it is kept (``holdout`` of :func:`bitalloc.verify_and_repair`; 0: none; not with ``+verify+qat``).
     ``verify_correction``: what a repair learns from a measurement (``correction`` of
     :func:`bitalloc.verify_and_repair`: "auto", "unary", "pairwise", or "context", which probes every single-layer
-    move of the plan and needs ``verify_max_evals`` of a round of them plus two; PTQ repairs only)."""
+    move of the plan and needs ``verify_max_evals`` of a round of them plus two; PTQ repairs only).
+    ``bias_correction``: every quantized layer's bias absorbs the mean output error of its weight quantization on
+    the calibration crops (:func:`bitalloc.correct_bias`), in the cost tables, the pairwise terms, the joint checks
+    and repairs, and the PTQ models evaluated (PTQ only; keyed only when set)."""
 
     model: str = "bmshj2018-hyperprior"
     qualities: tuple[int, ...] = (1, 3, 4, 6)
@@ -154,6 +157,7 @@ class StudySpec:
     table_fit: str = "clip"
     recovery_steps: int | None = None
     recovery_crop: int | None = None
+    bias_correction: bool = False
 
     def __post_init__(self):
         if self.budget_kind not in ("avg_bits", "ratio"):
@@ -172,6 +176,11 @@ class StudySpec:
                              f"{self.interaction_pairs!r}")
         check_verify_settings(self)
         check_act_settings(self)
+        if not isinstance(self.bias_correction, bool):
+            raise ValueError(f"StudySpec.bias_correction must be True or False, got {self.bias_correction!r}")
+        if self.bias_correction and "qat" in self.modes:
+            raise ValueError("StudySpec.bias_correction corrects PTQ models only (QAT trains the biases): drop 'qat' "
+                             "from modes or set bias_correction=False")
         if self.table_fit not in TABLE_FITS:
             raise ValueError(f"StudySpec.table_fit must be one of {', '.join(TABLE_FITS)}, got {self.table_fit!r}")
         for field_name in ("recovery_steps", "recovery_crop"):

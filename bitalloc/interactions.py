@@ -181,7 +181,8 @@ def measure_interactions(model: nn.Module, data: Any, table: CostTable, pairs: A
                          calibration: str = "minmax", method: str = "cached", crop: int = 256,
                          limit: int | None = 4, uncertainty: bool = False, noise_floor: float = 1e-3,
                          noise_z: float = 2.0, all_pairs_max_layers: int = ALL_PAIRS_MAX_LAYERS,
-                         negative: str = "clip", progress: bool = True) -> Interactions:
+                         negative: str = "clip", bias_correction: bool = False, progress: bool = True
+                         ) -> Interactions:
     """Pairwise interaction costs of ``table``'s layers in ``model`` (module docstring).
 
     ``data``, ``loss``, ``lmbda``, ``calibration``, ``crop``, ``limit``: as the table was measured
@@ -189,7 +190,8 @@ def measure_interactions(model: nn.Module, data: Any, table: CostTable, pairs: A
     layer names. ``frame``: the table's frame (``return_frame=True``), whose raw ``zeta`` (and ``zeta_se``) pick
     the bits in play; without it the single layers are re-measured here (counted in ``single_passes``).
     ``uncertainty``: every crop its own batch, as in :func:`bitalloc.measure_sensitivity`. ``negative``: "clip"
-    (negative interactions become 0 in ``pairwise``) or "keep".
+    (negative interactions become 0 in ``pairwise``) or "keep". ``bias_correction``: as the table was measured
+    (every quantized layer's bias corrected, :mod:`bitalloc.bias_correction`).
     """
     if negative not in ("clip", "keep"):
         raise ValueError(f"negative must be 'clip' or 'keep', got {negative!r}")
@@ -218,7 +220,8 @@ def measure_interactions(model: nn.Module, data: Any, table: CostTable, pairs: A
                                     branches={s.name: s.branch for s in table.layers if s.branch})
         pairs = _check_pairs(pairs, names)
         probe = LossProbe(model, objective, batches, {n: layers[n] for n in names}, calibration=calibration,
-                          method=method, keep_weights=True)
+                          method=method, keep_weights=True, bias_correction=bias_correction)
+        probe.prepare_bias(bits)
         in_pairs = [n for n in names if any(n in p for p in pairs)]
         if frame is not None:
             zeta, se = frame_matrix(frame, "zeta", names, bits), frame_matrix(frame, "zeta_se", names, bits)

@@ -24,6 +24,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from bitalloc.act_quant import ActQuantizer
+from bitalloc.bias_correction import undo_bias_shift
 from bitalloc.fake_quant import (CALIBRATIONS, ESTIMATORS, MAX_BITS, MIN_BITS, RoundClamp, WeightQuantizer,
                                  calibrate_range, check_bits, check_choice, dgm_grad, fake_quantize)
 from bitalloc.graph import channel_axis, is_gdn, quantizable_layers
@@ -91,10 +92,12 @@ def _own_parametrized_class(module: nn.Module) -> None:
 
 
 def remove_plan(model: nn.Module) -> nn.Module:
-    """Turn every fake-quantized layer back into a float layer holding its *original* weights (in place).
+    """Turn every fake-quantized layer back into a float layer holding its *original* weights (in place), the
+    float bias of a bias-corrected layer (:func:`bitalloc.correct_bias`) included.
 
     Safe on a deep copy of a quantized model: the model it was copied from keeps its plan."""
     for m in quantizable_layers(model, gdn=True).values():
+        undo_bias_shift(m)
         name = quantized_tensor_name(m)
         if parametrize.is_parametrized(m, name):
             _own_parametrized_class(m)

@@ -140,7 +140,7 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
                       crop: int = 256, limit: int | None = 4, tolerance: float = TOLERANCE, max_evals: int = 12,
                       time_limit: float | None = None, correction: str = "auto",
                       start: Allocation | None = None, measure: Callable[[BitPlan], Any] | None = None,
-                      noise_z: float = 0.0, holdout: Any = None) -> Repair:
+                      noise_z: float = 0.0, holdout: Any = None, bias_correction: bool = False) -> Repair:
     """Allocate, measure, learn and re-solve, then search locally by measurement (module docstring).
 
     ``data``, ``loss``, ``lmbda``, ``calibration``, ``crop``, ``limit``: the data and settings the table was
@@ -158,7 +158,8 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
     (module docstring); 0 compares plain means. ``holdout``: crops (as ``data``, measured with the same settings)
     or a function of a :class:`BitPlan` returning its loss increase on them (per crop, for ``noise_z > 0``) that
     confirm a repair before it is returned (module docstring, step 5); a ``measure`` other than the joint loss
-    needs a function here.
+    needs a function here. ``bias_correction``: plans are measured with their biases corrected
+    (:func:`bitalloc.correct_bias`), as the table was.
     """
     table.require_weight_only("verify_and_repair", "its corrections and local search step along weight bits")
     if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
@@ -182,7 +183,8 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
     if over is not None:
         raise BudgetError(f"verify_and_repair: allocator '{name}' returned a plan over the budget: {over}")
     def joint(images) -> JointLoss:  # the joint loss with the table's data settings
-        return JointLoss(model, images, loss=loss, calibration=calibration, lmbda=lmbda, crop=crop, limit=limit)
+        return JointLoss(model, images, loss=loss, calibration=calibration, lmbda=lmbda, crop=crop, limit=limit,
+                         bias_correction=bias_correction)
 
     if measure is None:
         on_data = joint(data)

@@ -117,6 +117,12 @@ def settings_line(settings: dict) -> str:
         crop = settings.get("recovery_crop") or settings.get("calib_crop")
         line += (f"; QAT-aware tables ('+qat'): {settings.get('recovery_steps') or settings.get('qat_steps')} QAT "
                  f"steps per cell on {crop} px crops")
+    if any("+verify" in str(a) for a in settings.get("allocators", ())) \
+            and settings.get("verify_correction", "auto") != "auto":
+        line += (f"; '+verify' correction {settings['verify_correction']}, at most "
+                 f"{settings.get('verify_max_evals')} measurements per repair")
+    if settings.get("bias_correction"):
+        line += "; biases corrected for each quantized layer's mean output error on the calibration crops"
     weights = settings.get("weights") or {}
     if weights:
         line += "; weights sha256 " + ", ".join(f"q{q} {d[:12]}" for q, d in weights.items())

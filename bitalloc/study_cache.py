@@ -171,7 +171,14 @@ class StudyCache:
         return {**self._common(quality), "calib_images": self.inputs["calib_images"], "calib_count": s.calib_images,
                 "calib_crop": s.calib_crop, "candidate_bits": list(s.candidate_bits), "calibration": s.calibration,
                 **self._loss(), **({"calib_offset": s.calib_offset} if getattr(s, "calib_offset", 0) else {}),
-                **self._fit()}
+                **self._fit(), **self._bias()}
+
+    def _bias(self) -> dict:
+        """Bias correction and the crops its shifts come from (none when off: older keys stay valid)."""
+        s = self.spec
+        return {"bias_correction": {"calib_images": self.inputs["calib_images"], "calib_crop": s.calib_crop,
+                                    "calib_offset": getattr(s, "calib_offset", 0)}} \
+            if getattr(s, "bias_correction", False) else {}
 
     def _fit(self) -> dict:
         """The table fit's measurement options (none for "clip": older keys stay valid)."""
@@ -237,7 +244,7 @@ class StudyCache:
 
     def outcome_key(self, quality: int, mode: str, plan_bits: Mapping[str, int]) -> dict:
         key = {**self._common(quality), **self._eval(), "mode": mode, "calibration": self.spec.calibration,
-               "plan": sorted(plan_bits.items()), **self._acts()}
+               "plan": sorted(plan_bits.items()), **self._acts(), **self._bias()}
         if mode == "qat":
             key.update(self._qat())
         return key

@@ -109,6 +109,7 @@ def measure_cost_table(model, calib: torch.Tensor, spec, path: Path, loss=None, 
 
     table, frame = measure_sensitivity(model, calib, bits=spec.candidate_bits, calibration=spec.calibration,
                                        loss=loss, progress=False, return_frame=True,
+                                       bias_correction=getattr(spec, "bias_correction", False),
                                        **TABLE_FITS[getattr(spec, "table_fit", "clip")])
     table.to_json(path)
     if frame_path is not None:
@@ -132,7 +133,7 @@ def measure_pairwise_table(model, calib: torch.Tensor, table: CostTable, spec, p
     inter = measure_interactions(model, calib, table, spec.interaction_pairs, frame=frame, loss=loss,
                                  calibration=spec.calibration, noise_floor=spec.interaction_noise_floor,
                                  uncertainty=TABLE_FITS[getattr(spec, "table_fit", "clip")].get("uncertainty", False),
-                                 progress=False)
+                                 bias_correction=getattr(spec, "bias_correction", False), progress=False)
     joint = inter.attach(table)
     joint.to_json(path)
     return joint
@@ -209,7 +210,7 @@ def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None, train
         measure = recovery.samples if noise_z > 0 else recovery.increase
         return verifying(fit_allocator(inner, spec), model, calib, measure=measure, **options)
     return verifying(fit_allocator(inner, spec), model, calib, loss=loss, calibration=spec.calibration,
-                     holdout=holdout, **options)
+                     holdout=holdout, bias_correction=getattr(spec, "bias_correction", False), **options)
 
 
 def quantize_plan(model, plan, mode: str, spec, train, workdir: Path | None = None, loss=None, calib=None):
@@ -218,15 +219,23 @@ def quantize_plan(model, plan, mode: str, spec, train, workdir: Path | None = No
     With ``spec.act_bits`` a non-empty plan also quantizes every non-GDN layer's input at that bit-width, the
     ranges calibrated with ``spec.act_observer`` on ``calib`` (the study's calibration crops): before PTQ
     evaluation here, before QAT by :func:`bitalloc.qat.finetune` on the same crops with the same observer.
-    Returns the model and the final QAT loss (None for PTQ).
+    With ``spec.bias_correction`` a non-empty plan's biases are corrected on ``calib`` first
+    (:func:`bitalloc.correct_bias`). Returns the model and the final QAT loss (None for PTQ).
     """
     from .quant import apply_plan, plan_of
 
     acts = getattr(spec, "act_bits", None) if len(plan) else None
     if acts is not None and calib is None:
         raise ValueError(f"StudySpec.act_bits={acts}: the activation ranges need the calibration crops (calib=)")
+    corrected = getattr(spec, "bias_correction", False) and len(plan)
+    if corrected and calib is None:
+        raise ValueError("StudySpec.bias_correction: the bias shifts need the calibration crops (calib=)")
     # an empty plan is the float reference: nothing to quantize, the same QAT loop when mode == "qat"
     qmodel = apply_plan(model, plan, calibration=spec.calibration, act_bits=acts) if len(plan) else model
+    if corrected:
+        from .bias_correction import correct_bias
+
+        correct_bias(qmodel, calib, loss=loss)
     if acts is not None and mode != "qat":
         from .act_quant import calibrate_activations
 
@@ -251,4 +260,5 @@ def check_joint_plan(model, plan, table: CostTable, calib: torch.Tensor, spec, l
     """The plan's joint loss increase against the table's prediction, on the calibration crops."""
     from .sensitivity import check_plan
 
-    return check_plan(model, plan, table, calib, calibration=spec.calibration, loss=loss)
+    return check_plan(model, plan, table, calib, calibration=spec.calibration, loss=loss,
+                      bias_correction=getattr(spec, "bias_correction", False))

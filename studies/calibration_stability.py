@@ -182,18 +182,20 @@ def main(argv=None) -> pd.DataFrame:
                "curve (4 qualities) in points; negative = the repair helped.", "",
                effects.to_markdown(index=False, floatfmt=".4f"), ""]
     atomic_write_text(out / f"{stem}.md", "\n".join(md))
-    _plot(table, out / f"{stem}.png", args.model, args.budget, args.verify_noise_z)
+    _plot(table, out / f"{stem}.png", args.model, args.budget, args.verify_noise_z, args.verify_correction)
     print("\n".join(md))
     return table
 
 
-def _plot(table: pd.DataFrame, path: Path, model: str, budget: float, noise_z: float = 0.0) -> None:
+def _plot(table: pd.DataFrame, path: Path, model: str, budget: float, noise_z: float = 0.0,
+          correction: str = StudySpec.verify_correction) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    verify = f", noise_z={noise_z:g}" if noise_z else ""
+    verify = (f", noise_z={noise_z:g}" if noise_z else "") + \
+        ("" if correction == StudySpec.verify_correction else f", {correction}")
     labels = [f"{r.allocator}\n({r.table_fit}{verify if 'verify' in r.allocator else ''})" for r in table.itertuples()]
     x = np.arange(len(table))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(table)), 3.8))

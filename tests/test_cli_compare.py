@@ -101,3 +101,13 @@ def test_compare_takes_the_verify_settings(tmp_path, capsys, data, fake_study):
     _refused(capsys, ["compare", "--quick", "--allocators", "ilp+verify", "ilp+verify+qat", "--modes", "qat",
                       "--data", str(data), "--out", str(tmp_path / "c"), "--verify-correction", "context"],
              "--allocators/--modes", "PTQ repairs only")
+
+
+def test_compare_takes_bias_correction_for_ptq_only(tmp_path, capsys, data, fake_study):
+    assert main(["compare", "--quick", "--allocators", "ilp", "--data", str(data), "--out", str(tmp_path / "b"),
+                 "--bias-correction"]) == 0
+    assert fake_study["spec"].bias_correction is True
+    assert main(["compare", "--quick", "--allocators", "ilp", "--data", str(data), "--out", str(tmp_path / "p")]) == 0
+    assert fake_study["spec"].bias_correction is False
+    _refused(capsys, ["compare", "--quick", "--modes", "qat", "--data", str(data), "--out", str(tmp_path / "q"),
+                      "--bias-correction"], "--allocators/--modes", "corrects PTQ models only")

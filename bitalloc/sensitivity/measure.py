@@ -129,7 +129,7 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
                         limit: int | None = 4, progress: bool = True, return_frame: bool = False,
                         uncertainty: bool = False, fit: str = "clip", snap_z: float = 0.0,
                         act_bits: Sequence[int | None] | None = None, observer: str = "minmax",
-                        ) -> CostTable | tuple[CostTable, pd.DataFrame]:
+                        bias_correction: bool = False) -> CostTable | tuple[CostTable, pd.DataFrame]:
     """Sensitivity cost table of every quantizable layer at every candidate bit-width (module docstring).
 
     ``images``: the calibration data, as :func:`~bitalloc.sensitivity.calibration_batches` takes it: a tensor,
@@ -181,7 +181,9 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
     t0 = time.perf_counter()
     rows = []
     try:
-        probe = LossProbe(model, objective, batches, layers, calibration=calibration, method=method)
+        probe = LossProbe(model, objective, batches, layers, calibration=calibration, method=method,
+                          bias_correction=bias_correction)
+        probe.prepare_bias(bits)
         logger.info("measure_sensitivity(%s): %s path", type(model).__name__,
                     f"cached ({probe.path})" if probe.pipes else probe.path)
         fp = mean_parts(probe.fp)
@@ -217,7 +219,7 @@ def measure_sensitivity(model: nn.Module, images: Any = None, bits: Sequence[int
         frame.insert(at + 1, "cost_se", cost_se.ravel())
     frame.attrs.update(time_s=elapsed, method=probe.method, pipeline=probe.path if probe.pipes else None,
                        lmbda=getattr(objective, "lmbda", None), num_images=sum(map(_num_samples, batches)),
-                       evaluations=probe.evaluations, fit=fit,
+                       evaluations=probe.evaluations, fit=fit, bias_correction=bool(bias_correction),
                        **({"noise_floor": floor, "snap_z": snap_z} if uncertainty else {}))
     size = _pivot(frame, names, bits, "size_bits")
     tensors = [getattr(m, quantized_tensor_name(m)).detach() for m in layers.values()]

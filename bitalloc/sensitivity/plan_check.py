@@ -8,10 +8,12 @@ from typing import Any, Mapping
 import torch.nn as nn
 
 from bitalloc.act_quant import activation_quantizers, calibrate_activations
+from bitalloc.bias_correction import BiasCorrector, set_bias_shifts
 from bitalloc.costs import CostTable
 from bitalloc.objective import Loss, evaluate_loss, model_device, relative_increase, resolve_loss
 from bitalloc.observers import make_observer
-from bitalloc.quant import apply_plan, plan_of
+from bitalloc.graph import quantizable_layers
+from bitalloc.quant import apply_plan, plan_of, quantize_weight
 from bitalloc.sensitivity.calibration import calibration_batches
 from bitalloc.sensitivity.probe import per_sample_batches, sample_increases
 
@@ -51,14 +53,14 @@ class JointLoss:
     every plan is applied (:func:`bitalloc.apply_plan`) and evaluated on the same batches. :func:`check_plan`
     and :func:`bitalloc.verify_and_repair` measure through it. ``evaluations`` counts the plans measured.
 
-    ``images``, ``loss``, ``calibration``, ``observer``, ``observer_options``, ``lmbda``, ``crop``, ``limit``: as
-    for :func:`check_plan`.
+    ``images``, ``loss``, ``calibration``, ``observer``, ``observer_options``, ``lmbda``, ``crop``, ``limit``,
+    ``bias_correction``: as for :func:`check_plan`.
     """
 
     def __init__(self, model: nn.Module, images: Any = None, *, loss: Loss | None = None,
                  calibration: str = "minmax", lmbda: float | None = None, crop: int = 256,
                  limit: int | None = 4, observer: str = "minmax",
-                 observer_options: Mapping[str, Any] | None = None):
+                 observer_options: Mapping[str, Any] | None = None, bias_correction: bool = False):
         if len(plan_of(model)):
             raise ValueError("check_plan needs the float model, but this one is already fake-quantized")
         make_observer(observer, **dict(observer_options or {}))  # an unknown observer or option fails first
@@ -67,6 +69,9 @@ class JointLoss:
         self.objective = resolve_loss(model, loss, lmbda)
         self.batches = calibration_batches(images, crop=crop, limit=limit, device=model_device(model))
         self.evaluations = 0
+        layers = quantizable_layers(model)
+        self.corrector = BiasCorrector(model, self.batches, lambda n, b: quantize_weight(layers[n], b, calibration),
+                                       objective=self.objective) if bias_correction else None
         self._fp_samples = None  # per-sample float loss parts, when samples() first needs them
         was_training = model.training
         model.eval()
@@ -82,6 +87,9 @@ class JointLoss:
 
     def _quantized(self, plan) -> nn.Module:
         qmodel = apply_plan(self.model, plan, calibration=self.calibration).eval()
+        if self.corrector is not None:  # the shifts of the float model's inputs: the same for every plan
+            shifts = self.corrector.shifts(plan_of(qmodel).bits)
+            set_bias_shifts(qmodel, {name: shift for (name, _), shift in shifts.items()})
         if activation_quantizers(qmodel):
             calibrate_activations(qmodel, self.batches, self.observer, **self.observer_options)
         self.evaluations += 1
@@ -122,7 +130,7 @@ class JointLoss:
 def check_plan(model: nn.Module, plan, table: CostTable, images: Any = None, *, loss: Loss | None = None,
                calibration: str = "minmax", lmbda: float | None = None, crop: int = 256,
                limit: int | None = 4, observer: str = "minmax",
-               observer_options: Mapping[str, Any] | None = None) -> PlanCheck:
+               observer_options: Mapping[str, Any] | None = None, bias_correction: bool = False) -> PlanCheck:
     """Quantize every layer of ``plan`` together and compare the loss with the table's additive prediction.
 
     Use the data, loss, crop and calibration the table was measured with (``images`` and ``loss`` as in
@@ -131,7 +139,8 @@ def check_plan(model: nn.Module, plan, table: CostTable, images: Any = None, *, 
     :meth:`PlanCheck.ok` reports before any bitstream is written. Several plans on the same data: :class:`JointLoss`.
     A plan with activation bits has its activation ranges calibrated on the same data by ``observer``
     (:data:`bitalloc.observers.OBSERVERS`, options in ``observer_options``), as
-    :func:`bitalloc.calibrate_activations` does.
+    :func:`bitalloc.calibrate_activations` does. ``bias_correction``: measure the plan with its layers' biases
+    corrected (:func:`bitalloc.correct_bias` on the same data), against a table measured the same way.
     """
     from bitalloc.plan import BitPlan
 
@@ -140,4 +149,5 @@ def check_plan(model: nn.Module, plan, table: CostTable, images: Any = None, *, 
         raise ValueError("check_plan needs the float model, but this one is already fake-quantized")
     plan.cost(table)  # a plan the table does not cover fails before any forward pass
     return JointLoss(model, images, loss=loss, calibration=calibration, lmbda=lmbda, crop=crop, limit=limit,
-                     observer=observer, observer_options=observer_options).check(plan, table)
+                     observer=observer, observer_options=observer_options,
+                     bias_correction=bias_correction).check(plan, table)

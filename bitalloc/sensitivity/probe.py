@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from bitalloc.act_quant import ActQuantizer
+from bitalloc.bias_correction import BiasCorrector
 from bitalloc.models.losses import RateDistortionLoss, image_of
 from bitalloc.objective import Loss, evaluate_loss, loss_parts, relative_increase
 from bitalloc.observers import Observer, make_observer
@@ -105,13 +106,16 @@ class LossProbe:
     """Per-batch loss parts of ``model`` with layers quantized (module docstring); the model is put in eval mode
     by the caller. ``method``: "cached" (pipelines where they apply) or "naive" (full forward passes).
     ``keep_weights``: remember each (layer, bits) quantized tensor for reuse (pairs reuse them many times).
+    ``bias_correction``: every quantized layer's bias also absorbs its mean output error
+    (:mod:`bitalloc.bias_correction`; ``corrector`` holds the shifts, :meth:`prepare_bias` computes many in one pass).
 
     Counters: ``evaluations`` (calls of :meth:`losses`: one loss over all batches, partial when cached),
     ``cached`` and ``naive`` (batches evaluated each way).
     """
 
     def __init__(self, model: nn.Module, objective: Loss, batches: list, layers: Mapping[str, nn.Module], *,
-                 calibration: str = "minmax", method: str = "cached", keep_weights: bool = False):
+                 calibration: str = "minmax", method: str = "cached", keep_weights: bool = False,
+                 bias_correction: bool = False):
         if method not in ("cached", "naive"):
             raise ValueError(f"unknown method {method!r}; valid choices: cached, naive")
         self.model, self.objective, self.batches = model, objective, list(batches)
@@ -125,6 +129,13 @@ class LossProbe:
             self.fp = [evaluate_loss(model, objective, [b]) for b in self.batches]
             self.pipes, self.path = self._pipelines(method)
         self.method = "cached" if self.pipes else "naive"
+        self.corrector = BiasCorrector(model, self.batches, self.weight, objective=objective) if bias_correction \
+            else None
+
+    def prepare_bias(self, bits) -> None:
+        """With bias correction: the shifts of every layer at every one of ``bits``, in one float pass."""
+        if self.corrector is not None:
+            self.corrector.shifts({n: list(bits) for n in self.layers})
 
     def _pipelines(self, method: str) -> tuple[list[CachedPipeline] | None, str]:
         """(one pipeline per batch, its name), or (None, why the naive path runs)."""
@@ -192,14 +203,20 @@ class LossProbe:
     @contextmanager
     def quantized(self, assignment: Mapping[str, int], acts: Mapping[str, ActQuantizer] | None = None
                   ) -> Iterator[None]:
-        """Temporarily replace each layer's weight by its fake-quantized value (no re-wrapping), and quantize
-        the inputs of the layers in ``acts`` ({layer: frozen quantizer}) by forward pre-hooks."""
+        """Temporarily replace each layer's weight by its fake-quantized value (no re-wrapping), its bias by the
+        corrected one with bias correction, and quantize the inputs of the layers in ``acts`` ({layer: frozen
+        quantizer}) by forward pre-hooks."""
         saved, hooks = [], []
         try:
             for name, b in assignment.items():
                 t = getattr(self.layers[name], quantized_tensor_name(self.layers[name]))
                 saved.append((t, t.data))
                 t.data = self.weight(name, b)
+            if self.corrector is not None:
+                for (name, _), shift in self.corrector.shifts(assignment).items():
+                    bias = self.layers[name].bias
+                    saved.append((bias, bias.data))
+                    bias.data = bias.data + shift
             for name, q in (acts or {}).items():
                 hooks.append(self.layers[name].register_forward_pre_hook(
                     lambda mod, args, q=q: (q(args[0]),) + tuple(args[1:])))
