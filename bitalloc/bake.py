@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from bitalloc.atomic import atomic_write
+from bitalloc.bias_correction import keep_bias_shift
 from bitalloc.graph import quantizable_layers
 from bitalloc.quant import plan_of, quantized_tensor_name, remove_plan, weight_quantizer
 
@@ -69,6 +70,7 @@ def bake(qmodel: nn.Module, *, drop_activations: bool = False) -> nn.Module:
     out = copy.deepcopy(qmodel)
     for m in quantized_layers(out).values():
         _write_in(m)
+        keep_bias_shift(m)  # a corrected bias (bitalloc.correct_bias) is part of what the plan computes
     remove_plan(out)  # the activation quantizers (dropped), nothing parametrized is left
     return out.eval()
 

@@ -17,7 +17,8 @@ model that :func:`correct_bias` builds. Layers without a bias and GDN layers are
 :class:`BiasCorrector` computes the shifts of many (layer, bits) at once in one float pass over the batches and
 caches them; :func:`correct_bias` corrects a fake-quantized model in place. The shift is kept on the layer as a
 non-persistent buffer ``bias_correction``, so :func:`bitalloc.remove_plan` (and re-planning with
-:func:`bitalloc.apply_plan`) restores the float bias; an exported model stores the corrected bias.
+:func:`bitalloc.apply_plan`) restores the float bias; a baked (:func:`bitalloc.bake.bake`) or exported model keeps
+the corrected bias.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import torch.nn.functional as F
 from bitalloc.graph import is_gdn, quantizable_layers
 from bitalloc.objective import Loss, evaluate_loss, model_device, resolve_loss
 
-__all__ = ["BIAS_BUFFER", "BiasCorrector", "correct_bias", "correctable", "set_bias_shifts", "undo_bias_shift"]
+__all__ = ["BIAS_BUFFER", "BiasCorrector", "correct_bias", "correctable", "keep_bias_shift", "set_bias_shifts",
+           "undo_bias_shift"]
 
 #: the layer buffer holding the shift a corrected layer's bias carries
 BIAS_BUFFER = "bias_correction"
@@ -140,6 +142,13 @@ def undo_bias_shift(module: nn.Module) -> None:
     if isinstance(shift, torch.Tensor):
         with torch.no_grad():
             module.bias.sub_(shift)
+        delattr(module, BIAS_BUFFER)
+
+
+def keep_bias_shift(module: nn.Module) -> None:
+    """Make a corrected layer's bias its own: the shift stays in the bias and is no longer taken back out by
+    :func:`bitalloc.remove_plan` (what a baked or exported model needs)."""
+    if isinstance(getattr(module, BIAS_BUFFER, None), torch.Tensor):
         delattr(module, BIAS_BUFFER)
 
 

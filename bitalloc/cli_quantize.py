@@ -35,6 +35,14 @@ def _add_common(p) -> None:
     p.add_argument("--plan", required=True, help="bit plan from `bitalloc allocate` (.json)")
     p.add_argument("--calibration", default=StudySpec.calibration, choices=CALIBRATIONS,
                    help="how each layer's quantization range is set (use the one the table was measured with)")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="each quantized layer's bias absorbs the mean output error of its weight quantization on "
+                        "the calibration photos (use it when the table was measured with it)")
+    p.add_argument("--calib-images", type=checks.positive_int, default=8,
+                   help="--bias-correction, or a plan with activation bits: the first N training photos calibrate")
+    p.add_argument("--crop", type=checks.positive_int, default=256,
+                   help="centre-crop side of those photos (a multiple of 64)")
+    checks.add_data(p)
     checks.add_threads(p)
 
 
@@ -59,11 +67,6 @@ def add_export(sub, fmt) -> None:
                    help="onnx: the static image height the transforms are exported for (a multiple of 64)")
     p.add_argument("--width", type=checks.positive_int, default=64, help="onnx: the static image width")
     p.add_argument("--out", required=True, help="file to write")
-    p.add_argument("--calib-images", type=checks.positive_int, default=8,
-                   help="a plan with activation bits: calibrate their ranges on the first N training photos")
-    p.add_argument("--crop", type=checks.positive_int, default=256,
-                   help="a plan with activation bits: centre-crop side of those photos (a multiple of 64)")
-    checks.add_data(p)
     p.set_defaults(func=run_export, check=check_export, resumable=False, parser=p)
 
 
@@ -78,6 +81,10 @@ def _check_common(args) -> None:
     except (PlanError, ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument("--plan", f"{path}: {exc}") from None
     checks.check_file_out(args.out, "--out")
+    if args.bias_correction or getattr(args.bit_plan, "act_bits", None):
+        checks.check_root(args.data, "train")
+    if args.crop % 64:
+        raise InvalidArgument("--crop", f"{args.crop} is not a multiple of 64 (the models downsample by 64)")
 
 
 def check_apply(args) -> None:
@@ -92,9 +99,7 @@ def check_apply(args) -> None:
 
 def check_export(args) -> None:
     _check_common(args)
-    if getattr(args.bit_plan, "act_bits", None):
-        checks.check_root(args.data, "train")
-    for flag, value in (("--height", args.height), ("--width", args.width), ("--crop", args.crop)):
+    for flag, value in (("--height", args.height), ("--width", args.width)):
         if value % 64:
             raise InvalidArgument(flag, f"{value} is not a multiple of 64 (the models downsample by 64)")
 
@@ -113,17 +118,31 @@ def quantized_model(args):
         model.meta = {"architecture": args.model, "quality": args.quality, "size": "paper",
                       "N": int(model.N), "M": int(model.M)}
     try:
-        return model, apply_plan(model, args.bit_plan, calibration=args.calibration)
+        qmodel = apply_plan(model, args.bit_plan, calibration=args.calibration)
     except ValueError as exc:
         raise ValueError(f"argument --plan: {args.plan} does not fit {args.model} quality {args.quality}: {exc}"
                          ) from None
+    if args.bias_correction:
+        from .bias_correction import correct_bias
+
+        correct_bias(qmodel, calibration_photos(args))
+    return model, qmodel
+
+
+def calibration_photos(args):
+    """Centre crops (``--crop``) of the first ``--calib-images`` training photos under ``--data``."""
+    from .study_steps import calibration_crops
+
+    return calibration_crops(None, args.calib_images, args.crop, args.data)
 
 
 def checkpoint_meta(model, args) -> dict:
     """The float model's metadata without its Kodak numbers (they are not the quantized model's), plus the plan."""
     meta = {k: v for k, v in model.meta.items() if k != "kodak"}
     return {**meta, "plan": args.bit_plan.to_dict(), "calibration": args.calibration,
-            "quantized_from": str(args.pretrained)}
+            "quantized_from": str(args.pretrained),
+            **({"bias_correction": {"calib_images": args.calib_images, "crop": args.crop}}
+               if args.bias_correction else {})}
 
 
 def run_apply(args) -> int:
@@ -134,7 +153,8 @@ def run_apply(args) -> int:
     save_checkpoint(bake(qmodel), args.out, checkpoint_meta(model, args), half=False)
     avg = args.bit_plan.meta.get("avg_bits")
     print(f"{args.model} q{args.quality} quantized by {args.plan} ({len(args.bit_plan)} layers"
-          + (f", {avg:.3f} avg bits" if isinstance(avg, (int, float)) else "") + f", {args.calibration} calibration)"
+          + (f", {avg:.3f} avg bits" if isinstance(avg, (int, float)) else "") + f", {args.calibration} calibration"
+          + (", biases corrected" if args.bias_correction else "") + ")"
           f" -> {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB float32; bitalloc evaluate --files "
           f"{args.out})")
     return 0
@@ -146,9 +166,8 @@ def run_export(args) -> int:
     _, qmodel = quantized_model(args)
     if getattr(args.bit_plan, "act_bits", None):  # activation ranges are frozen from calibration crops first
         from .act_quant import calibrate_activations
-        from .study_steps import calibration_crops
 
-        calibrate_activations(qmodel, calibration_crops(None, args.calib_images, args.crop, args.data))
+        calibrate_activations(qmodel, calibration_photos(args))
     size = {"height": args.height, "width": args.width} if args.format == "onnx" else {}
     report = getattr(bitalloc, EXPORTERS[args.format])(qmodel, args.out, **size)
     print(json.dumps(report, indent=2, default=str))

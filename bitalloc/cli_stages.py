@@ -42,6 +42,9 @@ def add_sensitivity(sub, fmt) -> None:
     p.add_argument("--images", default=None,
                    help="calibration image folder (default: <data>/train, else scikit-image's photos)")
     p.add_argument("--fit", default="clip", choices=FITS, help="clip: max(zeta, 0); isotonic: monotone in bits")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="measure each layer with its bias corrected for the mean output error of its quantized "
+                        "weight (then apply / export the plan with --bias-correction too)")
     p.add_argument("--hessian-samples", type=checks.non_negative_int, default=4,
                    help="Hutchinson samples per layer for the Hessian traces ('convex' uses them; 0 skips)")
     checks.add_threads(p)
@@ -82,14 +85,16 @@ def run_sensitivity(args) -> int:
     model = load_model(args.model, args.quality, pretrained=args.pretrained)
     calib = calibration_crops(args.images, args.calib_images, args.crop, args.data)
     table = measure_sensitivity(model, calib, bits=args.bits, calibration=args.calibration, fit=args.fit,
-                                hessian_samples=args.hessian_samples, progress=sys.stderr.isatty())
+                                hessian_samples=args.hessian_samples, progress=sys.stderr.isatty(),
+                                bias_correction=args.bias_correction)
     if Path(args.out).suffix.lower() == ".csv":
         table.to_csv(args.out)
     else:
         table.to_json(args.out)
     print(f"cost table of {args.model} q{args.quality}: {table.num_layers} layers x bits "
           f"{','.join(map(str, table.bits))}, {len(calib)} crops of {calib.shape[-1]} px, {args.calibration} "
-          f"calibration, {time.perf_counter() - t0:.1f} s -> {args.out}")
+          f"calibration{', biases corrected' if args.bias_correction else ''}, {time.perf_counter() - t0:.1f} s -> "
+          f"{args.out}")
     return 0
 
 

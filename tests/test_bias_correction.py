@@ -158,3 +158,15 @@ def test_the_report_settings_line_says_what_corrected_and_repaired():
     assert "biases corrected" not in settings_line(base) and "correction context" not in settings_line(base)
     line = settings_line({**base, "bias_correction": True, "verify_correction": "context"})
     assert "biases corrected" in line and "'+verify' correction context, at most 250 measurements" in line
+
+
+def test_baking_keeps_the_corrected_biases(hyperprior, images):
+    from bitalloc.bake import bake
+
+    q = apply_plan(hyperprior, {n: 3 for n in quantizable_layers(hyperprior)}, calibration="mse")
+    correct_bias(q, images)
+    baked = bake(q)
+    for n, m in quantizable_layers(baked).items():
+        assert torch.equal(m.bias, quantizable_layers(q)[n].bias) and not hasattr(m, BIAS_BUFFER), n
+    with torch.no_grad():
+        assert torch.allclose(baked(images)["x_hat"], q.eval()(images)["x_hat"], atol=1e-6)

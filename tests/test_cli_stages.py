@@ -237,3 +237,33 @@ def test_a_plan_with_activation_bits_exports_calibrated_and_is_refused_by_apply(
                  "--data", str(data), "--threads", "1"]) == 0
     acts = activation_quantizers(bitalloc.load_packed(out))
     assert sorted(acts) == ["g_a.2", "g_s.0"] and all(q.qparams()["bits"] in (6, 8) for q in acts.values())
+
+
+def test_bias_correction_in_apply_and_export_needs_the_photos_and_moves_only_biases(capsys, tmp_path, data):
+    import torch
+
+    import bitalloc
+    from bitalloc.graph import quantizable_layers
+    from bitalloc.models import build_model
+    from bitalloc.models.checkpoint import load_checkpoint
+
+    names = list(quantizable_layers(build_model("bmshj2018-hyperprior", 4)))
+    plan = tmp_path / "plan.json"
+    BitPlan(dict.fromkeys(names, 3)).to_json(plan)
+    _refused(capsys, ["apply", *HP, "--plan", str(plan), "--out", str(tmp_path / "n.pt"), "--bias-correction",
+                      "--data", str(tmp_path / "nowhere")], "--data", "")
+    calib = ["--calib-images", "1", "--crop", "64", "--data", str(data), "--threads", "1"]
+    plain, fixed = tmp_path / "p.pt", tmp_path / "c.pt"
+    assert main(["apply", *HP, "--plan", str(plan), "--out", str(plain), *calib]) == 0
+    assert main(["apply", *HP, "--plan", str(plan), "--out", str(fixed), "--bias-correction", *calib]) == 0
+    assert "biases corrected" in capsys.readouterr().out
+    a, b = load_checkpoint(plain), load_checkpoint(fixed)
+    assert b.meta["bias_correction"] == {"calib_images": 1, "crop": 64} and "bias_correction" not in a.meta
+    la, lb = quantizable_layers(a), quantizable_layers(b)
+    assert all(torch.equal(la[n].weight, lb[n].weight) for n in names)
+    moved = [n for n in names if not torch.equal(la[n].bias, lb[n].bias)]
+    assert len(moved) == len(names)
+    packed = tmp_path / "c.bin"
+    assert main(["export", *HP, "--plan", str(plan), "--out", str(packed), "--bias-correction", *calib]) == 0
+    lp = quantizable_layers(bitalloc.load_packed(packed))
+    assert all(torch.allclose(lp[n].bias, lb[n].bias) for n in names)
