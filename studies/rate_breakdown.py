@@ -1,0 +1,158 @@
+"""Where a low-bit plan's rate goes, and what bias correction gives back.
+
+    BITALLOC_DATA=../shared/data python studies/rate_breakdown.py                  # the README's numbers
+    python studies/rate_breakdown.py --model mbt2018-mean --qualities 3 6 --limit 24
+
+For each quality: the additive ILP's plan at ``--budget`` average bits (``ilp`` alone, without the study's
+tie-break within noise) on a cost table measured as the allocator study measures it (noise-aware fit, 8
+calibration crops of 256^2 of ``train/``, MSE calibration; kept under ``--cache``). The plan is applied to the
+whole model and to each transform alone (g_a, h_a, h_s, g_s: that transform at its plan bits, every other layer
+at 16 bits), each without and with bias correction (:func:`bitalloc.correct_bias` on the same calibration crops).
+On the first ``--limit`` Kodak images (cropped to a multiple of 64): the rate of ``y`` and of ``z`` from the
+model's likelihoods (bits per pixel) and the PSNR. The likelihood rate is what the entropy coder spends up to a
+few bytes per image; the allocator study measures real bitstreams.
+
+Writes ``studies/results/rate_breakdown_<model>_b<budget>.{csv,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from bitalloc import Budget, CostTable, apply_plan, build_allocator, correct_bias, measure_sensitivity, resolve_images
+from bitalloc.atomic import atomic_savefig, atomic_write_text
+from bitalloc.harness import StudySpec
+from bitalloc.models import load_model
+from bitalloc.study_steps import TABLE_FITS, calibration_crops
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PARTS = ("g_a", "h_a", "h_s", "g_s")
+
+
+def plan_table(model, name: str, quality: int, calib: torch.Tensor, cache: Path) -> CostTable:
+    """The allocator study's noise-aware cost table (measured once, kept under ``cache``)."""
+    path = cache / f"{name}_q{quality}_noise.json"
+    if path.is_file():
+        return CostTable.from_json(path)
+    table = measure_sensitivity(model, calib, bits=StudySpec.candidate_bits, calibration=StudySpec.calibration,
+                                progress=False, **TABLE_FITS["noise"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_json(path)
+    return table
+
+
+def rates(model, images: list[torch.Tensor]) -> dict:
+    """Mean y and z bits per pixel (likelihoods) and PSNR (dB, from the mean MSE) over ``images``."""
+    y = z = mse = 0.0
+    with torch.no_grad():
+        for x in images:
+            out = model(x)
+            pixels = x.shape[-1] * x.shape[-2]
+            y += float(-torch.log2(out["likelihoods"]["y"]).sum()) / pixels
+            z += float(-torch.log2(out["likelihoods"]["z"]).sum()) / pixels
+            mse += float(torch.mean((out["x_hat"].clamp(0, 1) - x) ** 2))
+    n = len(images)
+    return {"y_bpp": y / n, "z_bpp": z / n, "bpp": (y + z) / n, "psnr": 10 * np.log10(1 / (mse / n))}
+
+
+def main(argv=None) -> pd.DataFrame:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="bmshj2018-hyperprior")
+    p.add_argument("--qualities", type=int, nargs="+", default=[3, 6])
+    p.add_argument("--budget", type=float, default=4.0, help="average weight bits of the ILP's plan")
+    p.add_argument("--limit", type=int, default=6, help="first N Kodak images")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data", default=None)
+    p.add_argument("--cache", default="runs/rate_breakdown")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    if args.limit < 1:
+        p.error(f"--limit must be at least 1, got {args.limit}")
+    torch.set_num_threads(args.threads)
+    calib = calibration_crops(None, StudySpec.calib_images, StudySpec.calib_crop, args.data)
+    kodak = [x[None, :, : x.shape[-2] // 64 * 64, : x.shape[-1] // 64 * 64]
+             for x in resolve_images(None, root=args.data, limit=args.limit).values()]
+    rows = []
+    bar = tqdm(total=len(args.qualities) * (2 + 2 * (1 + len(PARTS))), desc="rate breakdown")
+    for q in args.qualities:
+        model = load_model(args.model, q, pretrained=StudySpec.pretrained).eval()
+        table = plan_table(model, args.model, q, calib, Path(args.cache))
+        plan = build_allocator("ilp").allocate(table, Budget.from_avg_bits(table, args.budget)).plan.bits
+        rows.append({"quality": q, "quantized": "none (FP32)", "bias_correction": False, **rates(model, kodak)})
+        bar.update(2)
+        for part in ("all", *PARTS):
+            bits = plan if part == "all" else {n: (b if n.startswith(part + ".") else 16) for n, b in plan.items()}
+            for corrected in (False, True):
+                qmodel = apply_plan(model, bits, calibration=StudySpec.calibration).eval()
+                if corrected:
+                    correct_bias(qmodel, calib)
+                rows.append({"quality": q, "quantized": "whole plan" if part == "all" else f"{part} alone",
+                             "bias_correction": corrected, **rates(qmodel, kodak)})
+                bar.update()
+        rows.append({"quality": q, "quantized": "plan bits", "bias_correction": None,
+                     **{"plan": " ".join(f"{n}:{b}" for n, b in plan.items())}})
+    bar.close()
+    frame = pd.DataFrame(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"rate_breakdown_{args.model}_b{args.budget:g}"
+    atomic_write_text(out / f"{stem}.csv", frame.to_csv(index=False))
+    command = "BITALLOC_DATA=../shared/data python studies/rate_breakdown.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv)
+    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads"
+    numbers = frame[frame.quantized != "plan bits"].drop(columns=["plan"], errors="ignore")
+    md = [f"# Where the rate of the ILP's {args.budget:g}-bit plan goes: {args.model}", "",
+          f"- command: `{command.strip()}`", f"- machine: {machine}",
+          f"- Kodak: first {args.limit} images, rate from the likelihoods (bits per pixel), PSNR-RGB",
+          "- plan: `ilp` on the study's noise-aware cost table (8 crops of 256^2, MSE calibration); "
+          "'<part> alone': that transform at its plan bits, every other layer at 16 bits", "",
+          numbers.to_markdown(index=False, floatfmt=".3f"), "", "Plans:", "",
+          *[f"- q{r.quality}: {r.plan}" for r in frame[frame.quantized == "plan bits"].itertuples()], ""]
+    atomic_write_text(out / f"{stem}.md", "\n".join(md))
+    _plot(numbers, out / f"{stem}.png", args.model, args.budget)
+    print("\n".join(md))
+    return frame
+
+
+def _plot(frame: pd.DataFrame, path: Path, model: str, budget: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    qualities = sorted(frame.quality.unique())
+    fig, axes = plt.subplots(1, len(qualities), figsize=(4.6 * len(qualities), 3.8), squeeze=False)
+    for ax, q in zip(axes[0], qualities):
+        rows = frame[frame.quality == q]
+        fp = rows[rows.quantized == "none (FP32)"].iloc[0]
+        labels = [lab for lab in rows.quantized.unique() if lab != "none (FP32)"]
+        x = np.arange(len(labels))
+        for k, (corrected, color) in enumerate(((False, "tab:red"), (True, "tab:green"))):
+            sub = rows[rows.bias_correction == corrected].set_index("quantized").loc[labels]
+            ax.bar(x + (k - 0.5) * 0.38, sub.y_bpp, 0.38, color=color,
+                   label="bias corrected" if corrected else "plain PTQ")
+            ax.bar(x + (k - 0.5) * 0.38, sub.z_bpp, 0.38, bottom=sub.y_bpp, color="k", alpha=0.5)
+        ax.axhline(fp.bpp, color="k", ls="--", lw=1, label=f"FP32 ({fp.bpp:.2f} bpp)")
+        ax.set_xticks(x, labels, fontsize=8, rotation=20)
+        ax.set_title(f"q{q}", fontsize=9)
+        ax.set_ylabel("bits per pixel (y; z in grey on top)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{model}: rate of the ILP's {budget:g}-bit PTQ plan, whole and per transform", fontsize=10)
+    fig.tight_layout()
+    atomic_savefig(fig, path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
