@@ -9,10 +9,12 @@ calibration crops of 256^2 of ``train/``, MSE calibration; kept under ``--cache`
 whole model and to each transform alone (g_a, h_a, h_s, g_s: that transform at its plan bits, every other layer
 at 16 bits), each without and with bias correction (:func:`bitalloc.correct_bias` on the same calibration crops).
 On the first ``--limit`` Kodak images (cropped to a multiple of 64): the rate of ``y`` and of ``z`` from the
-model's likelihoods (bits per pixel) and the PSNR. The likelihood rate is what the entropy coder spends up to a
-few bytes per image; the allocator study measures real bitstreams.
+model's likelihoods (bits per pixel) and the PSNR. ``--real`` adds the entropy-coded bitstreams
+(:func:`bitalloc.evaluate`) of FP32 and the whole plan: they differ from the likelihood rate by a few percent, in
+either direction (the coder quantizes the predicted scales to its scale table and escape-codes values far outside
+them); the allocator study measures real bitstreams.
 
-Writes ``studies/results/rate_breakdown_<model>_b<budget>.{csv,md,png}``.
+Writes ``studies/results/rate_breakdown_<model>_b<budget>[_real].{csv,md,png}``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bitalloc import Budget, CostTable, apply_plan, build_allocator, correct_bias, measure_sensitivity, resolve_images
+from bitalloc import (Budget, CostTable, apply_plan, build_allocator, correct_bias, evaluate, measure_sensitivity,
+                      resolve_images)
 from bitalloc.atomic import atomic_savefig, atomic_write_text
 from bitalloc.harness import StudySpec
 from bitalloc.models import load_model
@@ -65,12 +68,20 @@ def rates(model, images: list[torch.Tensor]) -> dict:
     return {"y_bpp": y / n, "z_bpp": z / n, "bpp": (y + z) / n, "psnr": 10 * np.log10(1 / (mse / n))}
 
 
+def coded(model, images: list[torch.Tensor]) -> dict:
+    """Mean bpp of the real bitstreams and mean PSNR-RGB over ``images`` (:func:`bitalloc.evaluate`)."""
+    frame = evaluate(model, {f"image{i}": x[0] for i, x in enumerate(images)}, progress=False)
+    return {"real_bpp": float(frame.bpp.mean()), "real_psnr": float(frame.psnr_rgb.mean())}
+
+
 def main(argv=None) -> pd.DataFrame:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="bmshj2018-hyperprior")
     p.add_argument("--qualities", type=int, nargs="+", default=[3, 6])
     p.add_argument("--budget", type=float, default=4.0, help="average weight bits of the ILP's plan")
     p.add_argument("--limit", type=int, default=6, help="first N Kodak images")
+    p.add_argument("--real", action="store_true",
+                   help="also entropy-code the images (real bitstreams, bitalloc.evaluate) for FP32 and the whole plan")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/rate_breakdown")
@@ -82,13 +93,15 @@ def main(argv=None) -> pd.DataFrame:
     calib = calibration_crops(None, StudySpec.calib_images, StudySpec.calib_crop, args.data)
     kodak = [x[None, :, : x.shape[-2] // 64 * 64, : x.shape[-1] // 64 * 64]
              for x in resolve_images(None, root=args.data, limit=args.limit).values()]
+    real = (lambda m: coded(m, kodak)) if args.real else (lambda m: {})
     rows = []
     bar = tqdm(total=len(args.qualities) * (2 + 2 * (1 + len(PARTS))), desc="rate breakdown")
     for q in args.qualities:
         model = load_model(args.model, q, pretrained=StudySpec.pretrained).eval()
         table = plan_table(model, args.model, q, calib, Path(args.cache))
         plan = build_allocator("ilp").allocate(table, Budget.from_avg_bits(table, args.budget)).plan.bits
-        rows.append({"quality": q, "quantized": "none (FP32)", "bias_correction": False, **rates(model, kodak)})
+        rows.append({"quality": q, "quantized": "none (FP32)", "bias_correction": False, **rates(model, kodak),
+                     **real(model)})
         bar.update(2)
         for part in ("all", *PARTS):
             bits = plan if part == "all" else {n: (b if n.startswith(part + ".") else 16) for n, b in plan.items()}
@@ -97,7 +110,8 @@ def main(argv=None) -> pd.DataFrame:
                 if corrected:
                     correct_bias(qmodel, calib)
                 rows.append({"quality": q, "quantized": "whole plan" if part == "all" else f"{part} alone",
-                             "bias_correction": corrected, **rates(qmodel, kodak)})
+                             "bias_correction": corrected, **rates(qmodel, kodak),
+                             **(real(qmodel) if part == "all" else {})})
                 bar.update()
         rows.append({"quality": q, "quantized": "plan bits", "bias_correction": None,
                      **{"plan": " ".join(f"{n}:{b}" for n, b in plan.items())}})
@@ -105,7 +119,7 @@ def main(argv=None) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"rate_breakdown_{args.model}_b{args.budget:g}"
+    stem = f"rate_breakdown_{args.model}_b{args.budget:g}" + ("_real" if args.real else "")
     atomic_write_text(out / f"{stem}.csv", frame.to_csv(index=False))
     command = "BITALLOC_DATA=../shared/data python studies/rate_breakdown.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
@@ -113,7 +127,8 @@ def main(argv=None) -> pd.DataFrame:
     numbers = frame[frame.quantized != "plan bits"].drop(columns=["plan"], errors="ignore")
     md = [f"# Where the rate of the ILP's {args.budget:g}-bit plan goes: {args.model}", "",
           f"- command: `{command.strip()}`", f"- machine: {machine}",
-          f"- Kodak: first {args.limit} images, rate from the likelihoods (bits per pixel), PSNR-RGB",
+          f"- Kodak: first {args.limit} images, rate from the likelihoods (bits per pixel), PSNR-RGB"
+          + ("; real_bpp / real_psnr: entropy-coded bitstreams (mean over the images)" if args.real else ""),
           "- plan: `ilp` on the study's noise-aware cost table (8 crops of 256^2, MSE calibration); "
           "'<part> alone': that transform at its plan bits, every other layer at 16 bits", "",
           numbers.to_markdown(index=False, floatfmt=".3f"), "", "Plans:", "",
