@@ -17,6 +17,8 @@ and the file holds the key itself; the key lists what the result depends on::
     a user ``loss``   its :func:`loss_digest`, in the cost table's and the QAT keys (none without one)
     ``table_fit``     "noise": its measurement options in the cost table's key (so in the pairwise terms' and
                         every static cell's), and the tie-break share in every static cell's; absent for "clip"
+    bias correction   the calibration crops of its shifts, in the cost table's key and every outcome's (absent
+                        when off)
 
 so a rerun with other settings computes new cells beside the old ones and never mixes them. A file that does
 not read back (bad JSON, missing fields, a key other than its name says, numbers that disagree with its own
@@ -27,9 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -38,6 +37,7 @@ import pandas as pd
 from .atomic import atomic_write_text
 from .costs import CostTable
 from .study_digests import images_digest, loss_digest, source_digest, weights_digest  # re-exported
+from .study_files import CorruptCacheWarning, load_json, plain_key, result_problem, set_aside  # re-exported
 
 __all__ = ["COST_MODEL_VERSION", "CorruptCacheWarning", "StudyCache", "images_digest", "loss_digest",
            "source_digest", "weights_digest"]
@@ -48,80 +48,11 @@ COST_MODEL_VERSION = 2
 
 ROW_FIELDS = ("status", "avg_bits", "bpp", "psnr_rgb", "ms_ssim_rgb")
 STATIC_ROW_FIELDS = ("objective", "solve_time_s", "iterations", "size_bits", "budget_bits", "compression_ratio")
-IMAGE_FIELDS = ("image", "bpp", "psnr_rgb")
-
-
-class CorruptCacheWarning(UserWarning):
-    """A cached file did not read back; it was set aside (``*.corrupt``) and its result is recomputed."""
 
 
 def _key_hash(key: Mapping) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
-
-def _plain(key: Mapping) -> dict:
-    """The key as it reads back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(key, sort_keys=True))
-
-
-def set_aside(path: Path, reason: str) -> Path:
-    """Rename a cached file that does not read back to ``*.corrupt`` (numbered if taken) and warn, naming it."""
-    target = path.with_name(path.name + ".corrupt")
-    n = 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}.corrupt{n}")
-    os.replace(path, target)
-    warnings.warn(f"cached {path} {reason}; set aside as {target.name} and recomputed", CorruptCacheWarning,
-                  stacklevel=3)
-    return target
-
-
-def load_json(path: Path) -> Any:
-    """What the cached JSON file at ``path`` holds; None when there is none, or when it is not JSON (then it is set
-    aside, named in a warning)."""
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        set_aside(path, f"is not valid JSON ({exc})")
-        return None
-
-
-def _mean_disagrees(row: Mapping, images: list, field: str) -> bool:
-    vals = [float(r[field]) for r in images if r.get(field) is not None]
-    if not vals or any(math.isnan(v) for v in vals):
-        return False
-    return not math.isclose(float(row[field]), sum(vals) / len(vals), rel_tol=1e-9, abs_tol=1e-12)
-
-
-def result_problem(found: Any, key: Mapping, eval_names: list[str], row_fields=()) -> str | None:
-    """Why a cached cell or outcome cannot be reused (None when it can)."""
-    if not isinstance(found, dict):
-        return "is not a JSON object"
-    if found.get("key") != _plain(key):
-        return "has a key other than the settings its name stands for (hand-edited or copied)"
-    images = found.get("images")
-    if not isinstance(images, list) or not all(isinstance(r, dict) for r in images):
-        return "has no per-image rows"
-    missing = sorted({f for r in images for f in IMAGE_FIELDS if f not in r})
-    if missing:
-        return f"has per-image rows without {', '.join(missing)}"
-    if [r["image"] for r in images] != list(eval_names):
-        return "holds other images than this run evaluates"
-    if not row_fields:
-        return None if "qat_final_loss" in found else "has no qat_final_loss"
-    row = found.get("row")
-    if not isinstance(row, dict) or "plan" not in found:
-        return "has no row or no plan"
-    missing = [f for f in row_fields if f not in row]
-    if missing:
-        return f"has a row without {', '.join(missing)}"
-    bad = [f for f in ("bpp", "psnr_rgb") if _mean_disagrees(row, images, f)]
-    if bad:
-        return f"has a row whose {', '.join(bad)} is not the mean of its per-image rows"
-    return None
 
 
 class StudyCache:
@@ -282,13 +213,13 @@ class StudyCache:
         found = load_json(path)
         if found is None:
             return None
-        if not isinstance(found, dict) or found.pop("key", None) != _plain(key) or not {"row", "plan"} <= set(found):
+        if not isinstance(found, dict) or found.pop("key", None) != plain_key(key) or not {"row", "plan"} <= set(found):
             set_aside(path, "is not the allocation of its cell (no row and plan, or another key)")
             return None
         return found
 
     def write(self, path: Path, key: Mapping, value: dict) -> None:
-        atomic_write_text(path, json.dumps({**value, "key": _plain(key)}, indent=1, default=float))
+        atomic_write_text(path, json.dumps({**value, "key": plain_key(key)}, indent=1, default=float))
 
     def read_table(self, path: Path, candidate_bits) -> CostTable | None:
         if not path.exists():

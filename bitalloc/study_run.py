@@ -25,7 +25,8 @@ from .executor import Runner, Shipped
 from .plan import BitPlan
 from .recovery import split_qat
 from .repair import split_verify
-from .study_cache import ROW_FIELDS, STATIC_ROW_FIELDS, StudyCache, set_aside
+from .study_cache import ROW_FIELDS, STATIC_ROW_FIELDS, StudyCache
+from .study_files import set_aside
 from .study_warnings import note_unstored, read_table_warnings, stored_warnings
 
 __all__ = ["StudyRun"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import warnings
 
-from .study_cache import load_json, set_aside
+from .study_files import load_json, set_aside
 
 __all__ = ["note_unstored", "read_table_warnings", "stored_warnings"]
 
