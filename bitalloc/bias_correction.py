@@ -79,7 +79,7 @@ class BiasCorrector:
                  objective: Loss | None = None):
         self.model, self.batches, self.quantized = model, list(batches), quantized
         self.objective = objective if objective is not None else resolve_loss(model, None, None)
-        self.layers = quantizable_layers(model)
+        self.layers = quantizable_layers(model, gdn=True)  # GDN layers may be asked for; they get no shift
         self._shifts: dict[tuple[str, int], torch.Tensor] = {}
         self.passes = 0
 

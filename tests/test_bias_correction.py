@@ -170,3 +170,12 @@ def test_baking_keeps_the_corrected_biases(hyperprior, images):
         assert torch.equal(m.bias, quantizable_layers(q)[n].bias) and not hasattr(m, BIAS_BUFFER), n
     with torch.no_grad():
         assert torch.allclose(baked(images)["x_hat"], q.eval()(images)["x_hat"], atol=1e-6)
+
+
+def test_gdn_layers_in_a_table_with_correction_get_no_shift(hyperprior, images):
+    table = measure_sensitivity(hyperprior, images, bits=(4, 8), calibration="mse", hessian_samples=0, gdn=True,
+                                progress=False, bias_correction=True)
+    assert any(name.startswith("g_a.1") for name in table.layer_names)  # GDN measured, its gamma quantized alone
+    corrector = BiasCorrector(hyperprior, [images], lambda n, b: quantize_weight(quantizable_layers(
+        hyperprior, gdn=True)[n], b))
+    assert set(corrector.shifts({"g_a.1": 4, "g_a.0": 4})) == {("g_a.0", 4)}
