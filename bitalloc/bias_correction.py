@@ -24,7 +24,7 @@ the corrected bias.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import torch
 import torch.nn as nn
@@ -164,12 +164,15 @@ def set_bias_shifts(model: nn.Module, shifts: Mapping[str, torch.Tensor]) -> Non
 
 
 def correct_bias(qmodel: nn.Module, images: Any, *, crop: int = 256, limit: int | None = 4,
-                 loss: Loss | None = None, lmbda: float | None = None) -> dict[str, torch.Tensor]:
+                 loss: Loss | None = None, lmbda: float | None = None,
+                 layers: Collection[str] | None = None) -> dict[str, torch.Tensor]:
     """Correct the biases of a fake-quantized model in place (module docstring); returns {layer: shift}.
 
     ``images``: the calibration data, as :func:`bitalloc.sensitivity.calibration_batches` takes it (``crop``,
     ``limit``). The float inputs come from ``qmodel``'s own original weights; running it again re-computes the
     shifts from the float biases (it does not add up). ``loss`` / ``lmbda``: what runs the forward passes.
+    ``layers``: correct only these quantized layers (None: every quantized layer with a bias); the others keep,
+    or get back, their float bias. A name that is not a quantized layer of the plan is a ValueError naming it.
     """
     from bitalloc.quant import plan_of, remove_plan
     from bitalloc.sensitivity.calibration import calibration_batches
@@ -178,11 +181,19 @@ def correct_bias(qmodel: nn.Module, images: Any, *, crop: int = 256, limit: int 
     if not len(plan):
         raise ValueError("correct_bias needs a fake-quantized model (apply_plan first); this one has no plan")
     reference = remove_plan(copy.deepcopy(qmodel))  # the float model, float biases included
-    layers = quantizable_layers(qmodel)
+    layers_of = quantizable_layers(qmodel)
     batches = calibration_batches(images, crop=crop, limit=limit, device=model_device(qmodel))
-    corrector = BiasCorrector(reference, batches, lambda name, b: layers[name].weight.detach(),
+    corrector = BiasCorrector(reference, batches, lambda name, b: layers_of[name].weight.detach(),
                               objective=resolve_loss(reference, loss, lmbda))
-    wanted = {n: b for n, b in plan.bits.items() if n in layers}
+    if layers is not None:
+        unknown = sorted(set(layers) - set(plan.bits))
+        if unknown:
+            raise ValueError(f"correct_bias: layer '{unknown[0]}' is not a quantized layer of this plan")
+    chosen = set(plan.bits) if layers is None else set(layers)
+    wanted = {n: b for n, b in plan.bits.items() if n in layers_of and n in chosen}
     shifts = {name: s for (name, _), s in corrector.shifts(wanted).items()}
+    for name, m in layers_of.items():  # a layer left out now loses a shift an earlier call gave it
+        if name not in shifts:
+            undo_bias_shift(m)
     set_bias_shifts(qmodel, shifts)
     return shifts

@@ -179,3 +179,18 @@ def test_gdn_layers_in_a_table_with_correction_get_no_shift(hyperprior, images):
     corrector = BiasCorrector(hyperprior, [images], lambda n, b: quantize_weight(quantizable_layers(
         hyperprior, gdn=True)[n], b))
     assert set(corrector.shifts({"g_a.1": 4, "g_a.0": 4})) == {("g_a.0", 4)}
+
+
+def test_correct_bias_can_be_limited_to_some_layers(hyperprior, images):
+    plan = {n: 3 for n in quantizable_layers(hyperprior)}
+    q = apply_plan(hyperprior, plan, calibration="mse")
+    every = correct_bias(q, images)
+    some = correct_bias(q, images, layers=["h_s.0", "h_s.2", "h_s.4"])
+    assert set(some) == {"h_s.0", "h_s.2", "h_s.4"} and all(torch.allclose(some[n], every[n]) for n in some)
+    floats = quantizable_layers(hyperprior)
+    for n, m in quantizable_layers(q).items():  # the layers left out are back at their float bias
+        assert hasattr(m, BIAS_BUFFER) == (n in some)
+        if n not in some:
+            assert torch.allclose(m.bias, floats[n].bias, atol=1e-6), n
+    with pytest.raises(ValueError, match="layer 'g_a.9' is not a quantized layer"):
+        correct_bias(q, images, layers=["g_a.9"])
