@@ -71,6 +71,10 @@ def check_verify_settings(spec) -> None:
     if spec.verify_correction == "context" and after_qat:
         raise ValueError(f"verify_correction='context' probes every single-layer move of each plan, a QAT run "
                          f"each after QAT: PTQ repairs only; allocator {after_qat[0]!r} verifies after QAT")
+    if not isinstance(spec.verify_snap_ties, bool):
+        raise ValueError(f"verify_snap_ties must be True or False, got {spec.verify_snap_ties!r}")
+    if spec.verify_snap_ties and spec.verify_correction != "context":
+        raise ValueError("verify_snap_ties snaps in-context costs: it needs verify_correction='context'")
     if spec.verify_holdout and after_qat:
         raise ValueError(f"verify_holdout confirms PTQ repairs only; allocator {after_qat[0]!r} verifies after QAT "
                          f"(drop it or set verify_holdout=0)")

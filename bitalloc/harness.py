@@ -123,7 +123,8 @@ class StudySpec:
     before it is kept (``holdout`` of :func:`bitalloc.verify_and_repair`; 0: none; not with ``+verify+qat``).
     ``verify_correction``: what a repair learns from a measurement (``correction`` of
     :func:`bitalloc.verify_and_repair`: "auto", "unary", "pairwise", or "context", which probes every single-layer
-    move of the plan and needs ``verify_max_evals`` of a round of them plus two; PTQ repairs only).
+    move of the plan and needs ``verify_max_evals`` of a round of them plus two; PTQ repairs only;
+    ``verify_snap_ties``: its in-context costs within the table's noise floor count as ties).
     ``bias_correction``: every quantized layer's bias absorbs the mean output error of its weight quantization on
     the calibration crops (:func:`bitalloc.correct_bias`), in the cost tables, the pairwise terms, the joint checks
     and repairs, and the PTQ models evaluated (PTQ only; keyed only when set)."""
@@ -151,6 +152,7 @@ class StudySpec:
     verify_noise_z: float = 0.0
     verify_holdout: int = 0
     verify_correction: str = "auto"
+    verify_snap_ties: bool = False
     act_bits: int | None = None
     act_observer: str = "mse"
     calib_offset: int = 0

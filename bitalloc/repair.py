@@ -140,7 +140,8 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
                       crop: int = 256, limit: int | None = 4, tolerance: float = TOLERANCE, max_evals: int = 12,
                       time_limit: float | None = None, correction: str = "auto",
                       start: Allocation | None = None, measure: Callable[[BitPlan], Any] | None = None,
-                      noise_z: float = 0.0, holdout: Any = None, bias_correction: bool = False) -> Repair:
+                      noise_z: float = 0.0, holdout: Any = None, bias_correction: bool = False,
+                      snap_ties: bool = False) -> Repair:
     """Allocate, measure, learn and re-solve, then search locally by measurement (module docstring).
 
     ``data``, ``loss``, ``lmbda``, ``calibration``, ``crop``, ``limit``: the data and settings the table was
@@ -159,7 +160,8 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
     or a function of a :class:`BitPlan` returning its loss increase on them (per crop, for ``noise_z > 0``) that
     confirm a repair before it is returned (module docstring, step 5); a ``measure`` other than the joint loss
     needs a function here. ``bias_correction``: plans are measured with their biases corrected
-    (:func:`bitalloc.correct_bias`), as the table was.
+    (:func:`bitalloc.correct_bias`), as the table was. ``snap_ties`` (``correction="context"``): in-context costs
+    within the table's ``noise_floor`` count as ties, so a plan is not shrunk on noise.
     """
     table.require_weight_only("verify_and_repair", "its corrections and local search step along weight bits")
     if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
@@ -196,7 +198,7 @@ def verify_and_repair(model: nn.Module, data: Any, table: CostTable, budget: Bud
                         "the same loss on the held-out crops")
     if holdout is not None and not callable(holdout):
         holdout = joint(holdout).samples
-    search = RepairSearch(table, budget, measure, max_evals, time_limit, kind, noise_z)
+    search = RepairSearch(table, budget, measure, max_evals, time_limit, kind, noise_z, snap_ties)
     search.t0 = t0
     if kind == "context" and max_evals < len(search.moves(choice)) + 2:
         raise ValueError(f"verify_and_repair: correction='context' probes every single-layer move of a plan "

@@ -42,8 +42,10 @@ class RepairSearch:
     """The state of one repair: measured plans, the learned corrections, the clock and the budgets."""
 
     def __init__(self, table: CostTable, budget: Budget, score: Callable[[BitPlan], Any], max_evals: int,
-                 time_limit: float | None, correction: str, noise_z: float = 0.0):
+                 time_limit: float | None, correction: str, noise_z: float = 0.0, snap_ties: bool = False):
         self.table, self.budget, self.score, self.learned = table, budget, score, table
+        #: in-context costs within this of 0 are ties (the table's noise floor with ``snap_ties``, else 0)
+        self.tie = float(table.noise_floor or 0.0) if snap_ties else 0.0
         self.max_evals, self.time_limit, self.correction, self.noise_z = max_evals, time_limit, correction, noise_z
         self.t0 = time.perf_counter()
         self.unary = np.zeros(table.cost.shape)
@@ -173,7 +175,9 @@ class RepairSearch:
     def learn_in_context(self, choice: np.ndarray) -> None:
         """Learn the costs *in the context of* measured plan ``choice``: cell (l, b) is the measured loss of
         ``choice`` with layer l at bits b minus that of ``choice`` (every single-layer move probed), each layer's
-        row shifted to a minimum of 0 (one choice per layer: the optimum does not move). The learned prediction is
+        row shifted to a minimum of 0 (one choice per layer: the optimum does not move); with ``snap_ties``, a move
+        within the table's noise floor of 0 counts as a tie (0), so the inner allocator's tie-break toward the bigger
+        plan decides it, not the noise. The learned prediction is
         exact for ``choice`` and its single-layer moves and additive beyond; unary and pairwise corrections are
         dropped (the measurements hold what they learned)."""
         base = self.measured[_key(choice)]
@@ -181,6 +185,7 @@ class RepairSearch:
         for move in self.moves(choice):
             layer = int(np.nonzero(move != choice)[0][0])
             cost[layer, move[layer]] = self.probe(move) - base
+        cost[np.abs(cost) <= self.tie] = 0.0  # a move inside the noise floor ties with staying
         cost -= cost.min(axis=1, keepdims=True)
         self.learned = self.table.replace(cost=cost, pairwise=None)
         self.offset = base - self.learned.objective(choice)

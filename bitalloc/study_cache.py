@@ -161,6 +161,8 @@ class StudyCache:
                     key["verify"]["noise_z"] = self.spec.verify_noise_z
                 if getattr(self.spec, "verify_correction", "auto") != "auto":  # keyed when set, as noise_z
                     key["verify"]["correction"] = self.spec.verify_correction
+                if getattr(self.spec, "verify_snap_ties", False):  # keyed when set
+                    key["verify"]["snap_ties"] = True
                 if getattr(self.spec, "verify_holdout", 0) and not qat:  # the photos confirming a PTQ repair
                     key["verify"]["holdout"] = {"photos": self.spec.verify_holdout,
                                                 "images": self.inputs.get("holdout_images")}

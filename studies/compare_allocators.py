@@ -91,6 +91,9 @@ def main(argv=None) -> None:
     p.add_argument("--verify-correction", default=StudySpec.verify_correction, choices=CORRECTIONS,
                    help="'+verify': what a repair learns from a measurement ('context': every single-layer move of "
                         "the plan measured and re-solved on; needs --verify-max-evals of a round plus two)")
+    p.add_argument("--verify-snap-ties", action="store_true",
+                   help="'+verify' with --verify-correction context: in-context costs within the table's noise floor "
+                        "count as ties (the bigger plan wins them)")
     p.add_argument("--bias-correction", action="store_true",
                    help="every quantized layer's bias absorbs the mean output error of its weight quantization on "
                         "the calibration crops, in tables, checks, repairs and the models evaluated (PTQ only)")
@@ -120,7 +123,8 @@ def main(argv=None) -> None:
                              seed=args.seed, recovery_steps=args.recovery_steps, recovery_crop=args.recovery_crop,
                              verify_tolerance=args.verify_tolerance, verify_max_evals=args.verify_max_evals,
                              verify_noise_z=args.verify_noise_z, verify_holdout=args.verify_holdout,
-                             verify_correction=args.verify_correction, bias_correction=args.bias_correction)
+                             verify_correction=args.verify_correction, bias_correction=args.bias_correction,
+                             verify_snap_ties=args.verify_snap_ties)
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         if "qat" in args.modes and args.dynaquant_budgets:
             spec = StudySpec(model=model, allocators=("dynaquant",), budgets=tuple(args.dynaquant_budgets),
@@ -141,7 +145,8 @@ def results_folder(model: str, args) -> Path:
     if getattr(args, "out", None):
         return Path(args.out.format(model=model))
     return RESULTS / (f"compare_{model}{'' if getattr(args, 'table_fit', 'clip') == 'clip' else '_noise'}"
-                      f"{'_biascorr' if getattr(args, 'bias_correction', False) else ''}")
+                      f"{'_biascorr' if getattr(args, 'bias_correction', False) else ''}"
+                      f"{'_ties' if getattr(args, 'verify_snap_ties', False) else ''}")
 
 
 def _recorded_lines(report: Path, field: str) -> list[str]:
@@ -197,7 +202,8 @@ def rebuild_report(model: str, args, command: str) -> Path:
                      verify_noise_z=getattr(args, "verify_noise_z", StudySpec.verify_noise_z),
                      verify_holdout=getattr(args, "verify_holdout", StudySpec.verify_holdout),
                      verify_correction=getattr(args, "verify_correction", StudySpec.verify_correction),
-                     bias_correction=getattr(args, "bias_correction", False))
+                     bias_correction=getattr(args, "bias_correction", False),
+                     verify_snap_ties=getattr(args, "verify_snap_ties", False))
     calib = steps.calibration_crops(None, spec.calib_images, spec.calib_crop, args.data, spec.calib_offset)
     models = {q: load_model(model, q, pretrained=spec.pretrained) for q in qualities}
     plans, cells = {}, results[~results.allocator.isin(["fp32", "dynaquant"])]

@@ -319,3 +319,46 @@ def test_in_context_repair_needs_a_round_of_probes_and_stays_in_budget(mlp_case,
     rep = verify_and_repair(model, x, hyper, budget, "ilp", calibration="mse", correction="context", max_evals=40)
     assert rep.start_measured > 0.3 and rep.measured < rep.start_measured / 5
     assert budget.fits(rep.plan.size_bits(hyper))
+
+
+def test_snapped_ties_keep_the_in_context_repair_from_shrinking_a_plan_on_noise():
+    from bitalloc import CostTable
+    from bitalloc.allocation import build_allocator
+    from bitalloc.noise import within_noise
+
+    names, bits = [f"l{i}" for i in range(4)], (4, 6, 8)
+    cost = np.tile([0.05, 1e-4, 0.0], (4, 1))
+    table = CostTable.from_arrays(names, bits, cost, num_params=[100, 200, 300, 400], cost_se=np.full((4, 3), 5e-3),
+                                  noise_floor=0.01)
+    budget = Budget.from_avg_bits(table, 8.0)
+    inner = within_noise(build_allocator("ilp"))
+
+    def measure(plan):  # every layer below 8 bits measures 0.001 lower: noise, ten times under the floor
+        return plan.cost(table) - 1e-3 * sum(b < 8 for b in plan.bits.values())
+
+    plain = verify_and_repair(None, None, table, budget, inner, measure=measure, max_evals=40, tolerance=0.0,
+                              correction="context")
+    snapped = verify_and_repair(None, None, table, budget, inner, measure=measure, max_evals=40, tolerance=0.0,
+                                correction="context", snap_ties=True)
+    full = table.plan_size(BitPlan(dict.fromkeys(names, 8)).choices(table))
+    assert table.plan_size(plain.plan.choices(table)) < full  # without snapping, the noise shrinks the plan
+    assert dict(snapped.plan.bits) == dict.fromkeys(names, 8) and snapped.converged
+    assert table.plan_size(snapped.plan.choices(table)) == full
+
+
+def test_the_study_keys_snapped_ties_only_when_set_and_needs_the_in_context_repair(tmp_path):
+    from bitalloc.harness import StudySpec
+    from bitalloc.study_cache import StudyCache
+
+    with pytest.raises(ValueError, match="verify_snap_ties snaps in-context costs"):
+        StudySpec(allocators=("ilp+verify",), verify_snap_ties=True)
+    with pytest.raises(ValueError, match="verify_snap_ties must be True or False"):
+        StudySpec(verify_snap_ties=1)
+
+    def verify_key(**kw):
+        spec = StudySpec(allocators=("ilp+verify",), verify_correction="context", verify_max_evals=72, **kw)
+        c = StudyCache(tmp_path, spec, {"eval_images": "E", "calib_images": "C", "train_images": "T", "loss": None})
+        c.set_weights(1, "W")
+        return c.cell_key(1, "ilp+verify", 8.0, "ptq", True)["verify"]
+
+    assert "snap_ties" not in verify_key() and verify_key(verify_snap_ties=True)["snap_ties"] is True
