@@ -122,6 +122,10 @@ def main(argv=None) -> pd.DataFrame:
                         "--verify-max-evals of at least the plan's single-layer moves + 2)")
     p.add_argument("--verify-max-evals", type=int, default=StudySpec.verify_max_evals,
                    help="joint-loss measurements per repair")
+    p.add_argument("--verify-snap-ties", action="store_true",
+                   help="with --verify-correction context: in-context costs within the noise floor are ties")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="quantized layers' biases corrected (tables, repairs, evaluation; bitalloc.correct_bias)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/compare_allocators")
@@ -140,7 +144,8 @@ def main(argv=None) -> pd.DataFrame:
                              modes=("ptq",), qualities=tuple(args.qualities), eval_limit=args.limit,
                              table_fit=fit, calib_images=n, calib_offset=offset,
                              verify_noise_z=args.verify_noise_z, verify_holdout=held,
-                             verify_correction=args.verify_correction, verify_max_evals=args.verify_max_evals)
+                             verify_correction=args.verify_correction, verify_max_evals=args.verify_max_evals,
+                             verify_snap_ties=args.verify_snap_ties, bias_correction=args.bias_correction)
             results[(fit, name)] = run_study(spec, Path(args.cache) / args.model, data=args.data)
     layers = layer_frame({q: load_model(args.model, q, pretrained=StudySpec.pretrained) for q in args.qualities})
     params = {q: dict(zip(g.layer, g.num_params)) for q, g in layers.groupby("quality")}
@@ -150,7 +155,8 @@ def main(argv=None) -> pd.DataFrame:
     stem = (f"calibration_stability_{args.model}" + ("" if n == StudySpec.calib_images else f"_{n}crops")
             + (f"_verifyz{args.verify_noise_z:g}" if args.verify_noise_z else "")
             + (f"_holdout{held}" if held else "")
-            + ("" if args.verify_correction == StudySpec.verify_correction else f"_{args.verify_correction}"))
+            + ("" if args.verify_correction == StudySpec.verify_correction else f"_{args.verify_correction}")
+            + ("_ties" if args.verify_snap_ties else "") + ("_biascorr" if args.bias_correction else ""))
     atomic_write_text(out / f"{stem}.csv", table.to_csv(index=False))
     command = "BITALLOC_DATA=../shared/data python studies/calibration_stability.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
@@ -167,7 +173,9 @@ def main(argv=None) -> pd.DataFrame:
           f"- '+verify': noise-aware repair, noise_z={args.verify_noise_z:g}" if args.verify_noise_z else
           "- '+verify': plain repair (noise_z=0)",
           f"- '+verify': correction={args.verify_correction}, at most {args.verify_max_evals} joint-loss "
-          "measurements per repair",
+          "measurements per repair" + (", in-context ties snapped to the noise floor" if args.verify_snap_ties else ""),
+          *(["- biases corrected (bitalloc.correct_bias) in tables, repairs and the models evaluated"]
+            if args.bias_correction else []),
           *([f"- '+verify': a repair is kept only when it also measures lower on {held} further photos of its set "
              f"(A: photos {n}-{n + held - 1}, B: {2 * n + held}-{2 * n + 2 * held - 1}; verify_holdout={held})"]
             if held else []), "",

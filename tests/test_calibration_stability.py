@@ -98,9 +98,10 @@ def test_the_repair_settings_reach_both_sets_studies(study, monkeypatch):
     monkeypatch.setattr(study, "run_study", fake_run_study)
     with pytest.raises(Stop):
         study.main(["--fits", "noise", "--allocators", "ilp", "ilp+verify", "--verify-correction", "context",
-                    "--verify-max-evals", "250"])
+                    "--verify-max-evals", "250", "--verify-snap-ties", "--bias-correction"])
     assert [(s.verify_correction, s.verify_max_evals, s.calib_offset) for s in specs] == [
         ("context", 250, 0), ("context", 250, specs[0].calib_images)]
+    assert all(s.verify_snap_ties and s.bias_correction for s in specs)
 
 
 def test_an_unknown_correction_is_refused_by_name(study, capsys):
