@@ -190,13 +190,15 @@ def main(argv=None) -> pd.DataFrame:
                "curve (4 qualities) in points; negative = the repair helped.", "",
                effects.to_markdown(index=False, floatfmt=".4f"), ""]
     atomic_write_text(out / f"{stem}.md", "\n".join(md))
-    _plot(table, out / f"{stem}.png", args.model, args.budget, args.verify_noise_z, args.verify_correction)
+    _plot(table, out / f"{stem}.png", args.model, args.budget, args.verify_noise_z, args.verify_correction,
+          ", ".join(what for what, on in (("biases corrected", args.bias_correction),
+                                          ("ties snapped", args.verify_snap_ties)) if on))
     print("\n".join(md))
     return table
 
 
 def _plot(table: pd.DataFrame, path: Path, model: str, budget: float, noise_z: float = 0.0,
-          correction: str = StudySpec.verify_correction) -> None:
+          correction: str = StudySpec.verify_correction, pipeline: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,8 +214,8 @@ def _plot(table: pd.DataFrame, path: Path, model: str, budget: float, noise_z: f
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("BD-rate vs FP32 [%]")
-    ax.set_title(f"{model}, {budget:g}-bit budget, PTQ: plans from two disjoint calibration sets", fontsize=9,
-                 wrap=True)
+    ax.set_title(f"{model}, {budget:g}-bit budget, PTQ{' (' + pipeline + ')' if pipeline else ''}: plans from two "
+                 "disjoint calibration sets", fontsize=9, wrap=True)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below the axes: no bar hidden
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
