@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bitalloc.graph import is_gdn, quantizable_layers
+from bitalloc.graph import quantizable_layers
 from bitalloc.objective import Loss, evaluate_loss, model_device, resolve_loss
 
 __all__ = ["BIAS_BUFFER", "BiasCorrector", "correct_bias", "correctable", "keep_bias_shift", "set_bias_shifts",
@@ -42,8 +42,7 @@ BIAS_BUFFER = "bias_correction"
 
 def correctable(module: nn.Module) -> bool:
     """True for a Conv2d / ConvTranspose2d / Linear layer that has a bias (GDN and bias-free layers: False)."""
-    return (isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)) and not is_gdn(module)
-            and getattr(module, "bias", None) is not None)
+    return isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)) and module.bias is not None
 
 
 def _weight_only(module: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -59,7 +58,7 @@ def _weight_only(module: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.T
     return F.conv2d(x, w, None, module.stride, module.padding, module.dilation, module.groups)
 
 
-def _channel_mean(out: torch.Tensor, module: nn.Module) -> tuple[torch.Tensor, int]:
+def _channel_sum(out: torch.Tensor, module: nn.Module) -> tuple[torch.Tensor, int]:
     """(per-output-channel sum in float64, number of values per channel) of a layer's output."""
     dim = out.dim() - 1 if isinstance(module, nn.Linear) else 1
     dims = [d for d in range(out.dim()) if d != dim]
@@ -97,21 +96,25 @@ class BiasCorrector:
             self._measure(missing)
         return {k: self._shifts[k] for k in sorted(asked)}
 
+    def plan_shifts(self, bits: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        """{layer: shift} of a plan ({layer: bits}): what :func:`set_bias_shifts` gives its quantized model."""
+        return {name: shift for (name, _), shift in self.shifts(bits).items()}
+
     def _measure(self, keys: list[tuple[str, int]]) -> None:
+        from bitalloc.quant import weight_mask  # (quant imports this module)
+
         by_layer: dict[str, list[tuple[int, torch.Tensor]]] = {}
         for name, b in keys:
             m = self.layers[name]
-            w = m.weight.detach()
-            mask = getattr(m, "mask", None)
-            if isinstance(mask, torch.Tensor) and mask.shape == w.shape:  # a masked layer computes with w * mask
-                w = w * mask
+            mask = weight_mask(m)
+            w = m.weight.detach() if mask is None else m.weight.detach() * mask  # what a masked layer computes with
             by_layer.setdefault(name, []).append((b, w - self.quantized(name, b).to(w)))
         sums: dict[tuple[str, int], torch.Tensor] = {}
         counts: dict[tuple[str, int], int] = {}
 
         def hook(module, args, name):
             for b, dw in by_layer[name]:
-                s, n = _channel_mean(_weight_only(module, args[0], dw), module)
+                s, n = _channel_sum(_weight_only(module, args[0], dw), module)
                 sums[(name, b)] = sums.get((name, b), 0) + s
                 counts[(name, b)] = counts.get((name, b), 0) + n
 
@@ -190,10 +193,8 @@ def correct_bias(qmodel: nn.Module, images: Any, *, crop: int = 256, limit: int 
         if unknown:
             raise ValueError(f"correct_bias: layer '{unknown[0]}' is not a quantized layer of this plan")
     chosen = set(plan.bits) if layers is None else set(layers)
-    wanted = {n: b for n, b in plan.bits.items() if n in layers_of and n in chosen}
-    shifts = {name: s for (name, _), s in corrector.shifts(wanted).items()}
-    for name, m in layers_of.items():  # a layer left out now loses a shift an earlier call gave it
-        if name not in shifts:
-            undo_bias_shift(m)
+    shifts = corrector.plan_shifts({n: b for n, b in plan.bits.items() if n in layers_of and n in chosen})
+    for m in layers_of.values():  # a layer left out loses any shift an earlier call gave it
+        undo_bias_shift(m)
     set_bias_shifts(qmodel, shifts)
     return shifts

@@ -203,7 +203,7 @@ def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None, train
     noise_z = getattr(spec, "verify_noise_z", 0.0)
     options = dict(max_evals=spec.verify_max_evals, tolerance=spec.verify_tolerance, noise_z=noise_z,
                    correction=getattr(spec, "verify_correction", "auto"),
-                   **({"snap_ties": True} if getattr(spec, "verify_snap_ties", False) else {}))
+                   snap_ties=getattr(spec, "verify_snap_ties", False))
     if qat:
         if train is None:
             raise ValueError(f"allocator {name!r} verifies its plans after QAT: it needs the training photos (train=)")

@@ -251,7 +251,7 @@ def test_bias_correction_in_apply_and_export_needs_the_photos_and_moves_only_bia
     plan = tmp_path / "plan.json"
     BitPlan(dict.fromkeys(names, 3)).to_json(plan)
     _refused(capsys, ["apply", *HP, "--plan", str(plan), "--out", str(tmp_path / "n.pt"), "--bias-correction",
-                      "--data", str(tmp_path / "nowhere")], "--data", "")
+                      "--data", str(tmp_path / "nowhere")], "--data", "nowhere")
     calib = ["--calib-images", "1", "--crop", "64", "--data", str(data), "--threads", "1"]
     plain, fixed = tmp_path / "p.pt", tmp_path / "c.pt"
     assert main(["apply", *HP, "--plan", str(plan), "--out", str(plain), *calib]) == 0

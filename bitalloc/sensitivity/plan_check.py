@@ -88,8 +88,7 @@ class JointLoss:
     def _quantized(self, plan) -> nn.Module:
         qmodel = apply_plan(self.model, plan, calibration=self.calibration).eval()
         if self.corrector is not None:  # the shifts of the float model's inputs: the same for every plan
-            shifts = self.corrector.shifts(plan_of(qmodel).bits)
-            set_bias_shifts(qmodel, {name: shift for (name, _), shift in shifts.items()})
+            set_bias_shifts(qmodel, self.corrector.plan_shifts(plan_of(qmodel).bits))
         if activation_quantizers(qmodel):
             calibrate_activations(qmodel, self.batches, self.observer, **self.observer_options)
         self.evaluations += 1

@@ -213,7 +213,7 @@ class LossProbe:
                 saved.append((t, t.data))
                 t.data = self.weight(name, b)
             if self.corrector is not None:
-                for (name, _), shift in self.corrector.shifts(assignment).items():
+                for name, shift in self.corrector.plan_shifts(assignment).items():
                     bias = self.layers[name].bias
                     saved.append((bias, bias.data))
                     bias.data = bias.data + shift
