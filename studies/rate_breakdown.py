@@ -31,8 +31,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bitalloc import (Budget, CostTable, apply_plan, build_allocator, correct_bias, evaluate, measure_sensitivity,
-                      resolve_images)
+from bitalloc import (Budget, CostTable, apply_plan, bd_rate, build_allocator, correct_bias, evaluate,
+                      measure_sensitivity, resolve_images)
 from bitalloc.atomic import atomic_savefig, atomic_write_text
 from bitalloc.harness import StudySpec
 from bitalloc.models import load_model
@@ -72,6 +72,23 @@ def coded(model, images: list[torch.Tensor]) -> dict:
     """Mean bpp of the real bitstreams and mean PSNR-RGB over ``images`` (:func:`bitalloc.evaluate`)."""
     frame = evaluate(model, {f"image{i}": x[0] for i, x in enumerate(images)}, progress=False)
     return {"real_bpp": float(frame.bpp.mean()), "real_psnr": float(frame.psnr_rgb.mean())}
+
+
+def bd_lines(numbers: pd.DataFrame) -> list[str]:
+    """BD-rate against FP32 of the whole plan, plain and corrected, over the qualities measured: on the likelihood
+    rate (PSNR of the mean MSE) and, with ``--real``, on the bitstreams (mean PSNR); none with under 4 qualities."""
+    fp = numbers[numbers.quantized == "none (FP32)"].sort_values("quality")
+    if len(fp) < 4:
+        return []
+    lines = ["BD-rate of the whole plan against FP32 over the qualities above:", ""]
+    for corrected in (False, True):
+        plan = numbers[(numbers.quantized == "whole plan") & (numbers.bias_correction == corrected)]
+        plan = plan.sort_values("quality")
+        parts = [f"likelihoods {bd_rate(fp.bpp, fp.psnr, plan.bpp, plan.psnr):+.2f} %"]
+        if "real_bpp" in numbers:
+            parts.append(f"bitstreams {bd_rate(fp.real_bpp, fp.real_psnr, plan.real_bpp, plan.real_psnr):+.2f} %")
+        lines.append(f"- {'bias corrected' if corrected else 'plain PTQ'}: " + ", ".join(parts))
+    return [*lines, ""]
 
 
 def main(argv=None) -> pd.DataFrame:
@@ -131,7 +148,7 @@ def main(argv=None) -> pd.DataFrame:
           + ("; real_bpp / real_psnr: entropy-coded bitstreams (mean over the images)" if args.real else ""),
           "- plan: `ilp` on the study's noise-aware cost table (8 crops of 256^2, MSE calibration); "
           "'<part> alone': that transform at its plan bits, every other layer at 16 bits", "",
-          numbers.to_markdown(index=False, floatfmt=".3f"), "", "Plans:", "",
+          numbers.to_markdown(index=False, floatfmt=".3f"), "", *bd_lines(numbers), "Plans:", "",
           *[f"- q{r.quality}: {r.plan}" for r in frame[frame.quantized == "plan bits"].itertuples()], ""]
     atomic_write_text(out / f"{stem}.md", "\n".join(md))
     _plot(numbers, out / f"{stem}.png", args.model, args.budget)

@@ -27,3 +27,19 @@ def test_an_empty_image_set_is_refused_by_name(study, capsys):
     with pytest.raises(SystemExit):
         study.main(["--limit", "0"])
     assert "--limit must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_the_bd_lines_compare_the_whole_plan_with_fp32_on_likelihoods_and_bitstreams(study):
+    import pandas as pd
+
+    rows = []
+    for q, (bpp, psnr) in enumerate([(0.2, 27.0), (0.35, 28.5), (0.45, 29.2), (0.6, 29.8)], start=1):
+        rows.append({"quality": q, "quantized": "none (FP32)", "bias_correction": False, "bpp": bpp, "psnr": psnr,
+                     "real_bpp": bpp, "real_psnr": psnr})
+        for corrected, factor in ((False, 1.2), (True, 1.0)):  # plain: 20 % more bits at equal PSNR; corrected: FP32's
+            rows.append({"quality": q, "quantized": "whole plan", "bias_correction": corrected, "bpp": bpp * factor,
+                         "psnr": psnr, "real_bpp": bpp * factor, "real_psnr": psnr})
+    lines = study.bd_lines(pd.DataFrame(rows))
+    assert "- plain PTQ: likelihoods +20.00 %, bitstreams +20.00 %" in lines
+    assert "- bias corrected: likelihoods +0.00 %, bitstreams +0.00 %" in lines
+    assert study.bd_lines(pd.DataFrame(rows[:6])) == []  # two qualities: no BD-rate
