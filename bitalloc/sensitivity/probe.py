@@ -144,6 +144,8 @@ class LossProbe:
             return None, "naive (method='naive')"
         if not isinstance(self.objective, RateDistortionLoss):
             return None, "naive (a custom loss: pipelines serve the rate-distortion loss only)"
+        if self.objective.rate != "likelihood":
+            return None, f"naive (rate={self.objective.rate!r}: the loss runs the model with its coder's scales)"
         cls = pipeline_for(model)
         if cls is None:
             return None, f"naive (no cached pipeline registered for {type(model).__name__})"
