@@ -7,14 +7,18 @@ For each quality: the additive ILP's plan at ``--budget`` average bits (``ilp`` 
 tie-break within noise) on a cost table measured as the allocator study measures it (noise-aware fit, 8
 calibration crops of 256^2 of ``train/``, MSE calibration; kept under ``--cache``). The plan is applied to the
 whole model and to each transform alone (g_a, h_a, h_s, g_s: that transform at its plan bits, every other layer
-at 16 bits), each without and with bias correction (:func:`bitalloc.correct_bias` on the same calibration crops).
+at 16 bits), each without and with bias correction (:func:`bitalloc.correct_bias` on the same calibration crops);
+the whole plan also with the correction :func:`bitalloc.choose_bias_correction` chooses (the combination of
+transforms whose correction measures best on the calibration crops with the coded rate; ``chosen`` names it).
 On the first ``--limit`` Kodak images (cropped to a multiple of 64): the rate of ``y`` and of ``z`` from the
-model's likelihoods (bits per pixel) and the PSNR. ``--real`` adds the entropy-coded bitstreams
-(:func:`bitalloc.evaluate`) of FP32 and the whole plan: they differ from the likelihood rate by a few percent, in
-either direction (the coder quantizes the predicted scales to its scale table and escape-codes values far outside
-them); the allocator study measures real bitstreams.
+model's likelihoods (bits per pixel), the *coded* rate (``coded_bpp``: the likelihoods at the scales the entropy
+coder codes with, its scale table's, :func:`bitalloc.coded_rate`) and the PSNR. ``--real`` adds the entropy-coded
+bitstreams (:func:`bitalloc.evaluate`) of FP32 and the whole plan: the likelihood rate is off from them by a few
+percent, in either direction, the coded rate by the coder's few bytes per stream; the allocator study measures
+real bitstreams.
 
-Writes ``studies/results/rate_breakdown_<model>_b<budget>[_real].{csv,md,png}``.
+Writes ``studies/results/rate_breakdown_<model>_b<budget>[_real][_plan].{csv,md,png}`` (``_plan``: with
+``--no-parts``).
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bitalloc import (Budget, CostTable, apply_plan, bd_rate, build_allocator, correct_bias, evaluate,
-                      measure_sensitivity, resolve_images)
+from bitalloc import (Budget, CostTable, apply_plan, bd_rate, build_allocator, choose_bias_correction, coded_rate,
+                      correct_bias, evaluate, measure_sensitivity, resolve_images)
 from bitalloc.atomic import atomic_savefig, atomic_write_text
 from bitalloc.harness import StudySpec
 from bitalloc.models import load_model
@@ -54,9 +58,14 @@ def plan_table(model, name: str, quality: int, calib: torch.Tensor, cache: Path)
     return table
 
 
+def _bits(out: dict) -> float:
+    return sum(float(-torch.log2(lk).sum()) for lk in out["likelihoods"].values())
+
+
 def rates(model, images: list[torch.Tensor]) -> dict:
-    """Mean y and z bits per pixel (likelihoods) and PSNR (dB, from the mean MSE) over ``images``."""
-    y = z = mse = 0.0
+    """Mean y and z bits per pixel (likelihoods), the coded rate (likelihoods at the coder's scales) and PSNR (dB,
+    from the mean MSE) over ``images``."""
+    y = z = coded = mse = 0.0
     with torch.no_grad():
         for x in images:
             out = model(x)
@@ -64,8 +73,11 @@ def rates(model, images: list[torch.Tensor]) -> dict:
             y += float(-torch.log2(out["likelihoods"]["y"]).sum()) / pixels
             z += float(-torch.log2(out["likelihoods"]["z"]).sum()) / pixels
             mse += float(torch.mean((out["x_hat"].clamp(0, 1) - x) ** 2))
+            with coded_rate(model):
+                coded += _bits(model(x)) / pixels
     n = len(images)
-    return {"y_bpp": y / n, "z_bpp": z / n, "bpp": (y + z) / n, "psnr": 10 * np.log10(1 / (mse / n))}
+    return {"y_bpp": y / n, "z_bpp": z / n, "bpp": (y + z) / n, "coded_bpp": coded / n,
+            "psnr": 10 * np.log10(1 / (mse / n))}
 
 
 def coded(model, images: list[torch.Tensor]) -> dict:
@@ -74,20 +86,28 @@ def coded(model, images: list[torch.Tensor]) -> dict:
     return {"real_bpp": float(frame.bpp.mean()), "real_psnr": float(frame.psnr_rgb.mean())}
 
 
+CORRECTIONS = {"none": "plain PTQ", "all": "bias corrected", "chosen": "correction chosen"}
+
+
 def bd_lines(numbers: pd.DataFrame) -> list[str]:
-    """BD-rate against FP32 of the whole plan, plain and corrected, over the qualities measured: on the likelihood
-    rate (PSNR of the mean MSE) and, with ``--real``, on the bitstreams (mean PSNR); none with under 4 qualities."""
+    """BD-rate against FP32 of the whole plan, plain, corrected and with the chosen correction, over the qualities
+    measured: on the likelihood rate and the coded rate (PSNR of the mean MSE) and, with ``--real``, on the
+    bitstreams (mean PSNR); none with under 4 qualities."""
     fp = numbers[numbers.quantized == "none (FP32)"].sort_values("quality")
     if len(fp) < 4:
         return []
     lines = ["BD-rate of the whole plan against FP32 over the qualities above:", ""]
-    for corrected in (False, True):
-        plan = numbers[(numbers.quantized == "whole plan") & (numbers.bias_correction == corrected)]
+    for correction, label in CORRECTIONS.items():
+        plan = numbers[(numbers.quantized == "whole plan") & (numbers.bias_correction == correction)]
+        if plan.empty:
+            continue
         plan = plan.sort_values("quality")
         parts = [f"likelihoods {bd_rate(fp.bpp, fp.psnr, plan.bpp, plan.psnr):+.2f} %"]
+        if "coded_bpp" in numbers:
+            parts.append(f"coded {bd_rate(fp.coded_bpp, fp.psnr, plan.coded_bpp, plan.psnr):+.2f} %")
         if "real_bpp" in numbers:
             parts.append(f"bitstreams {bd_rate(fp.real_bpp, fp.real_psnr, plan.real_bpp, plan.real_psnr):+.2f} %")
-        lines.append(f"- {'bias corrected' if corrected else 'plain PTQ'}: " + ", ".join(parts))
+        lines.append(f"- {label}: " + ", ".join(parts))
     return [*lines, ""]
 
 
@@ -99,6 +119,8 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--limit", type=int, default=6, help="first N Kodak images")
     p.add_argument("--real", action="store_true",
                    help="also entropy-code the images (real bitstreams, bitalloc.evaluate) for FP32 and the whole plan")
+    p.add_argument("--no-parts", action="store_true",
+                   help="the whole plan only (no per-transform rows): the BD-rate lines in a third of the time")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/rate_breakdown")
@@ -112,22 +134,26 @@ def main(argv=None) -> pd.DataFrame:
              for x in resolve_images(None, root=args.data, limit=args.limit).values()]
     real = (lambda m: coded(m, kodak)) if args.real else (lambda m: {})
     rows = []
-    bar = tqdm(total=len(args.qualities) * (2 + 2 * (1 + len(PARTS))), desc="rate breakdown")
+    parts = () if args.no_parts else PARTS
+    bar = tqdm(total=len(args.qualities) * (2 + 3 + 2 * len(parts)), desc="rate breakdown")
     for q in args.qualities:
         model = load_model(args.model, q, pretrained=StudySpec.pretrained).eval()
         table = plan_table(model, args.model, q, calib, Path(args.cache))
         plan = build_allocator("ilp").allocate(table, Budget.from_avg_bits(table, args.budget)).plan.bits
-        rows.append({"quality": q, "quantized": "none (FP32)", "bias_correction": False, **rates(model, kodak),
+        rows.append({"quality": q, "quantized": "none (FP32)", "bias_correction": "none", **rates(model, kodak),
                      **real(model)})
         bar.update(2)
-        for part in ("all", *PARTS):
+        for part in ("all", *parts):
             bits = plan if part == "all" else {n: (b if n.startswith(part + ".") else 16) for n, b in plan.items()}
-            for corrected in (False, True):
+            for correction in ("none", "all", "chosen") if part == "all" else ("none", "all"):
                 qmodel = apply_plan(model, bits, calibration=StudySpec.calibration).eval()
-                if corrected:
+                chosen = {}
+                if correction == "all":
                     correct_bias(qmodel, calib)
+                elif correction == "chosen":
+                    chosen = {"chosen": "+".join(choose_bias_correction(qmodel, calib).groups) or "none"}
                 rows.append({"quality": q, "quantized": "whole plan" if part == "all" else f"{part} alone",
-                             "bias_correction": corrected, **rates(qmodel, kodak),
+                             "bias_correction": correction, **chosen, **rates(qmodel, kodak),
                              **(real(qmodel) if part == "all" else {})})
                 bar.update()
         rows.append({"quality": q, "quantized": "plan bits", "bias_correction": None,
@@ -136,7 +162,8 @@ def main(argv=None) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"rate_breakdown_{args.model}_b{args.budget:g}" + ("_real" if args.real else "")
+    stem = f"rate_breakdown_{args.model}_b{args.budget:g}" + ("_real" if args.real else "") + \
+        ("_plan" if args.no_parts else "")
     atomic_write_text(out / f"{stem}.csv", frame.to_csv(index=False))
     command = "BITALLOC_DATA=../shared/data python studies/rate_breakdown.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
@@ -147,7 +174,10 @@ def main(argv=None) -> pd.DataFrame:
           f"- Kodak: first {args.limit} images, rate from the likelihoods (bits per pixel), PSNR-RGB"
           + ("; real_bpp / real_psnr: entropy-coded bitstreams (mean over the images)" if args.real else ""),
           "- plan: `ilp` on the study's noise-aware cost table (8 crops of 256^2, MSE calibration); "
-          "'<part> alone': that transform at its plan bits, every other layer at 16 bits", "",
+          "'<part> alone': that transform at its plan bits, every other layer at 16 bits",
+          "- bias_correction: none, all (every quantized layer with a bias, `correct_bias`), chosen (the "
+          "transforms `choose_bias_correction` keeps: lowest coded RD loss on the calibration crops; `chosen`)",
+          "- coded_bpp: the likelihoods at the entropy coder's scales (`coded_rate`)", "",
           numbers.to_markdown(index=False, floatfmt=".3f"), "", *bd_lines(numbers), "Plans:", "",
           *[f"- q{r.quality}: {r.plan}" for r in frame[frame.quantized == "plan bits"].itertuples()], ""]
     atomic_write_text(out / f"{stem}.md", "\n".join(md))
@@ -169,11 +199,15 @@ def _plot(frame: pd.DataFrame, path: Path, model: str, budget: float) -> None:
         fp = rows[rows.quantized == "none (FP32)"].iloc[0]
         labels = [lab for lab in rows.quantized.unique() if lab != "none (FP32)"]
         x = np.arange(len(labels))
-        for k, (corrected, color) in enumerate(((False, "tab:red"), (True, "tab:green"))):
-            sub = rows[rows.bias_correction == corrected].set_index("quantized").loc[labels]
-            ax.bar(x + (k - 0.5) * 0.38, sub.y_bpp, 0.38, color=color,
-                   label="bias corrected" if corrected else "plain PTQ")
-            ax.bar(x + (k - 0.5) * 0.38, sub.z_bpp, 0.38, bottom=sub.y_bpp, color="k", alpha=0.5)
+        width = 0.27
+        for k, (correction, color) in enumerate((("none", "tab:red"), ("all", "tab:green"), ("chosen", "tab:blue"))):
+            sub = rows[rows.bias_correction == correction].set_index("quantized")
+            at = [i for i, lab in enumerate(labels) if lab in sub.index]
+            if not at:
+                continue
+            sub = sub.loc[[labels[i] for i in at]]
+            ax.bar(x[at] + (k - 1) * width, sub.y_bpp, width, color=color, label=CORRECTIONS[correction])
+            ax.bar(x[at] + (k - 1) * width, sub.z_bpp, width, bottom=sub.y_bpp, color="k", alpha=0.5)
         ax.axhline(fp.bpp, color="k", ls="--", lw=1, label=f"FP32 ({fp.bpp:.2f} bpp)")
         ax.set_xticks(x, labels, fontsize=8, rotation=20)
         ax.set_title(f"q{q}", fontsize=9)

@@ -194,3 +194,43 @@ def test_correct_bias_can_be_limited_to_some_layers(hyperprior, images):
             assert torch.allclose(m.bias, floats[n].bias, atol=1e-6), n
     with pytest.raises(ValueError, match="layer 'g_a.9' is not a quantized layer"):
         correct_bias(q, images, layers=["g_a.9"])
+
+
+def test_the_chosen_correction_is_the_combination_of_transforms_that_measures_lowest(hyperprior, images):
+    from bitalloc import choose_bias_correction
+    from bitalloc.models.losses import rd_loss_fn
+
+    plan = {n: 2 for n in quantizable_layers(hyperprior)}
+    q = apply_plan(hyperprior, plan, calibration="mse")
+    choice = choose_bias_correction(q, images)
+    m = choice.measured
+    assert len(m) == 16 and set(m.groups) >= {"none", "g_a", "h_a+h_s", "g_a+g_s+h_a+h_s"}
+    best = m.loc[m.loss.idxmin()]
+    assert bool(best.chosen) and m.chosen.sum() == 1
+    assert choice.groups == (() if best.groups == "none" else tuple(best.groups.split("+")))
+    assert set(choice.layers) == {n for n in plan if n.split(".")[0] in choice.groups}
+    # the model is left with exactly the chosen layers corrected, and measures what the chooser measured
+    ql = quantizable_layers(q)
+    assert {n for n, mod in ql.items() if hasattr(mod, BIAS_BUFFER)} == set(choice.layers)
+    loss = rd_loss_fn(None, rate="coded")
+    assert evaluate_loss(q, loss, [images[:1], images[1:]])["loss"] == pytest.approx(best.loss, rel=1e-5)
+    ref = apply_plan(hyperprior, plan, calibration="mse")
+    correct_bias(ref, images, layers=choice.layers)
+    for n in choice.layers:
+        assert torch.allclose(ql[n].bias, quantizable_layers(ref)[n].bias)
+    assert m.loss_se.notna().all()  # two crops: a standard error per combination
+
+
+def test_choosing_refuses_bad_groups_by_name(hyperprior, images):
+    from bitalloc import choose_bias_correction
+
+    q = apply_plan(hyperprior, {"g_a.0": 2, "h_s.0": 2}, calibration="mse", keep_float=True)
+    with pytest.raises(ValueError, match="layer 'g_s.0' of group 'mine' is not a corrected layer of this plan"):
+        choose_bias_correction(q, images, groups={"mine": ["g_a.0", "g_s.0"]})
+    with pytest.raises(ValueError, match=r"2 groups \(g_a, h_s\); it measures 2\^groups combinations, so give "
+                                         r"between 1 and max_groups=1"):
+        choose_bias_correction(q, images, max_groups=1)
+    two = choose_bias_correction(q, images, groups={"both": ["g_a.0", "h_s.0"]})
+    assert set(two.measured.groups) == {"none", "both"}
+    with pytest.raises(ValueError, match="is not a CompressAI model, so there is no default loss"):
+        choose_bias_correction(apply_plan(toy_mlp(), {"0": 2}, keep_float=True), torch.randn(4, 8))
