@@ -35,9 +35,11 @@ def _add_common(p) -> None:
     p.add_argument("--plan", required=True, help="bit plan from `bitalloc allocate` (.json)")
     p.add_argument("--calibration", default=StudySpec.calibration, choices=CALIBRATIONS,
                    help="how each layer's quantization range is set (use the one the table was measured with)")
-    p.add_argument("--bias-correction", action="store_true",
+    p.add_argument("--bias-correction", nargs="?", const="all", choices=("all", "chosen"), default=None,
                    help="each quantized layer's bias absorbs the mean output error of its weight quantization on "
-                        "the calibration photos (use it when the table was measured with it)")
+                        "the calibration photos (use it when the table was measured with it); 'chosen': only the "
+                        "transforms whose correction lowers the coded RD loss on those photos together "
+                        "(bitalloc.choose_bias_correction)")
     p.add_argument("--calib-images", type=checks.positive_int, default=8,
                    help="--bias-correction, or a plan with activation bits: the first N training photos calibrate")
     p.add_argument("--crop", type=checks.positive_int, default=256,
@@ -122,11 +124,22 @@ def quantized_model(args):
     except ValueError as exc:
         raise ValueError(f"argument --plan: {args.plan} does not fit {args.model} quality {args.quality}: {exc}"
                          ) from None
-    if args.bias_correction:
+    if args.bias_correction == "chosen":
+        from .bias_correction import choose_bias_correction
+
+        args.bias_groups = list(choose_bias_correction(qmodel, calibration_photos(args)).groups)
+    elif args.bias_correction:
         from .bias_correction import correct_bias
 
         correct_bias(qmodel, calibration_photos(args))
     return model, qmodel
+
+
+def bias_note(args) -> str:
+    """What the printed summary says of the bias correction ("" without one)."""
+    if args.bias_correction == "chosen":
+        return f", biases of {'+'.join(args.bias_groups) or 'no transform'} corrected (chosen)"
+    return ", biases corrected" if args.bias_correction else ""
 
 
 def calibration_photos(args):
@@ -141,7 +154,8 @@ def checkpoint_meta(model, args) -> dict:
     meta = {k: v for k, v in model.meta.items() if k != "kodak"}
     return {**meta, "plan": args.bit_plan.to_dict(), "calibration": args.calibration,
             "quantized_from": str(args.pretrained),
-            **({"bias_correction": {"calib_images": args.calib_images, "crop": args.crop}}
+            **({"bias_correction": {"calib_images": args.calib_images, "crop": args.crop,
+                                    **({"chosen": args.bias_groups} if args.bias_correction == "chosen" else {})}}
                if args.bias_correction else {})}
 
 
@@ -154,7 +168,7 @@ def run_apply(args) -> int:
     avg = args.bit_plan.meta.get("avg_bits")
     print(f"{args.model} q{args.quality} quantized by {args.plan} ({len(args.bit_plan)} layers"
           + (f", {avg:.3f} avg bits" if isinstance(avg, (int, float)) else "") + f", {args.calibration} calibration"
-          + (", biases corrected" if args.bias_correction else "") + ")"
+          + bias_note(args) + ")"
           f" -> {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB float32; bitalloc evaluate --files "
           f"{args.out})")
     return 0

@@ -267,3 +267,31 @@ def test_bias_correction_in_apply_and_export_needs_the_photos_and_moves_only_bia
     assert main(["export", *HP, "--plan", str(plan), "--out", str(packed), "--bias-correction", *calib]) == 0
     lp = quantizable_layers(bitalloc.load_packed(packed))
     assert all(torch.allclose(lp[n].bias, lb[n].bias) for n in names)
+
+
+def test_apply_with_the_chosen_bias_correction_corrects_the_chosen_transforms_and_says_which(capsys, tmp_path, data):
+    import torch
+
+    from bitalloc.graph import branch_of, quantizable_layers
+    from bitalloc.models import build_model
+    from bitalloc.models.checkpoint import load_checkpoint
+
+    names = list(quantizable_layers(build_model("bmshj2018-hyperprior", 4)))
+    plan = tmp_path / "plan.json"
+    BitPlan(dict.fromkeys(names, 3)).to_json(plan)
+    calib = ["--calib-images", "1", "--crop", "64", "--data", str(data), "--threads", "1"]
+    plain, chosen = tmp_path / "p.pt", tmp_path / "c.pt"
+    assert main(["apply", *HP, "--plan", str(plan), "--out", str(plain), *calib]) == 0
+    capsys.readouterr()
+    assert main(["apply", *HP, "--plan", str(plan), "--out", str(chosen), "--bias-correction", "chosen", *calib]) == 0
+    out = capsys.readouterr().out
+    a, b = load_checkpoint(plain), load_checkpoint(chosen)
+    groups = b.meta["bias_correction"]["chosen"]
+    assert set(groups) <= {"g_a", "h_a", "h_s", "g_s"}
+    assert f"biases of {'+'.join(groups) or 'no transform'} corrected (chosen)" in out
+    la, lb = quantizable_layers(a), quantizable_layers(b)
+    # a shift taken back out leaves float round-off (1e-8), a shift kept moves the bias by far more
+    moved = {n for n in names if float((la[n].bias - lb[n].bias).detach().abs().max()) > 1e-6}
+    assert moved == {n for n in names if branch_of(n) in groups}
+    _refused(capsys, ["apply", *HP, "--plan", str(plan), "--out", str(tmp_path / "x.pt"), "--bias-correction",
+                      "some", *calib], "--bias-correction", "invalid choice: 'some'")
