@@ -270,8 +270,6 @@ def test_bias_correction_in_apply_and_export_needs_the_photos_and_moves_only_bia
 
 
 def test_apply_with_the_chosen_bias_correction_corrects_the_chosen_transforms_and_says_which(capsys, tmp_path, data):
-    import torch
-
     from bitalloc.graph import branch_of, quantizable_layers
     from bitalloc.models import build_model
     from bitalloc.models.checkpoint import load_checkpoint
