@@ -127,7 +127,10 @@ class StudySpec:
     ``verify_snap_ties``: its in-context costs within the table's noise floor count as ties).
     ``bias_correction``: every quantized layer's bias absorbs the mean output error of its weight quantization on
     the calibration crops (:func:`bitalloc.correct_bias`), in the cost tables, the pairwise terms, the joint checks
-    and repairs, and the PTQ models evaluated (PTQ only; keyed only when set)."""
+    and repairs, and the PTQ models evaluated (PTQ only; keyed only when set). ``bias_choice`` (with
+    ``bias_correction``): the PTQ models evaluated keep only the corrections :func:`bitalloc.choose_bias_correction`
+    chooses (the transforms whose correction lowers the coded RD loss on the calibration crops; the tables and
+    checks stay corrected everywhere; keyed in the cells only when set)."""
 
     model: str = "bmshj2018-hyperprior"
     qualities: tuple[int, ...] = (1, 3, 4, 6)
@@ -160,6 +163,7 @@ class StudySpec:
     recovery_steps: int | None = None
     recovery_crop: int | None = None
     bias_correction: bool = False
+    bias_choice: bool = False
 
     def __post_init__(self):
         if self.budget_kind not in ("avg_bits", "ratio"):
@@ -180,6 +184,10 @@ class StudySpec:
         check_act_settings(self)
         if not isinstance(self.bias_correction, bool):
             raise ValueError(f"StudySpec.bias_correction must be True or False, got {self.bias_correction!r}")
+        if not isinstance(self.bias_choice, bool):
+            raise ValueError(f"StudySpec.bias_choice must be True or False, got {self.bias_choice!r}")
+        if self.bias_choice and not self.bias_correction:
+            raise ValueError("StudySpec.bias_choice chooses among the bias corrections: set bias_correction=True too")
         if self.bias_correction and "qat" in self.modes:
             raise ValueError("StudySpec.bias_correction corrects PTQ models only (QAT trains the biases): drop 'qat' "
                              "from modes or set bias_correction=False")

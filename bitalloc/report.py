@@ -123,6 +123,8 @@ def settings_line(settings: dict) -> str:
                  f"{settings.get('verify_max_evals')} measurements per repair")
     if settings.get("bias_correction"):
         line += "; biases corrected for each quantized layer's mean output error on the calibration crops"
+        if settings.get("bias_choice"):
+            line += " (in the models evaluated: only the transforms whose correction lowers the coded RD loss there)"
     weights = settings.get("weights") or {}
     if weights:
         line += "; weights sha256 " + ", ".join(f"q{q} {d[:12]}" for q, d in weights.items())

@@ -18,7 +18,7 @@ and the file holds the key itself; the key lists what the result depends on::
     ``table_fit``     "noise": its measurement options in the cost table's key (so in the pairwise terms' and
                         every static cell's), and the tie-break share in every static cell's; absent for "clip"
     bias correction   the calibration crops of its shifts, in the cost table's key and every outcome's (absent
-                        when off)
+                        when off); ``bias_choice`` in every static cell's and outcome's (absent when off)
 
 so a rerun with other settings computes new cells beside the old ones and never mixes them. A file that does
 not read back (bad JSON, missing fields, a key other than its name says, numbers that disagree with its own
@@ -171,13 +171,18 @@ class StudyCache:
 
                 key["tie_break_share"] = TIE_BREAK_SHARE
             key.update(self._acts())
+            key.update(self._choice())
         if mode == "qat":
             key.update(self._qat())
         return key
 
+    def _choice(self) -> dict:
+        """The chosen bias correction of the models evaluated (none when off: older keys stay valid)."""
+        return {"bias_choice": True} if getattr(self.spec, "bias_choice", False) else {}
+
     def outcome_key(self, quality: int, mode: str, plan_bits: Mapping[str, int]) -> dict:
         key = {**self._common(quality), **self._eval(), "mode": mode, "calibration": self.spec.calibration,
-               "plan": sorted(plan_bits.items()), **self._acts(), **self._bias()}
+               "plan": sorted(plan_bits.items()), **self._acts(), **self._bias(), **self._choice()}
         if mode == "qat":
             key.update(self._qat())
         return key

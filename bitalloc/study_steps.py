@@ -221,7 +221,8 @@ def quantize_plan(model, plan, mode: str, spec, train, workdir: Path | None = No
     ranges calibrated with ``spec.act_observer`` on ``calib`` (the study's calibration crops): before PTQ
     evaluation here, before QAT by :func:`bitalloc.qat.finetune` on the same crops with the same observer.
     With ``spec.bias_correction`` a non-empty plan's biases are corrected on ``calib`` first
-    (:func:`bitalloc.correct_bias`). Returns the model and the final QAT loss (None for PTQ).
+    (:func:`bitalloc.correct_bias`; with ``spec.bias_choice`` only the transforms
+    :func:`bitalloc.choose_bias_correction` keeps). Returns the model and the final QAT loss (None for PTQ).
     """
     from .quant import apply_plan, plan_of
 
@@ -233,7 +234,11 @@ def quantize_plan(model, plan, mode: str, spec, train, workdir: Path | None = No
         raise ValueError("StudySpec.bias_correction: the bias shifts need the calibration crops (calib=)")
     # an empty plan is the float reference: nothing to quantize, the same QAT loop when mode == "qat"
     qmodel = apply_plan(model, plan, calibration=spec.calibration, act_bits=acts) if len(plan) else model
-    if corrected:
+    if corrected and getattr(spec, "bias_choice", False):
+        from .bias_correction import choose_bias_correction
+
+        choose_bias_correction(qmodel, calib, loss=loss)
+    elif corrected:
         from .bias_correction import correct_bias
 
         correct_bias(qmodel, calib, loss=loss)

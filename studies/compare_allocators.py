@@ -97,6 +97,9 @@ def main(argv=None) -> None:
     p.add_argument("--bias-correction", action="store_true",
                    help="every quantized layer's bias absorbs the mean output error of its weight quantization on "
                         "the calibration crops, in tables, checks, repairs and the models evaluated (PTQ only)")
+    p.add_argument("--bias-choice", action="store_true",
+                   help="with --bias-correction: the models evaluated keep only the transforms' corrections "
+                        "bitalloc.choose_bias_correction chooses (lowest coded RD loss on the calibration crops)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=None)
     p.add_argument("--cache", default="runs/compare_allocators")
@@ -124,7 +127,7 @@ def main(argv=None) -> None:
                              verify_tolerance=args.verify_tolerance, verify_max_evals=args.verify_max_evals,
                              verify_noise_z=args.verify_noise_z, verify_holdout=args.verify_holdout,
                              verify_correction=args.verify_correction, bias_correction=args.bias_correction,
-                             verify_snap_ties=args.verify_snap_ties)
+                             verify_snap_ties=args.verify_snap_ties, bias_choice=args.bias_choice)
             results.append(run_study(spec, Path(args.cache) / model, data=args.data))
         if "qat" in args.modes and args.dynaquant_budgets:
             spec = StudySpec(model=model, allocators=("dynaquant",), budgets=tuple(args.dynaquant_budgets),
@@ -141,11 +144,12 @@ def main(argv=None) -> None:
 
 def results_folder(model: str, args) -> Path:
     """``--out`` with ``{model}`` replaced, else studies/results/compare_<model> (``_noise`` for noise tables,
-    ``_biascorr`` with bias correction)."""
+    ``_biascorr`` with bias correction, ``_biaschoice`` with the chosen one, ``_ties`` with snapped ties)."""
     if getattr(args, "out", None):
         return Path(args.out.format(model=model))
     return RESULTS / (f"compare_{model}{'' if getattr(args, 'table_fit', 'clip') == 'clip' else '_noise'}"
                       f"{'_biascorr' if getattr(args, 'bias_correction', False) else ''}"
+                      f"{'_biaschoice' if getattr(args, 'bias_choice', False) else ''}"
                       f"{'_ties' if getattr(args, 'verify_snap_ties', False) else ''}")
 
 
@@ -203,7 +207,8 @@ def rebuild_report(model: str, args, command: str) -> Path:
                      verify_holdout=getattr(args, "verify_holdout", StudySpec.verify_holdout),
                      verify_correction=getattr(args, "verify_correction", StudySpec.verify_correction),
                      bias_correction=getattr(args, "bias_correction", False),
-                     verify_snap_ties=getattr(args, "verify_snap_ties", False))
+                     verify_snap_ties=getattr(args, "verify_snap_ties", False),
+                     bias_choice=getattr(args, "bias_choice", False))
     calib = steps.calibration_crops(None, spec.calib_images, spec.calib_crop, args.data, spec.calib_offset)
     models = {q: load_model(model, q, pretrained=spec.pretrained) for q in qualities}
     plans, cells = {}, results[~results.allocator.isin(["fp32", "dynaquant"])]

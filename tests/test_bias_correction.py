@@ -130,6 +130,12 @@ def test_study_spec_refuses_bias_correction_with_qat_and_keys_it_only_when_set(t
     off, on = keys(StudySpec()), keys(StudySpec(bias_correction=True))
     assert all("bias_correction" not in k for k in off)
     assert all("bias_correction" in k for k in on[:3]) and on[3] == off[3]  # the float reference is not corrected
+    chosen = keys(StudySpec(bias_correction=True, bias_choice=True))
+    assert chosen[0] == on[0]  # the same corrected cost table
+    assert all(k.get("bias_choice") is True for k in chosen[1:3]) and "bias_choice" not in chosen[3]
+    assert all("bias_choice" not in k for k in on)
+    with pytest.raises(ValueError, match="bias_choice chooses among the bias corrections: set bias_correction=True"):
+        StudySpec(bias_choice=True)
 
 
 def test_a_study_with_bias_correction_evaluates_corrected_plans(tmp_path):
@@ -148,6 +154,21 @@ def test_a_study_with_bias_correction_evaluates_corrected_plans(tmp_path):
     assert (corrected.psnr_rgb[static] != plain.psnr_rgb.loc[corrected.index[static]]).all()
     uniform = corrected.index.get_level_values("allocator") == "uniform"  # the same plans, other biases
     assert corrected.size_bits[uniform].equals(plain.size_bits.loc[corrected.index[uniform]])
+    # the chosen correction: the same plans (tables cached), each model evaluated corrected by the chooser
+    import bitalloc.bias_correction as bc
+
+    calls = []
+
+    def recording(qmodel, *args, **kwargs):
+        calls.append(qmodel)
+        return chooser(qmodel, *args, **kwargs)
+
+    chooser = bc.choose_bias_correction
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bc, "choose_bias_correction", recording)
+        chosen = run(StudySpec(**common, bias_correction=True, bias_choice=True))
+    assert not chosen.cached[static].any() and len(calls) == int(static.sum())
+    assert chosen.size_bits[static].equals(corrected.size_bits[static])
 
 
 def test_the_report_settings_line_says_what_corrected_and_repaired():

@@ -148,3 +148,27 @@ def test_report_only_keeps_the_recorded_settings_and_the_csv_digits(study):
                         "version 2 (report rebuilt by `python studies/compare_allocators.py --report-only`)."]
     written = pd.read_csv(folder / "results.csv", float_precision="round_trip")
     assert written.bpp.tolist() == results.bpp.tolist()  # exactly: the rewritten CSV keeps every digit
+
+
+def test_bias_flags_reach_the_spec_and_name_the_results_folder(tmp_path, monkeypatch):
+    """--bias-correction / --bias-choice reach the PTQ study spec, and the folder says so (_biascorr_biaschoice)."""
+    import argparse
+
+    mod = load_study("compare_allocators")
+    specs = []
+
+    class Stop(Exception):
+        pass
+
+    def run_study(spec, cache, data=None):
+        specs.append(spec)
+        raise Stop
+
+    monkeypatch.setattr(mod, "run_study", run_study)
+    with pytest.raises(Stop):
+        mod.main(["--model", "m", "--modes", "ptq", "--allocators", "ilp", "--threads", "1", "--table-fit", "noise",
+                  "--bias-correction", "--bias-choice", "--cache", str(tmp_path)])
+    assert specs[0].bias_correction is True and specs[0].bias_choice is True
+    args = argparse.Namespace(out=None, table_fit="noise", bias_correction=True, bias_choice=True)
+    assert mod.results_folder("m", args).name == "compare_m_noise_biascorr_biaschoice"
+    assert mod.results_folder("m", argparse.Namespace(out=None)).name == "compare_m"
