@@ -181,7 +181,7 @@ def main(argv=None) -> pd.DataFrame:
           numbers.to_markdown(index=False, floatfmt=".3f"), "", *bd_lines(numbers), "Plans:", "",
           *[f"- q{r.quality}: {r.plan}" for r in frame[frame.quantized == "plan bits"].itertuples()], ""]
     atomic_write_text(out / f"{stem}.md", "\n".join(md))
-    _plot(numbers, out / f"{stem}.png", args.model, args.budget)
+    (_plot_plan if args.no_parts else _plot)(numbers, out / f"{stem}.png", args.model, args.budget)
     print("\n".join(md))
     return frame
 
@@ -215,6 +215,41 @@ def _plot(frame: pd.DataFrame, path: Path, model: str, budget: float) -> None:
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{model}: rate of the ILP's {budget:g}-bit PTQ plan, whole and per transform", fontsize=10)
+    fig.tight_layout()
+    atomic_savefig(fig, path)
+    plt.close(fig)
+
+
+def _plot_plan(frame: pd.DataFrame, path: Path, model: str, budget: float) -> None:
+    """The whole plan's rate over FP32's (%) per quality and correction: likelihoods, coded rate, bitstreams."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    qualities = sorted(frame.quality.unique())
+    rates = [("bpp", "likelihoods", 0.35), ("coded_bpp", "coded rate", 0.65), ("real_bpp", "bitstreams", 1.0)]
+    rates = [r for r in rates if r[0] in frame]
+    fig, axes = plt.subplots(1, len(qualities), figsize=(3.6 * len(qualities), 3.6), squeeze=False, sharey=True)
+    for ax, q in zip(axes[0], qualities):
+        rows = frame[frame.quality == q]
+        fp = rows[rows.quantized == "none (FP32)"].iloc[0]
+        plan = rows[rows.quantized == "whole plan"].set_index("bias_correction")
+        corrections = [c for c in CORRECTIONS if c in plan.index]
+        x = np.arange(len(corrections))
+        width = 0.8 / len(rates)
+        for k, (col, label, alpha) in enumerate(rates):
+            over = [100 * (plan.loc[c, col] / fp[col] - 1) for c in corrections]
+            ax.bar(x + (k - (len(rates) - 1) / 2) * width, over, width, color="tab:blue", alpha=alpha, label=label)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(x, [CORRECTIONS[c] for c in corrections], fontsize=8, rotation=15)
+        ax.set_title(f"q{q}" + (f" (chosen: {plan.loc['chosen', 'chosen']})" if "chosen" in plan.index else ""),
+                     fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("rate over FP32's (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{model}: rate of the ILP's {budget:g}-bit PTQ plan over FP32, by bias correction (PSNR in the "
+                 "table)", fontsize=10)
     fig.tight_layout()
     atomic_savefig(fig, path)
     plt.close(fig)

@@ -46,3 +46,19 @@ def test_the_bd_lines_compare_the_whole_plan_with_fp32_on_likelihoods_and_bitstr
     assert "- bias corrected: likelihoods +0.00 %, coded +10.00 %, bitstreams +10.00 %" in lines
     assert not any("chosen" in line for line in lines)  # no such rows: no line
     assert study.bd_lines(pd.DataFrame(rows[:6])) == []  # two qualities: no BD-rate
+
+
+def test_the_plan_figure_draws_every_correction_measured(study, tmp_path):
+    import pandas as pd
+
+    rows = []
+    for q in (1, 3):
+        rows.append({"quality": q, "quantized": "none (FP32)", "bias_correction": "none", "bpp": 0.2 * q,
+                     "coded_bpp": 0.2 * q, "real_bpp": 0.2 * q})
+        for k, correction in enumerate(("none", "all", "chosen")):
+            rows.append({"quality": q, "quantized": "whole plan", "bias_correction": correction,
+                         "bpp": 0.2 * q * (1.1 - 0.02 * k), "coded_bpp": 0.2 * q * 1.05, "real_bpp": 0.2 * q * 1.05,
+                         "chosen": "g_a+h_a" if correction == "chosen" else None})
+    path = tmp_path / "plan.png"
+    study._plot_plan(pd.DataFrame(rows), path, "m", 6.0)
+    assert path.stat().st_size > 10_000
