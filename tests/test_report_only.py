@@ -113,24 +113,31 @@ def test_report_only_gives_iqp_the_pairwise_terms_as_the_study_did(study):
     assert len(iqp) == 4 * 2 and set(zip(iqp.layer, iqp.bits)) == {("0", 4), ("1", 4)}
 
 
-def test_seed_reaches_every_study_spec(tmp_path, monkeypatch):
-    """--seed picks the QAT batches of the static plans and of DynaQuant (and so their cache keys)."""
+class _Stop(Exception):
+    pass
+
+
+def _specs_of(argv, monkeypatch, stop_when=lambda spec: True) -> list:
+    """The StudySpecs compare_allocators.main builds for ``argv`` (its runs stopped once ``stop_when`` holds)."""
     mod = load_study("compare_allocators")
     specs = []
 
-    class Stop(Exception):
-        pass
-
     def run_study(spec, cache, data=None):
         specs.append(spec)
-        if spec.allocators == ("dynaquant",):
-            raise Stop
+        if stop_when(spec):
+            raise _Stop
         return None
 
     monkeypatch.setattr(mod, "run_study", run_study)
-    with pytest.raises(Stop):
-        mod.main(["--model", "m", "--modes", "qat", "--allocators", "ilp", "--seed", "3", "--threads", "1",
-                  "--cache", str(tmp_path)])
+    with pytest.raises(_Stop):
+        mod.main(argv)
+    return specs
+
+
+def test_seed_reaches_every_study_spec(tmp_path, monkeypatch):
+    """--seed picks the QAT batches of the static plans and of DynaQuant (and so their cache keys)."""
+    specs = _specs_of(["--model", "m", "--modes", "qat", "--allocators", "ilp", "--seed", "3", "--threads", "1",
+                       "--cache", str(tmp_path)], monkeypatch, lambda spec: spec.allocators == ("dynaquant",))
     assert [s.seed for s in specs] == [3, 3]
 
 
@@ -154,21 +161,10 @@ def test_bias_flags_reach_the_spec_and_name_the_results_folder(tmp_path, monkeyp
     """--bias-correction / --bias-choice reach the PTQ study spec, and the folder says so (_biascorr_biaschoice)."""
     import argparse
 
-    mod = load_study("compare_allocators")
-    specs = []
-
-    class Stop(Exception):
-        pass
-
-    def run_study(spec, cache, data=None):
-        specs.append(spec)
-        raise Stop
-
-    monkeypatch.setattr(mod, "run_study", run_study)
-    with pytest.raises(Stop):
-        mod.main(["--model", "m", "--modes", "ptq", "--allocators", "ilp", "--threads", "1", "--table-fit", "noise",
-                  "--bias-correction", "--bias-choice", "--cache", str(tmp_path)])
+    specs = _specs_of(["--model", "m", "--modes", "ptq", "--allocators", "ilp", "--threads", "1", "--table-fit",
+                       "noise", "--bias-correction", "--bias-choice", "--cache", str(tmp_path)], monkeypatch)
     assert specs[0].bias_correction is True and specs[0].bias_choice is True
+    mod = load_study("compare_allocators")
     args = argparse.Namespace(out=None, table_fit="noise", bias_correction=True, bias_choice=True)
     assert mod.results_folder("m", args).name == "compare_m_noise_biascorr_biaschoice"
     assert mod.results_folder("m", argparse.Namespace(out=None)).name == "compare_m"
