@@ -82,7 +82,7 @@ from .plan import BitPlan
 from .recovery import QAT_SUFFIX, split_qat
 from .repair import TOLERANCE as VERIFY_TOLERANCE, VERIFY_SUFFIX
 from .study_cache import COST_MODEL_VERSION, StudyCache, images_digest, loss_digest, source_digest, weights_digest
-from .study_steps import TABLE_FITS
+from .study_steps import TABLE_FITS, check_bias_settings
 
 __all__ = ["DYNAMIC_ALLOCATOR", "PlanOverBudgetError", "StudySpec", "StudyResult", "bd_table", "merge_results",
            "qat_only", "rank", "run_study", "study_allocators"]
@@ -182,15 +182,7 @@ class StudySpec:
                              f"{self.interaction_pairs!r}")
         check_verify_settings(self)
         check_act_settings(self)
-        if not isinstance(self.bias_correction, bool):
-            raise ValueError(f"StudySpec.bias_correction must be True or False, got {self.bias_correction!r}")
-        if not isinstance(self.bias_choice, bool):
-            raise ValueError(f"StudySpec.bias_choice must be True or False, got {self.bias_choice!r}")
-        if self.bias_choice and not self.bias_correction:
-            raise ValueError("StudySpec.bias_choice chooses among the bias corrections: set bias_correction=True too")
-        if self.bias_correction and "qat" in self.modes:
-            raise ValueError("StudySpec.bias_correction corrects PTQ models only (QAT trains the biases): drop 'qat' "
-                             "from modes or set bias_correction=False")
+        check_bias_settings(self)
         if self.table_fit not in TABLE_FITS:
             raise ValueError(f"StudySpec.table_fit must be one of {', '.join(TABLE_FITS)}, got {self.table_fit!r}")
         for field_name in ("recovery_steps", "recovery_crop"):

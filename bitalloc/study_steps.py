@@ -26,7 +26,8 @@ import torch
 from .costs import CostTable
 from .data import ImageFolder, data_root, resolve_images
 
-__all__ = ["calibration_crops", "calibration_images", "cell_allocator", "check_joint_plan", "evaluate_images",
+__all__ = ["calibration_crops", "calibration_images", "cell_allocator", "check_bias_settings", "check_joint_plan",
+           "evaluate_images",
            "evaluation_images", "fit_allocator", "holdout_crops", "load_float_model", "measure_cost_table",
            "measure_pairwise_table", "measure_recovered_table", "quantize_plan", "recovery_run", "training_source"]
 # the steps; the constants below are read by the harness and cache
@@ -212,6 +213,18 @@ def cell_allocator(name: str, model, calib: torch.Tensor, spec, loss=None, train
         return verifying(fit_allocator(inner, spec), model, calib, measure=measure, **options)
     return verifying(fit_allocator(inner, spec), model, calib, loss=loss, calibration=spec.calibration,
                      holdout=holdout, bias_correction=getattr(spec, "bias_correction", False), **options)
+
+
+def check_bias_settings(spec) -> None:
+    """Refuse, by field, a study's bias-correction settings that cannot run (PTQ only; a choice needs them on)."""
+    for name in ("bias_correction", "bias_choice"):
+        if not isinstance(getattr(spec, name), bool):
+            raise ValueError(f"StudySpec.{name} must be True or False, got {getattr(spec, name)!r}")
+    if spec.bias_choice and not spec.bias_correction:
+        raise ValueError("StudySpec.bias_choice chooses among the bias corrections: set bias_correction=True too")
+    if spec.bias_correction and "qat" in spec.modes:
+        raise ValueError("StudySpec.bias_correction corrects PTQ models only (QAT trains the biases): drop 'qat' "
+                         "from modes or set bias_correction=False")
 
 
 def quantize_plan(model, plan, mode: str, spec, train, workdir: Path | None = None, loss=None, calib=None):
