@@ -24,9 +24,10 @@ the corrected bias.
 hyper-analysis's shift moves ``z``, which the hyper-synthesis's shift was measured without), and the entropy
 coder does not code at the predicted scales but at the next entry of its scale table up
 (:mod:`bitalloc.models.losses`, ``rate="coded"``), which partly absorbs a hyper-synthesis that predicts too low.
-On the compact Scale Hyperprior q3 with the ILP's 6-bit plan (12 Kodak images, real bitstreams) correcting every
-layer costs 0.9 % rate, correcting the hyper-analysis only saves 0.6 %; at 4 bits correcting everything cuts the
-plan's rate by 39 %. :func:`choose_bias_correction` measures every combination of the plan's transforms (g_a,
+On the compact Scale Hyperprior q3 with the ILP's 6-bit plan (``studies/rate_breakdown.py``, 24 Kodak images, real
+bitstreams) correcting every layer costs 1.0 % rate (0.370 -> 0.374 bpp), correcting g_a, g_s and the
+hyper-analysis only saves 0.5 % (0.368); at 4 bits correcting everything cuts the plan's rate by 38 % (0.690 ->
+0.429). :func:`choose_bias_correction` measures every combination of the plan's transforms (g_a,
 h_a, h_s, g_s, ...: the :func:`bitalloc.graph.branch_of` groups) on the calibration crops with the *coded* RD loss
 and keeps the best; the likelihood loss would keep them all (it charges the too-low scales the coder absorbs).
 """
@@ -38,7 +39,6 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Mapping
 
-import numpy as np
 import pandas as pd
 
 import torch
@@ -171,11 +171,13 @@ def keep_bias_shift(module: nn.Module) -> None:
 
 
 def set_bias_shifts(model: nn.Module, shifts: Mapping[str, torch.Tensor]) -> None:
-    """Give each named layer of ``model`` the bias shift ``shifts[layer]`` (replacing any shift it had)."""
+    """Make ``shifts`` ({layer: shift}) the bias shifts of ``model``: each named layer carries its shift (replacing
+    any it had), every other layer gets its float bias back."""
     layers = quantizable_layers(model)
+    for m in layers.values():
+        undo_bias_shift(m)
     for name, shift in shifts.items():
         m = layers[name]
-        undo_bias_shift(m)
         with torch.no_grad():
             m.bias.add_(shift)
         m.register_buffer(BIAS_BUFFER, shift.detach().clone(), persistent=False)
@@ -209,9 +211,7 @@ def correct_bias(qmodel: nn.Module, images: Any, *, crop: int = 256, limit: int 
             raise ValueError(f"correct_bias: layer '{unknown[0]}' is not a quantized layer of this plan")
     chosen = set(plan.bits) if layers is None else set(layers)
     shifts = corrector.plan_shifts({n: b for n, b in plan.bits.items() if n in layers_of and n in chosen})
-    for m in layers_of.values():  # a layer left out loses any shift an earlier call gave it
-        undo_bias_shift(m)
-    set_bias_shifts(qmodel, shifts)
+    set_bias_shifts(qmodel, shifts)  # a layer left out loses any shift an earlier call gave it
     return shifts
 
 
@@ -226,6 +226,16 @@ class BiasChoice:
     layers: tuple[str, ...]
     shifts: dict[str, torch.Tensor]
     measured: pd.DataFrame
+
+    @staticmethod
+    def label_of(groups) -> str:
+        """How a combination of groups is named: joined by "+", "none" for none."""
+        return "+".join(groups) or "none"
+
+    @property
+    def label(self) -> str:
+        """The chosen combination's name (:meth:`label_of`)."""
+        return self.label_of(self.groups)
 
 
 def choose_bias_correction(qmodel: nn.Module, images: Any, *, crop: int = 256, limit: int | None = 4,
@@ -243,6 +253,7 @@ def choose_bias_correction(qmodel: nn.Module, images: Any, *, crop: int = 256, l
     does not correct is a ValueError naming it.
     """
     from bitalloc.models.losses import rd_loss_fn
+    from bitalloc.repair_search import standard_error
     from bitalloc.sensitivity.calibration import calibration_batches
     from bitalloc.sensitivity.probe import per_sample_batches
 
@@ -265,26 +276,20 @@ def choose_bias_correction(qmodel: nn.Module, images: Any, *, crop: int = 256, l
                          f"2^groups combinations, so give between 1 and max_groups={max_groups}")
     batches = per_sample_batches(calibration_batches(images, crop=crop, limit=limit, device=model_device(qmodel)))
     names = list(groups)
-    rows, best = [], None
     combos = sorted((c for k in range(len(names) + 1) for c in itertools.combinations(names, k)), key=len)
+
+    def shifts_of(combo) -> dict[str, torch.Tensor]:
+        return {n: shifts[n] for g in combo for n in groups[g]}
+
+    rows = []
     for combo in combos:
-        chosen = {n: shifts[n] for g in combo for n in groups[g]}
-        for m in quantizable_layers(qmodel).values():
-            undo_bias_shift(m)
-        set_bias_shifts(qmodel, chosen)
-        per = [evaluate_loss(qmodel, objective, [b]) for b in batches]
-        values = np.array([p["loss"] for p in per])
-        row = {"groups": "+".join(combo) or "none", "n_groups": len(combo),
-               **{k: float(np.mean([p[k] for p in per])) for k in per[0]},
-               "loss_se": float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")}
-        rows.append(row)
-        if best is None or row["loss"] < best[1]:
-            best = (combo, row["loss"])
-    combo = best[0]
-    chosen = {n: shifts[n] for g in combo for n in groups[g]}
-    for m in quantizable_layers(qmodel).values():
-        undo_bias_shift(m)
-    set_bias_shifts(qmodel, chosen)
+        set_bias_shifts(qmodel, shifts_of(combo))
+        per = pd.DataFrame([evaluate_loss(qmodel, objective, [b]) for b in batches])
+        rows.append({"groups": BiasChoice.label_of(combo), "n_groups": len(combo), **per.mean().to_dict(),
+                     "loss_se": standard_error(per["loss"].to_numpy()) if len(per) > 1 else float("nan")})
     measured = pd.DataFrame(rows)
-    measured["chosen"] = measured["groups"] == ("+".join(combo) or "none")
-    return BiasChoice(groups=tuple(combo), layers=tuple(chosen), shifts=chosen, measured=measured)
+    best = int(measured["loss"].idxmin())  # the first minimum: fewest groups on a tie
+    measured["chosen"] = measured.index == best
+    chosen = shifts_of(combos[best])
+    set_bias_shifts(qmodel, chosen)
+    return BiasChoice(groups=tuple(combos[best]), layers=tuple(chosen), shifts=chosen, measured=measured)

@@ -10,12 +10,15 @@ with R the estimated rate in bits per pixel, -sum log2(likelihoods) / (N H W), a
 likelihoods of ``y`` at the scales the hyper-synthesis predicts. The entropy coder does not code with those
 scales: it snaps each one up to the next of its fixed scale table (64 log-spaced levels, 0.11 to 256, CompressAI's
 ``GaussianConditional.build_indexes``). ``rate="coded"`` computes the likelihoods at the snapped scales
-(:func:`coded_rate`), which is the size of the real bitstream up to the coder's overhead: measured on the compact
-Scale Hyperprior q3 / q4 with the ILP's 6-bit plan (12 Kodak images) it is within 0.0003 bpp of the bitstreams,
-where the plain likelihoods are off by up to 1.3 %, in either direction. The difference matters where a
-quantized hyper-synthesis predicts its scales a little too low: the likelihoods charge for it, the coder's
-snapping up partly absorbs it (that plan: likelihoods 0.382 bpp, bitstream 0.378). For measurements only: the
-snapped scales carry no gradient.
+(:func:`coded_rate`), which is the size of the real bitstream up to the coder's overhead. Measured by
+``studies/rate_breakdown.py --real --no-parts`` (both compact hyperpriors, qualities 1-6, 24 Kodak images; FP32
+and the ILP's 6-bit plans, plain and bias-corrected): within 0.2 % of the bitstreams, where the plain likelihoods
+are off by up to 2.6 %, in either direction. The difference matters where a quantized hyper-synthesis predicts
+its scales a little too low: the likelihoods charge for it, the coder's snapping up partly absorbs it (Scale q3,
+that plan: likelihoods 0.374 bpp, coded 0.370, bitstream 0.370). Where the scales are far too low (the
+uncorrected 4-bit plans) the coded rate overshoots the bitstreams by up to 24 %: values far outside the coder's
+tables are escape-coded for fewer bits than the bounded Gaussian charges. For measurements only: the snapped
+scales carry no gradient.
 
 :class:`RateDistortionLoss` is also bitalloc's default objective ``loss(model, batch)``: sensitivity, plan
 checks and QAT call it with the model when no ``loss=`` is given (see :func:`rd_loss_fn`).

@@ -151,7 +151,7 @@ def main(argv=None) -> pd.DataFrame:
                 if correction == "all":
                     correct_bias(qmodel, calib)
                 elif correction == "chosen":
-                    chosen = {"chosen": "+".join(choose_bias_correction(qmodel, calib).groups) or "none"}
+                    chosen = {"chosen": choose_bias_correction(qmodel, calib).label}
                 rows.append({"quality": q, "quantized": "whole plan" if part == "all" else f"{part} alone",
                              "bias_correction": correction, **chosen, **rates(qmodel, kodak),
                              **(real(qmodel) if part == "all" else {})})
