@@ -35,6 +35,7 @@ __all__ = [
     "ModelSpec",
     "available_models",
     "build_model",
+    "check_channels",
     "check_model",
     "check_quality",
     "lambda_of",
@@ -131,7 +132,28 @@ def lambda_of(quality: int) -> float:
     return LAMBDAS[quality]
 
 
-def build_model(name: str, quality: int, size: str = "compact") -> nn.Module:
-    """Build an untrained model: ``build_model("mbt2018-mean", 3, size="paper")``."""
+def check_channels(name: str, channels) -> tuple[int, ...]:
+    """``channels`` as a tuple if it fits ``name``'s constructor (N, M; N alone for Cheng2020-anchor), else a
+    ValueError naming the model and what it takes."""
     spec = check_model(name)
-    return spec.cls(*spec.channels(quality, size))
+    want = len(spec.compact)
+    try:
+        out = tuple(int(c) for c in channels)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != want or any(c < 1 for c in out) or any(isinstance(c, bool) for c in channels):
+        names = "N, M" if want == 2 else "N"
+        raise ValueError(f"Invalid channels {channels!r} for {name}: give {names} ({want} positive integer"
+                         f"{'s' if want > 1 else ''}), e.g. {spec.compact}")
+    return out
+
+
+def build_model(name: str, quality: int, size: str = "compact", channels=None) -> nn.Module:
+    """Build an untrained model: ``build_model("mbt2018-mean", 3, size="paper")``.
+
+    ``channels`` (N, M) overrides the registry's size for this one model, e.g. a wider top quality trained
+    before the registry ships it; the file it is saved to records them, and ``load_checkpoint`` rebuilds them.
+    """
+    spec = check_model(name)
+    check_quality(name, quality, size)
+    return spec.cls(*(spec.channels(quality, size) if channels is None else check_channels(name, channels)))

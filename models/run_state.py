@@ -120,7 +120,7 @@ def write_history(history: list[dict], path: Path) -> None:
 
 
 def run_meta(name, quality, size, cfg, training_steps, init_src, history) -> dict:
-    channels = check_model(name).channels(quality, size)
+    channels = cfg.get("channels") or check_model(name).channels(quality, size)
     train_rows = [h for h in history if "bpp" in h]
     return {
         "architecture": name, "quality": quality, "size": size,

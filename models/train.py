@@ -38,7 +38,7 @@ from .checkpoint import load_checkpoint, plain_meta, read_checkpoint, save_check
 from .run_state import (RUN_STATE_FORMAT, RUN_STATE_VERSION, has_context_model, init_weights, load_run_state,
                         run_meta, training_images, validate, validation_crops, write_history)
 from .losses import RateDistortionLoss, split_parameters
-from .registry import build_model, check_model, check_quality, lambda_of
+from .registry import build_model, check_channels, check_model, check_quality, lambda_of
 
 __all__ = ["SCHEDULES", "finalize", "load_run_state", "lr_at", "train", "validate"]
 
@@ -54,6 +54,18 @@ def _rng_state(data) -> dict:
     return {"data_rng": data.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
 
 
+def _run_channels(name, st, channels, state_path):
+    """The channels a run trains: those asked for, else those its run state recorded (None: the registry's)."""
+    recorded = None if st is None else st.get("config", {}).get("channels")
+    if channels is not None:
+        channels = check_channels(name, channels)
+        if recorded is not None and tuple(recorded) != channels:
+            raise ValueError(f"{state_path} was started with channels {tuple(recorded)}, not {channels}: resume "
+                             f"it with its own channels (or none) or give another workdir")
+        return channels
+    return None if recorded is None else check_channels(name, recorded)
+
+
 def _check_positive(**values):
     for name, v in values.items():
         if v is not None and not v > 0:
@@ -65,13 +77,16 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
           init_from=None, seed: int = 0, save_every: int = 200, device: str = "cpu", progress: bool = True,
           schedule: str = "cosine", warmup: int = 200, val_every: int = 500, val_crop: int = 256,
           patience: int = 4, lr_factor: float = 0.5, min_lr: float = 5e-6, channels_last: bool = False,
-          snapshot=None, snapshot_every_s: float = 3600.0, monitor_dir=None, monitor_every: int = 5000):
+          snapshot=None, snapshot_every_s: float = 3600.0, monitor_dir=None, monitor_every: int = 5000,
+          channels=None):
     """Train (or resume) one model; returns the path of the run state. See the module docstring.
 
     ``steps`` is the length of a cosine run and the most steps of a plateau run. ``snapshot`` (a file path)
     receives the best weights so far as a float16 checkpoint every ``snapshot_every_s`` seconds and at the end.
     ``monitor_dir`` (e.g. Kodak) is forwarded every ``monitor_every`` steps for the learning curve only
-    (estimated bpp and PSNR); it never steers training.
+    (estimated bpp and PSNR); it never steers training. ``channels`` (N, M) trains another size than the
+    registry's (:func:`~bitalloc.models.registry.build_model`); the run state records it, so a resume needs no
+    flag, and a resume that names other channels is refused.
     """
     check_model(name)
     check_quality(name, quality, size)
@@ -85,7 +100,9 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
     workdir.mkdir(parents=True, exist_ok=True)
     state_path = workdir / "state.pt"
     torch.manual_seed(seed)
-    model = build_model(name, quality, size).to(device)
+    st = load_run_state(state_path, map_location=device) if state_path.exists() else None
+    channels = _run_channels(name, st, channels, state_path)
+    model = build_model(name, quality, size, channels).to(device)
     if channels_last and has_context_model(model):
         import warnings
 
@@ -100,13 +117,18 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
     data = training_images(train_dir, crop, seed)
     criterion = RateDistortionLoss(lambda_of(quality))
     config = dict(name=name, quality=quality, size=size, steps=steps, batch_size=batch_size, crop=crop, lr=lr,
-                  schedule=schedule, train_dir=str(train_dir), num_train_images=len(data), seed=seed)
+                  schedule=schedule, train_dir=str(train_dir), num_train_images=len(data), seed=seed,
+                  channels=None if channels is None else list(channels))
     step, history, init_src, steps_before = 0, [], None, 0
     plateau = {"lr": lr, "best": math.inf, "best_step": 0, "bad": 0, "converged": False}
     best_state = None
-    if state_path.exists():
-        st = load_run_state(state_path, map_location=device)
-        model.load_state_dict(st["model"])
+    if st is not None:
+        try:
+            model.load_state_dict(st["model"])
+        except RuntimeError as exc:
+            sizes = channels or check_model(name).channels(quality, size)
+            raise ValueError(f"{state_path} does not fit {name} quality {quality} at channels {sizes}: resume with "
+                             f"the channels the run was started with ({str(exc)[:300]})") from None
         opt.load_state_dict(st["opt"])
         aux_opt.load_state_dict(st["aux_opt"])
         step, history, init_src = st["step"], list(st["history"]), st.get("init_from")
@@ -141,7 +163,7 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
     def write_snapshot():
         if snapshot is None:
             return
-        snap = build_model(name, quality, size)
+        snap = build_model(name, quality, size, channels)
         snap.load_state_dict(best_state if best_state is not None else model.state_dict())
         meta = run_meta(name, quality, size, config, steps_before + (plateau["best_step"] if best_state else step),
                      init_src, history)
@@ -215,7 +237,7 @@ def finalize(state_path, out_path, *, eval_dir=None, aux_steps: int = 2000, prog
         raise ValueError(f"weights must be 'best' or 'last', got {weights!r}")
     st = load_run_state(state_path)
     cfg = st["config"]
-    model = build_model(cfg["name"], cfg["quality"], cfg["size"])
+    model = build_model(cfg["name"], cfg["quality"], cfg["size"], cfg.get("channels"))
     use_best = weights == "best" and st.get("best_model") is not None
     model.load_state_dict(st["best_model"] if use_best else st["model"])
     _, aux_params = split_parameters(model)

@@ -77,6 +77,11 @@ def main(argv=None):
     p.add_argument("--snapshot-dir", default=None,
                    help="write the base run's best weights here (float16) every --snapshot-hours")
     p.add_argument("--snapshot-hours", type=float, default=1.0)
+    p.add_argument("--channels", type=int, nargs="+", default=None, metavar="N [M]",
+                   help="train every run of this command at these channel sizes instead of the registry's (a "
+                        "narrower --base-init / --finetune-from checkpoint grows into them); resumes keep them")
+    p.add_argument("--monitor-every", type=int, default=5000,
+                   help="steps between the base run's Kodak monitor points (learning curve only)")
     args = p.parse_args(argv)
     # a background run (nohup, setsid) ignores SIGINT and dies on SIGTERM: both now save the run state first
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -101,13 +106,16 @@ def main(argv=None):
         qualities = sorted(set(args.qualities))
     else:
         base_state = work / f"q{args.base_quality}" / "state.pt"
+        # another size than the registry's gets its own snapshot name, never the registry-size base's
+        tag = "" if args.channels is None else "-" + "".join(f"{k}{c}" for k, c in zip("nm", args.channels))
         snap = None if args.snapshot_dir is None else (
-            Path(args.snapshot_dir) / checkpoint_name(args.model, args.base_quality).replace(".pt", "-base.pt"))
+            Path(args.snapshot_dir) / checkpoint_name(args.model, args.base_quality).replace(".pt", f"{tag}-base.pt"))
         train(args.model, args.base_quality, root / "train", work / f"q{args.base_quality}",
               device=args.device, steps=args.base_steps, lr=args.base_lr, schedule=args.schedule,
               init_from=args.base_init, crop=args.crop, batch_size=args.batch_size, val_every=args.val_every,
               patience=args.patience, channels_last=args.device == "cpu", snapshot=snap,
-              snapshot_every_s=args.snapshot_hours * 3600, monitor_dir=root / "kodak")
+              snapshot_every_s=args.snapshot_hours * 3600, monitor_dir=root / "kodak",
+              monitor_every=args.monitor_every, channels=args.channels)
         if args.base_only:
             return
         qualities = sorted({args.base_quality, *args.qualities})
@@ -117,7 +125,8 @@ def main(argv=None):
         name = f"q{q}-ft" if q == args.base_quality and args.init_quality is None else f"q{q}"
         state = train(args.model, q, root / "train", work / name, device=args.device,
                       steps=args.finetune_steps, init_from=base_state, lr=args.finetune_lr,
-                      crop=args.crop, batch_size=args.batch_size, channels_last=args.device == "cpu")
+                      crop=args.crop, batch_size=args.batch_size, channels_last=args.device == "cpu",
+                      channels=args.channels)
         target = out / checkpoint_name(args.model, q)
         if target.exists() and os.path.getmtime(target) >= os.path.getmtime(state):
             print(f"{target.name}: up to date")

@@ -308,3 +308,39 @@ def test_an_interrupted_run_saves_its_state_and_writes_its_snapshot(tmp_path, mo
     assert (tmp_path / "run" / "state.pt").is_file()
     assert snap.is_file()
     assert train_mod.read_checkpoint(snap)["meta"]["run_step"] == 1
+
+
+def test_a_run_at_other_channels_records_them_resumes_with_them_and_ships_them(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    from bitalloc.models.train import finalize, train
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+    kw = dict(batch_size=2, crop=64, save_every=1, progress=False)
+    narrow = train("bmshj2018-hyperprior", 6, tmp_path, tmp_path / "narrow", steps=1, channels=(8, 12), **kw)
+    # a wider run starts from the narrower one's checkpoint (it grows into the new channels)
+    small = tmp_path / "narrow.pt"
+    finalize(narrow, small, aux_steps=1, progress=False)
+    wide = train("bmshj2018-hyperprior", 6, tmp_path, tmp_path / "wide", steps=1, channels=[16, 24],
+                 init_from=small, **kw)
+    assert torch.load(wide, weights_only=True)["config"]["channels"] == [16, 24]
+    wide = train("bmshj2018-hyperprior", 6, tmp_path, tmp_path / "wide", steps=2, **kw)  # no flag: resumes at 16, 24
+    assert torch.load(wide, weights_only=True)["step"] == 2
+    with pytest.raises(ValueError, match=r"started with channels \(16, 24\), not \(8, 12\)"):
+        train("bmshj2018-hyperprior", 6, tmp_path, tmp_path / "wide", steps=3, channels=(8, 12), **kw)
+    meta = finalize(wide, tmp_path / "wide.pt", aux_steps=1, progress=False)
+    assert (meta["N"], meta["M"]) == (16, 24)
+    model = load_checkpoint(tmp_path / "wide.pt")
+    assert (model.N, model.M) == (16, 24) and model.meta["init_from"] == "narrow.pt"
+    # the registry's size is what load_model asks for: the file names its own channels
+    with pytest.raises(ValueError, match=r"channels \(48, 64\) requested.*\(16, 24\) in the file"):
+        load_model("bmshj2018-hyperprior", 6, pretrained=tmp_path / "wide.pt")
+
+
+@pytest.mark.parametrize("channels", [(16,), (16, 24, 32), (0, 8), ("a", 8), (True, 8)])
+def test_channels_that_do_not_fit_the_model_are_named(channels):
+    with pytest.raises(ValueError, match=r"Invalid channels .* for bmshj2018-hyperprior: give N, M"):
+        build_model("bmshj2018-hyperprior", 6, channels=channels)
