@@ -19,6 +19,15 @@ The Kodak column is the single-point rate difference against JPEG at equal PSNR:
 with JPEG's published Kodak curve (``bitalloc.reference_curve("jpeg")``) interpolated by PCHIP in log-rate. It
 is the one-quality analogue of a BD-rate (the BD-rate of the whole ladder is in the zoo table).
 
+Runs of another size than the registry's (``train_zoo.py --channels 96 192``) are collected under their own name with
+``--tag``: ``--collect /work/runs/n96p --tag n96`` gives ``bmshj2018-hyperprior-n96-q6``.
+
+What a top quality must reach (``--ladder MODEL``): the rate against JPEG at equal PSNR that points at
+``--upper-rates`` (default 0.47, 0.64, 0.87 bpp) need, each alike, for the ladder of the shipped lower points
+(``--keep-qualities``, from the zoo table) plus them to reach ``--ladder-target`` BD-rate against JPEG (the issue's
+-40 % over about 0.1-0.9 bpp), found by bisection (:func:`required_vs_jpeg`). Every run with Kodak monitor points
+then gets the step at which the power-law trend of its monitor's rate ratio ``bpp / bpp_JPEG`` reaches it.
+
 How many more steps: a run whose best validation loss is above that of another run of the same quality (same
 lambda, same validation crops) gets that loss as its target, and the step where the power-law trend of its last 8
 validation points (``loss = a + b * step**-c``, :func:`trend`) reaches it. A trend, not a promise: the plateau
@@ -48,14 +57,46 @@ def rate_vs_jpeg(bpp, psnr) -> np.ndarray:
     return (np.asarray(bpp, float) / np.exp(log_rate(np.asarray(psnr, float))) - 1.0) * 100.0
 
 
-def collect(runs: Path, results: Path = RESULTS) -> list[Path]:
-    """Copy ``<runs>/<family>/q<N>/history.csv`` to ``studies/results/training/<family>-q<N>.csv``, keeping the
-    step-0 rows an earlier ``--start-from`` measured into the copy when the run's own history has none."""
+def required_vs_jpeg(lower: pd.DataFrame, upper_rates, target_bd: float = -40.0) -> float:
+    """The rate difference against JPEG at equal PSNR (percent, the same for each) that points at ``upper_rates``
+    (bpp) need so that ``lower`` (columns bpp, psnr_rgb) plus them reach ``target_bd`` BD-rate against JPEG.
+
+    Raises ValueError naming the target when no difference in [-90 %, +50 %] reaches it."""
+    from scipy.interpolate import PchipInterpolator
+
+    from bitalloc.bdrate import bd_rate
+
+    jpeg = reference_curve("jpeg").sort_values("bpp")
+    psnr_at = PchipInterpolator(np.log(jpeg.bpp.to_numpy()), jpeg.psnr_rgb.to_numpy(), extrapolate=True)
+    rates = np.asarray(sorted(upper_rates), float)
+
+    def ladder_bd(pct: float) -> float:  # an upper point with rate (1 + pct) x JPEG's codes JPEG's PSNR there
+        psnr = psnr_at(np.log(rates / (1 + pct / 100.0)))
+        bpp = np.concatenate([lower.bpp.to_numpy(), rates])
+        try:
+            return bd_rate(jpeg.bpp, jpeg.psnr_rgb, bpp, np.concatenate([lower.psnr_rgb.to_numpy(), psnr]))
+        except ValueError:  # upper points under the lower ones: no curve, as bad as it gets
+            return np.inf
+
+    lo, hi = -90.0, 50.0
+    if not ladder_bd(lo) <= target_bd <= ladder_bd(hi):
+        raise ValueError(f"--ladder-target {target_bd} % is out of reach with upper points between -90 % and "
+                         f"+50 % against JPEG (BD-rate {ladder_bd(lo):.1f} to {ladder_bd(hi):.1f} %)")
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if ladder_bd(mid) >= target_bd else (mid, hi)
+    return (lo + hi) / 2
+
+
+def collect(runs: Path, results: Path = RESULTS, tag: str | None = None) -> list[Path]:
+    """Copy ``<runs>/<family>/q<N>/history.csv`` to ``studies/results/training/<family>[-<tag>]-q<N>.csv``, keeping
+    the step-0 rows an earlier ``--start-from`` measured into the copy when the run's own history has none."""
     from bitalloc.atomic import atomic_write_text
 
     out = []
     for hist in sorted(runs.glob("*/q*/history.csv")):
-        target = results / f"{hist.parent.parent.name}-{hist.parent.name}.csv"
+        family = hist.parent.parent.name + (f"-{tag}" if tag else "")
+        target = results / f"{family}-{hist.parent.name}.csv"
         new = pd.read_csv(hist)
         if target.is_file() and not (new.step == 0).any():
             old = pd.read_csv(target)
@@ -187,6 +228,34 @@ def figure(runs: dict[str, pd.DataFrame], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def ladder_notes(args, runs: dict[str, pd.DataFrame], rows: list[dict]) -> list[str]:
+    """The ``--ladder`` requirement, and per run with monitor points the step its trend meets it (rows updated)."""
+    zoo = pd.read_csv(args.zoo)
+    lower = zoo[(zoo.model == args.ladder) & zoo.quality.isin(args.keep_qualities)]
+    missing = sorted(set(args.keep_qualities) - set(lower.quality))
+    if missing:
+        raise SystemExit(f"--keep-qualities {missing} of {args.ladder} are not in {args.zoo}")
+    need = required_vs_jpeg(lower, args.upper_rates, args.ladder_target)
+    notes = [f"- Ladder requirement: {args.ladder} q{', q'.join(map(str, sorted(args.keep_qualities)))} (shipped, "
+             f"{args.zoo.name}) plus points at {', '.join(f'{r:g}' for r in sorted(args.upper_rates))} bpp reach "
+             f"{args.ladder_target:g} % BD-rate against JPEG when each upper point spends {need:+.1f} % of JPEG's "
+             f"rate at equal PSNR (column ladder_need_pct)."]
+    for row in rows:
+        df = runs[row["run"]]
+        if "monitor_bpp" not in df or not row["run"].startswith(args.ladder):
+            continue
+        mon = df.dropna(subset=["monitor_bpp"])
+        ratio = 1 + rate_vs_jpeg(mon.monitor_bpp, mon.monitor_psnr) / 100
+        at = steps_to_reach(trend(mon.step, ratio), 1 + need / 100)
+        row.update(ladder_need_pct=need, monitor_steps_to_need=at)
+        notes.append(f"- {row['run']}: Kodak monitor {row.get('last_vs_jpeg_pct', float('nan')):+.1f} % against "
+                     f"JPEG at step {int(mon.step.iloc[-1]):,}; the power-law trend of its last 8 monitor points "
+                     f"reaches {need:+.1f} % " + ("nowhere (fewer than 4 points or not falling)" if np.isnan(at) else
+                                          "never (asymptote above it)" if np.isinf(at) else f"near step {at:,.0f}")
+                     + ".")
+    return notes
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -194,9 +263,17 @@ def main(argv=None):
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--start-from", action="append", default=[], metavar="RUN=CHECKPOINT",
                    help="measure the checkpoint RUN started from as its step 0 (needs BITALLOC_DATA)")
+    p.add_argument("--tag", default=None, help="name the collected runs <family>-<tag>-q<N> (another size)")
+    p.add_argument("--ladder", default=None, metavar="MODEL",
+                   help="what the upper points of MODEL's ladder need against JPEG (see the docstring)")
+    p.add_argument("--zoo", type=Path, default=RESULTS.parent / "zoo_kodak.csv",
+                   help="zoo table with the shipped lower points")
+    p.add_argument("--keep-qualities", type=int, nargs="+", default=[0, 1, 3])
+    p.add_argument("--upper-rates", type=float, nargs="+", default=[0.47, 0.64, 0.87])
+    p.add_argument("--ladder-target", type=float, default=-40.0)
     args = p.parse_args(argv)
     if args.collect is not None:
-        for path in collect(args.collect, args.results):
+        for path in collect(args.collect, args.results, args.tag):
             print("collected", path)
     for item in args.start_from:
         run, _, ckpt = item.partition("=")
@@ -218,6 +295,8 @@ def main(argv=None):
                      + ("nowhere (the curve is not falling)" if np.isnan(at) else
                         "never (asymptote above it)" if np.isinf(at) else
                         f"near step {at:,.0f}, {max(at - row['steps'], 0):,.0f} steps after the last one") + ".")
+    if args.ladder is not None:
+        notes += ladder_notes(args, runs, rows)
     table = pd.DataFrame(rows)
     md = table.to_markdown(index=False, floatfmt=".4g") + ("\n\n" + "\n".join(notes) if notes else "")
     atomic_write_text(args.results / "learning_curves.md",
