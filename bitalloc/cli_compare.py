@@ -57,9 +57,11 @@ def add_compare(sub, fmt) -> None:
                    help="'+verify': what a repair learns from a measurement; 'context' measures every single-layer "
                         "move of the plan and re-solves on those costs (needs --verify-max-evals of a round of "
                         "moves plus two, e.g. 72 for 14 layers and 6 bit-widths; PTQ repairs only)")
-    p.add_argument("--bias-correction", action="store_true",
+    p.add_argument("--bias-correction", nargs="?", const="all", choices=("all", "chosen"), default=None,
                    help="every quantized layer's bias absorbs the mean output error of its weight quantization on "
-                        "the calibration crops, in the cost tables, the checks and the models evaluated (PTQ only)")
+                        "the calibration crops, in the cost tables, the checks and the models evaluated (PTQ only); "
+                        "'chosen': the models evaluated keep only the transforms' corrections that lower the coded "
+                        "RD loss on the calibration crops (bitalloc.choose_bias_correction)")
     p.add_argument("--limit", type=checks.positive_int, default=None,
                    help="evaluate on the first N images only (default: all; 4 with --quick)")
     p.add_argument("--table-fit", default="noise", choices=["clip", "noise"],
@@ -124,7 +126,8 @@ def check_compare(args) -> None:
             verify_noise_z=args.verify_noise_z,
             verify_holdout=args.verify_holdout,
             verify_correction=args.verify_correction,
-            bias_correction=args.bias_correction,
+            bias_correction=args.bias_correction is not None,
+            bias_choice=args.bias_correction == "chosen",
         )
     except ValueError as exc:
         raise InvalidArgument("--allocators/--modes", str(exc)) from None

@@ -107,8 +107,9 @@ def check_export(args) -> None:
 
 
 def quantized_model(args):
-    """The float model of ``--model/--quality/--pretrained`` fake-quantized by ``--plan``; a plan that does not
-    fit the model (a layer it lacks, a layer the plan misses) is a ValueError naming ``--plan``."""
+    """The float model of ``--model/--quality/--pretrained`` fake-quantized by ``--plan``, and what its bias
+    correction did (None without one; else the calibration and, for ``chosen``, the transforms kept). A plan
+    that does not fit the model (a layer it lacks, a layer the plan misses) is a ValueError naming ``--plan``."""
     import torch
 
     from .models import load_model
@@ -124,22 +125,27 @@ def quantized_model(args):
     except ValueError as exc:
         raise ValueError(f"argument --plan: {args.plan} does not fit {args.model} quality {args.quality}: {exc}"
                          ) from None
+    if not args.bias_correction:
+        return model, qmodel, None
+    bias = {"calib_images": args.calib_images, "crop": args.crop}
     if args.bias_correction == "chosen":
         from .bias_correction import choose_bias_correction
 
-        args.bias_groups = list(choose_bias_correction(qmodel, calibration_photos(args)).groups)
-    elif args.bias_correction:
+        bias["chosen"] = list(choose_bias_correction(qmodel, calibration_photos(args)).groups)
+    else:
         from .bias_correction import correct_bias
 
         correct_bias(qmodel, calibration_photos(args))
-    return model, qmodel
+    return model, qmodel, bias
 
 
-def bias_note(args) -> str:
+def bias_note(bias: dict | None) -> str:
     """What the printed summary says of the bias correction ("" without one)."""
-    if args.bias_correction == "chosen":
-        return f", biases of {'+'.join(args.bias_groups) or 'no transform'} corrected (chosen)"
-    return ", biases corrected" if args.bias_correction else ""
+    if bias is None:
+        return ""
+    if "chosen" in bias:
+        return f", biases of {'+'.join(bias['chosen']) or 'no transform'} corrected (chosen)"
+    return ", biases corrected"
 
 
 def calibration_photos(args):
@@ -149,26 +155,24 @@ def calibration_photos(args):
     return calibration_crops(None, args.calib_images, args.crop, args.data)
 
 
-def checkpoint_meta(model, args) -> dict:
-    """The float model's metadata without its Kodak numbers (they are not the quantized model's), plus the plan."""
+def checkpoint_meta(model, args, bias: dict | None) -> dict:
+    """The float model's metadata without its Kodak numbers (they are not the quantized model's), plus the plan
+    and the bias correction (``bias``, from :func:`quantized_model`)."""
     meta = {k: v for k, v in model.meta.items() if k != "kodak"}
     return {**meta, "plan": args.bit_plan.to_dict(), "calibration": args.calibration,
-            "quantized_from": str(args.pretrained),
-            **({"bias_correction": {"calib_images": args.calib_images, "crop": args.crop,
-                                    **({"chosen": args.bias_groups} if args.bias_correction == "chosen" else {})}}
-               if args.bias_correction else {})}
+            "quantized_from": str(args.pretrained), **({"bias_correction": bias} if bias else {})}
 
 
 def run_apply(args) -> int:
     from .bake import bake
     from .models.checkpoint import save_checkpoint
 
-    model, qmodel = quantized_model(args)
-    save_checkpoint(bake(qmodel), args.out, checkpoint_meta(model, args), half=False)
+    model, qmodel, bias = quantized_model(args)
+    save_checkpoint(bake(qmodel), args.out, checkpoint_meta(model, args, bias), half=False)
     avg = args.bit_plan.meta.get("avg_bits")
     print(f"{args.model} q{args.quality} quantized by {args.plan} ({len(args.bit_plan)} layers"
           + (f", {avg:.3f} avg bits" if isinstance(avg, (int, float)) else "") + f", {args.calibration} calibration"
-          + bias_note(args) + ")"
+          + bias_note(bias) + ")"
           f" -> {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB float32; bitalloc evaluate --files "
           f"{args.out})")
     return 0
@@ -177,12 +181,14 @@ def run_apply(args) -> int:
 def run_export(args) -> int:
     import bitalloc
 
-    _, qmodel = quantized_model(args)
+    _, qmodel, bias = quantized_model(args)
     if getattr(args.bit_plan, "act_bits", None):  # activation ranges are frozen from calibration crops first
         from .act_quant import calibrate_activations
 
         calibrate_activations(qmodel, calibration_photos(args))
     size = {"height": args.height, "width": args.width} if args.format == "onnx" else {}
     report = getattr(bitalloc, EXPORTERS[args.format])(qmodel, args.out, **size)
+    if bias:
+        report = {**report, "bias_correction": bias}
     print(json.dumps(report, indent=2, default=str))
     return 0

@@ -106,8 +106,11 @@ def test_compare_takes_the_verify_settings(tmp_path, capsys, data, fake_study):
 def test_compare_takes_bias_correction_for_ptq_only(tmp_path, capsys, data, fake_study):
     assert main(["compare", "--quick", "--allocators", "ilp", "--data", str(data), "--out", str(tmp_path / "b"),
                  "--bias-correction"]) == 0
-    assert fake_study["spec"].bias_correction is True
+    assert (fake_study["spec"].bias_correction, fake_study["spec"].bias_choice) == (True, False)
+    assert main(["compare", "--quick", "--allocators", "ilp", "--data", str(data), "--out", str(tmp_path / "c"),
+                 "--bias-correction", "chosen"]) == 0
+    assert (fake_study["spec"].bias_correction, fake_study["spec"].bias_choice) == (True, True)
     assert main(["compare", "--quick", "--allocators", "ilp", "--data", str(data), "--out", str(tmp_path / "p")]) == 0
-    assert fake_study["spec"].bias_correction is False
+    assert (fake_study["spec"].bias_correction, fake_study["spec"].bias_choice) == (False, False)
     _refused(capsys, ["compare", "--quick", "--modes", "qat", "--data", str(data), "--out", str(tmp_path / "q"),
                       "--bias-correction"], "--allocators/--modes", "corrects PTQ models only")

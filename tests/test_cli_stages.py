@@ -264,7 +264,9 @@ def test_bias_correction_in_apply_and_export_needs_the_photos_and_moves_only_bia
     moved = [n for n in names if not torch.equal(la[n].bias, lb[n].bias)]
     assert len(moved) == len(names)
     packed = tmp_path / "c.bin"
+    capsys.readouterr()
     assert main(["export", *HP, "--plan", str(plan), "--out", str(packed), "--bias-correction", *calib]) == 0
+    assert json.loads(capsys.readouterr().out)["bias_correction"] == {"calib_images": 1, "crop": 64}
     lp = quantizable_layers(bitalloc.load_packed(packed))
     assert all(torch.allclose(lp[n].bias, lb[n].bias) for n in names)
 
