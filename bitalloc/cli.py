@@ -51,7 +51,7 @@ def _cmd_train(args) -> int:
     workdir = Path(args.workdir) / args.model / f"q{args.quality}"
     state = train(args.model, args.quality, root / "train", workdir, steps=args.steps, size=args.size,
                   batch_size=args.batch_size, crop=args.crop, lr=args.lr, init_from=args.init_from,
-                  device=args.device)
+                  device=args.device, channels=args.channels)
     out = _train_out(args)
     meta = finalize(state, out, eval_dir=root / "kodak" if (root / "kodak").is_dir() else None)
     print(json.dumps({"checkpoint": str(out), **meta}, indent=2, default=str))
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, required=True,
                    help="CompressAI's 1-8 (its lambdas); the compact size also has bitalloc's low-rate 0")
     p.add_argument("--size", default="compact", choices=["compact", "paper"], help="channel sizes")
+    p.add_argument("--channels", type=int, nargs="+", default=None, metavar="N [M]",
+                   help="other channel sizes than --size's (a narrower --init-from grows into them; resumes keep them)")
     p.add_argument("--steps", type=checks.positive_int, default=9000, help="training steps")
     p.add_argument("--batch-size", type=checks.positive_int, default=8, help="crops per step")
     p.add_argument("--crop", type=checks.positive_int, default=128, help="training crop side in pixels")

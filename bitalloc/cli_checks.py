@@ -179,6 +179,13 @@ def check_train(args) -> None:
     import torch
 
     check_model_quality(args.model, [args.quality], args.size)
+    if args.channels is not None:
+        from .models.registry import check_channels
+
+        try:
+            check_channels(args.model, args.channels)
+        except ValueError as exc:
+            raise InvalidArgument("--channels", str(exc)) from None
     if args.init_from is not None and not Path(args.init_from).is_file():
         raise InvalidArgument("--init-from", f"no such file: {args.init_from}")
     check_folder(args.workdir, "--workdir")

@@ -146,6 +146,7 @@ def test_train_refuses_bad_arguments_before_any_work(capsys, tmp_path, data, no_
              "no such file")
     _refused(capsys, [*base, "--quality", "1", "--out", str(tmp_path)], "--out", "is a folder; --out names a file")
     _refused(capsys, [*base, "--quality", "1", "--device", "gpu0"], "--device", "")
+    _refused(capsys, [*base, "--quality", "1", "--channels", "96"], "--channels", "give N, M")
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     _refused(capsys, [*base, "--quality", "1", "--device", "cuda"], "--device", "torch sees no CUDA device")
     no_root = ["train", "--model", "mbt2018-mean", "--quality", "1", "--workdir", str(tmp_path / "runs")]
@@ -185,7 +186,10 @@ def test_train_writes_into_the_workdir_by_default(tmp_path, data, fake_training,
     out = tmp_path / "mine.pt"
     assert main(["train", "--model", "mbt2018-mean", "--quality", "1", "--data", str(data),
                  "--workdir", str(workdir), "--out", str(out)]) == 0
-    assert fake_training["out"] == out
+    assert fake_training["out"] == out and fake_training["train"]["channels"] is None
+    assert main(["train", "--model", "mbt2018-mean", "--quality", "1", "--data", str(data), "--channels", "96", "192",
+                 "--workdir", str(workdir), "--out", str(out)]) == 0
+    assert fake_training["train"]["channels"] == [96, 192]
 
 
 @pytest.mark.parametrize("command,resume", [("train", True), ("compare", True), ("evaluate", False)])
