@@ -196,7 +196,7 @@ def summary(name: str, df: pd.DataFrame) -> dict:
     return row
 
 
-def figure(runs: dict[str, pd.DataFrame], path: Path) -> None:
+def figure(runs: dict[str, pd.DataFrame], path: Path, need: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,8 +215,10 @@ def figure(runs: dict[str, pd.DataFrame], path: Path) -> None:
             title="Held-out validation split of train/ (lower is better)")
     ax2.set(xlabel="step of this run", ylabel="rate vs JPEG at equal PSNR (%)",
             title="Kodak, one quality, estimated bpp (lower is better)")
+    if need is not None:
+        ax2.axhline(need, color="k", ls="--", lw=1, label=f"the ladder's upper points need {need:+.1f} %")
     ax1.set_yscale("log")
-    if not ax2.lines:
+    if not any(line.get_marker() == "o" for line in ax2.lines):
         ax2.text(0.5, 0.5, "no Kodak monitor point yet\n(every 5000 steps)", ha="center", va="center",
                  transform=ax2.transAxes)
     for ax in (ax1, ax2):
@@ -228,8 +230,9 @@ def figure(runs: dict[str, pd.DataFrame], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def ladder_notes(args, runs: dict[str, pd.DataFrame], rows: list[dict]) -> list[str]:
-    """The ``--ladder`` requirement, and per run with monitor points the step its trend meets it (rows updated)."""
+def ladder_notes(args, runs: dict[str, pd.DataFrame], rows: list[dict]) -> tuple[float, list[str]]:
+    """The ``--ladder`` requirement (percent against JPEG) and its notes: per run with monitor points, the step its
+    trend meets it (rows updated)."""
     zoo = pd.read_csv(args.zoo)
     lower = zoo[(zoo.model == args.ladder) & zoo.quality.isin(args.keep_qualities)]
     missing = sorted(set(args.keep_qualities) - set(lower.quality))
@@ -253,7 +256,7 @@ def ladder_notes(args, runs: dict[str, pd.DataFrame], rows: list[dict]) -> list[
                      f"reaches {need:+.1f} % " + ("nowhere (fewer than 4 points or not falling)" if np.isnan(at) else
                                           "never (asymptote above it)" if np.isinf(at) else f"near step {at:,.0f}")
                      + ".")
-    return notes
+    return need, notes
 
 
 def main(argv=None):
@@ -295,14 +298,16 @@ def main(argv=None):
                      + ("nowhere (the curve is not falling)" if np.isnan(at) else
                         "never (asymptote above it)" if np.isinf(at) else
                         f"near step {at:,.0f}, {max(at - row['steps'], 0):,.0f} steps after the last one") + ".")
+    need = None
     if args.ladder is not None:
-        notes += ladder_notes(args, runs, rows)
+        need, ladder = ladder_notes(args, runs, rows)
+        notes += ladder
     table = pd.DataFrame(rows)
     md = table.to_markdown(index=False, floatfmt=".4g") + ("\n\n" + "\n".join(notes) if notes else "")
     atomic_write_text(args.results / "learning_curves.md",
         "# Learning curves of the long runs\n\n`python studies/learning_curves.py` (from the CSVs here).\n\n"
         + md + "\n")
-    figure(runs, args.results / "learning_curves.png")
+    figure(runs, args.results / "learning_curves.png", need)
     print(md)
 
 
