@@ -230,6 +230,17 @@ def figure(runs: dict[str, pd.DataFrame], path: Path, need: float | None = None)
     fig.savefig(path, dpi=120)
 
 
+def reach_text(at: float, last: int) -> str:
+    """Where a trend reaches its target, in words; beyond 100x the steps so far counts as a flat trend."""
+    if np.isnan(at):
+        return "nowhere (fewer than 4 points or not falling)"
+    if np.isinf(at):
+        return "never (asymptote above it)"
+    if at > 100 * max(last, 1):
+        return f"only beyond 100x its {last:,} steps (a nearly flat trend)"
+    return f"near step {at:,.0f}"
+
+
 def ladder_notes(args, runs: dict[str, pd.DataFrame], rows: list[dict]) -> tuple[float, list[str]]:
     """The ``--ladder`` requirement (percent against JPEG) and its notes: per run with monitor points, the step its
     trend meets it (rows updated)."""
@@ -253,9 +264,7 @@ def ladder_notes(args, runs: dict[str, pd.DataFrame], rows: list[dict]) -> tuple
         row.update(ladder_need_pct=need, monitor_steps_to_need=at)
         notes.append(f"- {row['run']}: Kodak monitor {row.get('last_vs_jpeg_pct', float('nan')):+.1f} % against "
                      f"JPEG at step {int(mon.step.iloc[-1]):,}; the power-law trend of its last 8 monitor points "
-                     f"reaches {need:+.1f} % " + ("nowhere (fewer than 4 points or not falling)" if np.isnan(at) else
-                                          "never (asymptote above it)" if np.isinf(at) else f"near step {at:,.0f}")
-                     + ".")
+                     f"reaches {need:+.1f} % " + reach_text(at, int(mon.step.iloc[-1])) + ".")
     return need, notes
 
 

@@ -96,3 +96,10 @@ def test_main_gives_the_step_a_monitor_trend_meets_the_ladder_requirement(tmp_pa
     with pytest.raises(SystemExit, match=r"--keep-qualities \[4\]"):
         study.main(["--results", str(tmp_path), "--ladder", "bmshj2018-hyperprior", "--zoo", str(zoo),
                     "--keep-qualities", "0", "4"])
+
+
+def test_where_a_trend_reaches_its_target_in_words(study):
+    assert study.reach_text(float("nan"), 8000).startswith("nowhere")
+    assert study.reach_text(float("inf"), 8000).startswith("never")
+    assert study.reach_text(2e6, 8000) == "only beyond 100x its 8,000 steps (a nearly flat trend)"
+    assert study.reach_text(133278.4, 8000) == "near step 133,278"
