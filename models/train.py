@@ -212,8 +212,9 @@ def train(name: str, quality: int, train_dir, workdir, *, steps: int = 5000, siz
                 if time.time() - last_snapshot >= snapshot_every_s:
                     write_snapshot()
                     last_snapshot = time.time()
-    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the state to resume from and the best weights to commit
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the state to resume from, its curve and the best weights to commit
         save()
+        write_history(history, workdir / "history.csv")
         write_snapshot()
         raise
     bar.close()

@@ -306,6 +306,7 @@ def test_an_interrupted_run_saves_its_state_and_writes_its_snapshot(tmp_path, mo
         train_mod.train("bmshj2018-hyperprior", 2, tmp_path, tmp_path / "run", steps=5, batch_size=2, crop=64,
                         save_every=100, progress=False, snapshot=snap, snapshot_every_s=1e9)
     assert (tmp_path / "run" / "state.pt").is_file()
+    assert (tmp_path / "run" / "history.csv").is_file()  # the learning curve as far as the state goes
     assert snap.is_file()
     assert train_mod.read_checkpoint(snap)["meta"]["run_step"] == 1
 
