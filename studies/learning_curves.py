@@ -91,7 +91,6 @@ def required_vs_jpeg(lower: pd.DataFrame, upper_rates, target_bd: float = -40.0)
 def collect(runs: Path, results: Path = RESULTS, tag: str | None = None) -> list[Path]:
     """Copy ``<runs>/<family>/q<N>/history.csv`` to ``studies/results/training/<family>[-<tag>]-q<N>.csv``, keeping
     the step-0 rows an earlier ``--start-from`` measured into the copy when the run's own history has none."""
-    from bitalloc.atomic import atomic_write_text
 
     out = []
     for hist in sorted(runs.glob("*/q*/history.csv")):
